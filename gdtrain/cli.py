@@ -1,0 +1,124 @@
+"""The command line: `gdtrain run | check | list`. Only this module reads argv.
+
+A UserError becomes one line on stderr and exit code 2; nothing else is caught here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gdtrain import __version__
+from gdtrain.config import Config, load_config, to_dict
+from gdtrain.datasets import DATASETS
+from gdtrain.errors import UserError
+from gdtrain.losses import LOSS_HELP
+from gdtrain.models import MODEL_HELP
+from gdtrain.optimizers import OPTIMIZER_HELP, SCHEDULE_HELP
+from gdtrain.yamlio import dump_yaml
+
+app = typer.Typer(
+    help="Train and compare gradient-descent optimizers from YAML experiment configs.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config, e.g. configs/smoke.yaml.", show_default=False)]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", metavar="KEY.PATH=VALUE", help="Override a config value; repeatable, e.g. --set optimizer.lr=0.01."),
+]
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a UserError as `error: ...` on stderr and exit 2, with no traceback."""
+    try:
+        yield
+    except UserError as err:
+        for line in str(err).splitlines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gdtrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Train and compare gradient-descent optimizers from YAML experiment configs."""
+
+
+def _load(config: Path, overrides: list[str] | None, device: Device | None = None) -> Config:
+    extra = [f"train.device={device.value}"] if device is not None else []
+    return load_config(config, (overrides or []) + extra)
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Run name (default: <optimizer>-lr<lr>).")] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the experiments' run folders.")] = Path("runs"),
+    device: Annotated[Optional[Device], typer.Option("--device", help="Overrides train.device.", case_sensitive=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train one experiment into runs/<experiment>/<name>-<timestamp>/ and log it to TensorBoard."""
+    from gdtrain import recipe  # torch is imported only by the commands that train
+
+    with user_errors():
+        cfg = _load(config, overrides, device)
+        run_dir, outcome = recipe.run(cfg, runs_dir, name, quiet)
+    if outcome.status == "diverged":
+        typer.echo(
+            f"error: diverged at step {outcome.diverged_at_step}: the loss became NaN or infinite; "
+            f"try a smaller learning rate than optimizer.lr={cfg.optimizer.lr:g} (run folder: {run_dir})",
+            err=True,
+        )
+        raise typer.Exit(1)
+    shown = ", ".join(f"{tag} {value:.4g}" for tag, value in outcome.final.items() if "/" in tag)
+    early = " (stopped early)" if outcome.stopped_early else ""
+    typer.echo(f"finished{early}: {outcome.epochs} epochs, {outcome.steps} steps; {shown}")
+    typer.echo(f"run folder: {run_dir}   (tensorboard --logdir {run_dir.parent})")
+
+
+@app.command()
+def check(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Validate a config and print it fully resolved, every default filled in; touches no data."""
+    with user_errors():
+        cfg = _load(config, overrides)
+    typer.echo(dump_yaml(to_dict(cfg)).rstrip())
+
+
+@app.command("list")
+def list_components() -> None:
+    """List the models, datasets, optimizers, schedules and losses gdtrain knows."""
+    for title, table in [("models", MODEL_HELP), ("datasets", DATASETS), ("optimizers", OPTIMIZER_HELP),
+                         ("schedules", SCHEDULE_HELP), ("losses", LOSS_HELP)]:
+        typer.echo(f"{title}:")
+        for key, text in table.items():
+            typer.echo(f"  {key:<18} {text}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,113 @@
+"""Datasets as tensors on the training device, and the batches the engine draws from them.
+
+The whole dataset lives on the device; an epoch is one permutation and contiguous slices of it,
+so a step costs no per-sample Python, no collate and no host-to-device copy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gdtrain.config import BlobsData, Config, LinearRegressionData, MoonsData, XorData
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/val (and optional test) tensors. x: (N, D) float32; y: (N,) int64 or (N, T) float32."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    n_classes: int | None  # None for regression
+    x_test: Tensor | None = None
+    y_test: Tensor | None = None
+
+    @property
+    def in_features(self) -> int:
+        """Size of one flattened input."""
+        return self.x_train.shape[1]
+
+    def out_features(self, loss: str) -> int:
+        """Model output size: regression targets, one logit per class, or one logit for bce."""
+        if self.n_classes is None:
+            return self.y_train.shape[1]
+        return 1 if loss == "bce" else self.n_classes
+
+    def to(self, device: torch.device) -> Dataset:
+        """The same dataset with every tensor on `device`."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Dataset(move(self.x_train), move(self.y_train), move(self.x_val), move(self.y_val),
+                       self.n_classes, move(self.x_test), move(self.y_test))
+
+
+def _linear_regression(cfg: LinearRegressionData, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    w = torch.tensor(cfg.weight)  # (D,)
+    x = torch.randn(cfg.n_samples, len(w), generator=g)  # (N, D)
+    y = x @ w + cfg.bias + cfg.noise * torch.randn(cfg.n_samples, generator=g)
+    return x, y.unsqueeze(1)  # (N, 1): one regression target
+
+
+def _blobs(cfg: BlobsData, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    centres = (torch.rand(cfg.n_classes, cfg.n_features, generator=g) * 2 - 1) * cfg.center_box
+    y = torch.arange(cfg.n_samples) % cfg.n_classes  # balanced classes
+    x = centres[y] + cfg.cluster_std * torch.randn(cfg.n_samples, cfg.n_features, generator=g)
+    return x, y
+
+
+def _moons(cfg: MoonsData, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    n_outer = cfg.n_samples // 2
+    n_inner = cfg.n_samples - n_outer
+    t_outer = torch.linspace(0, math.pi, n_outer)
+    t_inner = torch.linspace(0, math.pi, n_inner)
+    outer = torch.stack([torch.cos(t_outer), torch.sin(t_outer)], 1)
+    inner = torch.stack([1 - torch.cos(t_inner), 0.5 - torch.sin(t_inner)], 1)
+    x = torch.cat([outer, inner]) + cfg.noise * torch.randn(cfg.n_samples, 2, generator=g)
+    y = torch.cat([torch.zeros(n_outer, dtype=torch.long), torch.ones(n_inner, dtype=torch.long)])
+    return x, y
+
+
+def _xor(cfg: XorData, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    x = torch.rand(cfg.n_samples, 2, generator=g) * 2 - 1
+    y = ((x[:, 0] > 0) != (x[:, 1] > 0)).long()  # 1 where the signs differ
+    return x + cfg.noise * torch.randn(cfg.n_samples, 2, generator=g), y
+
+
+SYNTHETIC: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "linear_regression": _linear_regression,
+    "blobs": _blobs,
+    "moons": _moons,
+    "xor": _xor,
+}
+DATASETS = {
+    "linear_regression": "y = w·x + b + noise (regression; the classic y = 2x + 3)",
+    "blobs": "Gaussian blobs, k classes in d dimensions (linearly separable)",
+    "moons": "two interleaved half-moons, 2 classes (not linearly separable)",
+    "xor": "XOR of the signs of two uniform features, 2 classes (linear models stay at chance)",
+}
+
+
+def build_dataset(config: Config) -> Dataset:
+    """Generate the configured dataset from the experiment seed and split off validation (CPU)."""
+    g = torch.Generator().manual_seed(config.experiment.seed)
+    x, y = SYNTHETIC[config.data.name](config.data, g)
+    n_train, _ = config.sizes()
+    order = torch.randperm(len(x), generator=g)
+    train, val = order[:n_train], order[n_train:]
+    return Dataset(x[train].float(), y[train], x[val].float(), y[val], config.data.n_classes)
+
+
+def shuffled_batches(x: Tensor, y: Tensor, batch_size: int, g: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of batches: a permutation drawn from `g`, then contiguous slices (views)."""
+    if batch_size >= len(x):  # batch gradient descent: order does not matter
+        yield x, y
+        return
+    order = torch.randperm(len(x), generator=g, device=g.device)
+    x, y = x[order], y[order]  # one gather per epoch instead of one per step
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]

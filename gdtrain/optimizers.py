@@ -1,0 +1,64 @@
+"""Optimizers from torch.optim and schedules from torch.optim.lr_scheduler, by config name."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from gdtrain.config import OptimizerConfig, ScheduleConfig
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+OPTIMIZER_HELP = {
+    "sgd": "gradient descent; momentum, dampening, nesterov, weight_decay",
+    "adagrad": "per-parameter lr scaled by accumulated squared gradients",
+    "rmsprop": "lr scaled by a moving average of squared gradients; alpha, momentum, centered",
+    "adam": "momentum + RMSprop scaling with bias correction; betas, eps, amsgrad",
+    "adamw": "Adam with decoupled weight decay",
+}
+IMPLEMENTATIONS = {"auto": {}, "for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """torch.optim.<name>(model.parameters(), **the config's own torch arguments)."""
+    kwargs = cfg.model_dump(exclude={"name", "implementation"})
+    return OPTIMIZERS[cfg.name](model.parameters(), **kwargs, **IMPLEMENTATIONS[cfg.implementation])
+
+
+SCHEDULE_HELP = {
+    "constant": "the optimizer's lr throughout",
+    "step": "lr × gamma every step_size epochs (StepLR)",
+    "exponential": "lr × gamma every epoch (ExponentialLR)",
+    "cosine": "cosine from lr to eta_min over t_max epochs (CosineAnnealingLR)",
+    "plateau": "lr × factor when the validation loss stalls for patience epochs (ReduceLROnPlateau)",
+}
+
+
+def build_schedule(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, epochs: int) -> lr_scheduler.LRScheduler | None:
+    """The per-epoch scheduler (None for constant); `epochs` is the run's length for cosine."""
+    if cfg.name == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.name == "exponential":
+        return lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+    if cfg.name == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.t_max or epochs, eta_min=cfg.eta_min)
+    if cfg.name == "plateau":
+        return lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.factor, patience=cfg.patience,
+            threshold=cfg.threshold, min_lr=cfg.min_lr,
+        )
+    return None
+
+
+def build_warmup(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer) -> lr_scheduler.LinearLR | None:
+    """Linear warm-up over `warmup_steps` optimizer steps, chained onto the epoch schedule."""
+    if cfg.warmup_steps == 0:
+        return None
+    return lr_scheduler.LinearLR(optimizer, start_factor=cfg.warmup_start_factor, total_iters=cfg.warmup_steps)
+

@@ -1,0 +1,141 @@
+"""Run folders: where a run writes, what it records about itself, and how it says it is done.
+
+A run folder holds config.yaml (resolved config with provenance), TensorBoard event files,
+metrics.jsonl and, written last and atomically, summary.json: a folder without it is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from gdtrain import __version__
+from gdtrain.errors import UserError
+
+
+def new_run_dir(runs_dir: Path, experiment: str, run_name: str) -> Path:
+    """Create `runs_dir/experiment/run_name-YYYYmmdd-HHMMSS[-k]`, never reusing a folder."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    parent = runs_dir / experiment
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for k in range(1000):
+            path = parent / (f"{run_name}-{stamp}" + (f"-{k}" if k else ""))
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:  # another run started in the same second
+                continue
+    except OSError as err:
+        raise UserError(
+            f"{parent}: cannot create the run folder ({err.strerror or err}); "
+            "choose a writable folder with --runs-dir"
+        ) from None
+    raise UserError(f"{parent}: too many runs named {run_name!r} this second; use --name")
+
+
+def _git_commit() -> tuple[str | None, bool]:
+    """(commit, dirty) of the checkout gdtrain runs from, or (None, False) outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+    return commit, bool(status.strip())
+
+
+def provenance(device: torch.device, seed: int) -> dict[str, Any]:
+    """What is needed to reproduce a run besides its config: versions, device, commit, command."""
+    commit, dirty = _git_commit()
+    return {
+        "seed": seed,
+        "gdtrain": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "command": shlex.join(["gdtrain", *sys.argv[1:]]),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_config(run_dir: Path, config_yaml: str, meta: dict[str, Any]) -> None:
+    """config.yaml: provenance as comments, then the resolved config (runnable as it is)."""
+    header = "".join(f"# {key}: {value}\n" for key, value in meta.items())
+    rerun = f"# rerun: gdtrain run {run_dir / 'config.yaml'}\n"
+    (run_dir / "config.yaml").write_text(header + rerun + config_yaml, encoding="utf-8")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary file, flush it to disk, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, allow_nan=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _hparam_value(value: Any) -> int | float | str | bool:
+    """HParams take numbers, strings and booleans only."""
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
+class Tracker:
+    """Sends each logged point to TensorBoard and to metrics.jsonl in the run folder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.lines = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def log_step(self, values: dict[str, float], step: int, epoch: int) -> None:
+        """Per-step values; TensorBoard's x axis is the optimizer step."""
+        self._log(values, step, step, epoch)
+
+    def log_epoch(self, values: dict[str, float], step: int, epoch: int) -> None:
+        """Per-epoch values; TensorBoard's x axis is the epoch, so batch sizes compare."""
+        self._log(values, epoch, step, epoch)
+
+    def _log(self, values: dict[str, float], x: int, step: int, epoch: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, x)
+        self.lines.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
+
+    def log_hparams(self, flat_config: dict[str, Any], metric_tags: list[str]) -> None:
+        """HParams in this run's own event file (add_hparams would make a sub-run)."""
+        values = {key: _hparam_value(v) for key, v in flat_config.items()}
+        for summary in hparams(values, {tag: 0.0 for tag in metric_tags}):
+            self.writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        """Flush and close both outputs."""
+        self.writer.close()
+        self.lines.close()
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optimizer': {'lr': 0.1}} → {'optimizer.lr': 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,183 @@
+"""YAML in and out for the config module, and pydantic errors turned into one-line messages.
+
+PyYAML follows YAML 1.1, which reads `1e-3` as a string and keeps the last of two equal keys;
+the loader here reads every float spelling as a number and rejects duplicate keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from gdtrain.errors import UserError
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no Python objects) that reads 1e-3 as a float and refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {line}); keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """`line L, column C: problem` from a PyYAML error."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file safely; a missing, unreadable or malformed file is a UserError."""
+    if not path.exists():
+        raise UserError(f"{path}: no such config file; check the path (shipped configs are in configs/)")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a YAML config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the config ({err.__class__.__name__}: {err})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: malformed YAML at {_yaml_problem(err)}") from None
+
+
+def parse_value(text: str, where: str) -> Any:
+    """Read one `--set` value as YAML (`0.1` → float, `[64, 64]` → list, `adam` → str)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506
+    except yaml.YAMLError as err:
+        raise UserError(f"{where}: the value {text!r} is not valid YAML ({_yaml_problem(err)})") from None
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style sections, lists on one line (`hidden_sizes: [128, 64]`)."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML that keeps the schema's key order."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+# --- pydantic errors → `path: message` lines --------------------------------------------------
+
+_RELATIVE = re.compile(r"^([a-z_][a-z0-9_.]*): (.*)$")  # model validators prefix their field
+
+
+def _unions(annotation: Any) -> list[type[BaseModel]]:
+    """The model classes inside a field's annotation (one, or the members of a union)."""
+    found = []
+    for arg in typing.get_args(annotation) or (annotation,):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            found.append(arg)
+        elif typing.get_args(arg):
+            found.extend(_unions(arg))
+    return found
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None, list[type[BaseModel]]]:
+    """Follow an error location through the schema: (dotted keys, model reached, union members)."""
+    keys: list[str] = []
+    members: list[type[BaseModel]] = []
+    items = list(loc)
+    while items:
+        item = items.pop(0)
+        if model is None or item not in model.model_fields:
+            keys.append(str(item))
+            model = None
+            continue
+        keys.append(item)
+        members = _unions(model.model_fields[item].annotation)
+        model = members[0] if len(members) == 1 else None
+        if len(members) > 1 and items:  # discriminated union: the next element is the tag
+            tag = items.pop(0)
+            model = next((m for m in members if m.model_fields["name"].default == tag), None)
+    return keys, model, members
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+_TYPE_WORDS = {
+    "int_type": "a whole number", "int_from_float": "a whole number", "int_parsing": "a whole number",
+    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+    "string_type": "a string", "list_type": "a list", "tuple_type": "a list",
+    "dict_type": "a mapping of keys", "model_type": "a mapping of keys", "model_attributes_type": "a mapping of keys",
+}
+
+
+def _line(model: type[BaseModel], error: dict[str, Any]) -> str:
+    keys, reached, members = _walk(model, tuple(error["loc"]))
+    path, kind, value = ".".join(keys), error["type"], error.get("input")
+    if kind == "extra_forbidden" and len(keys) > 1:
+        parent, owner, _ = _walk(model, tuple(error["loc"][:-1]))
+        valid = list(owner.model_fields) if owner else []
+        return f"{path}: unknown key; {_suggest(keys[-1], valid)}valid keys in {'.'.join(parent)}: {', '.join(valid)}"
+    if kind == "extra_forbidden":
+        valid = list(model.model_fields)
+        return f"{path}: unknown section; {_suggest(keys[-1], valid)}valid sections: {', '.join(valid)}"
+    if kind == "union_tag_invalid":
+        names = [m.model_fields["name"].default for m in members]
+        tag = error["ctx"]["tag"]
+        return f"{path}.name: unknown {keys[-1]} '{tag}'; {_suggest(str(tag), names)}choose one of: {', '.join(names)}"
+    message = error["msg"].removeprefix("Value error, ")
+    relative = _RELATIVE.match(message)
+    if relative and kind == "value_error":
+        path = ".".join(filter(None, [path, relative.group(1)]))
+        return f"{path}: {relative.group(2)}"
+    if kind in _TYPE_WORDS:
+        return f"{path}: must be {_TYPE_WORDS[kind]}, got {value!r} ({type(value).__name__})"
+    if kind == "literal_error":
+        return f"{path}: must be one of {error['ctx']['expected']}, got {value!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(error["ctx"].values()))
+        return f"{path}: must be {sign} {bound}, got {value!r}"
+    if kind == "value_error":
+        return f"{path}: {message}"
+    return f"{path}: {message[0].lower()}{message[1:]}, got {value!r}"
+
+
+def format_validation_error(err: Exception, model: type[BaseModel], source: str) -> str:
+    """One line per problem, each `source: dotted.path: what is wrong and what is allowed`."""
+    if not isinstance(err, ValidationError):
+        raise err
+    return "\n".join(f"{source}: {_line(model, e)}" for e in err.errors(include_url=False))
