@@ -73,7 +73,8 @@ def _moons(cfg: MoonsData, g: torch.Generator) -> tuple[Tensor, Tensor]:
 
 
 def _xor(cfg: XorData, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    x = torch.rand(cfg.n_samples, 2, generator=g) * 2 - 1
+    half = torch.rand((cfg.n_samples + 1) // 2, 2, generator=g) * 2 - 1
+    x = torch.cat([half, -half])[: cfg.n_samples]  # point-symmetric: the best linear model is w = 0
     y = ((x[:, 0] > 0) != (x[:, 1] > 0)).long()  # 1 where the signs differ
     return x + cfg.noise * torch.randn(cfg.n_samples, 2, generator=g), y
 
