@@ -86,6 +86,13 @@ def _track_best(outcome: Outcome, epoch: int, val_loss: float, val_acc: float | 
     return improved
 
 
+def _epoch_line(epoch: int, epochs: int, outcome: Outcome, rate: float) -> str:
+    """`epoch 3/10  step 5625  loss/train 0.31  loss/val 0.29  accuracy/val 0.91  lr 0.001  51k samples/s`."""
+    shown = {tag: outcome.final[tag] for tag in ("loss/train", "loss/val", "accuracy/val", "lr") if tag in outcome.final}
+    figures = "  ".join(f"{tag} {value:.4g}" for tag, value in shown.items())
+    return f"epoch {epoch}/{epochs}  step {outcome.steps}  {figures}  {rate:,.0f} samples/s"
+
+
 def train(
     model: nn.Module,
     data: Dataset,
@@ -152,6 +159,8 @@ def train(
         tracker.log_epoch(values, step=outcome.steps, epoch=epoch)
         outcome.final.update(values)
         _track_best(outcome, epoch, val_loss, val_acc)
+        if not quiet and (epoch % math.ceil(steps.epochs / 25) == 0 or epoch == steps.epochs):  # ≤ 25 lines
+            tqdm.write(_epoch_line(epoch, steps.epochs, outcome, seen / (time.perf_counter() - started)))
 
         if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val_loss)
