@@ -31,6 +31,16 @@ app = typer.Typer(
 )
 
 
+data_app = typer.Typer(help="Fetch and check the MNIST-family IDX files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+class ImageSet(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    kmnist = "kmnist"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -107,6 +117,23 @@ def check(config: ConfigArg, overrides: SetOpt = None) -> None:
     with user_errors():
         cfg = _load(config, overrides)
     typer.echo(dump_yaml(to_dict(cfg)).rstrip())
+
+
+@data_app.command("download")
+def download(
+    dataset: Annotated[ImageSet, typer.Argument(help="Which dataset.")],
+    root: Annotated[Optional[Path], typer.Option("--root", help="Folder for <Folder>/raw/ (default: $GDTRAIN_DATA, else ./data).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on each mirror.")] = 10.0,
+) -> None:
+    """Download the four IDX files from the public mirrors, md5-checked, into <root>/<Folder>/raw/."""
+    from gdtrain import idx
+    from gdtrain.config import ImageData
+    from gdtrain.datasets import data_root
+
+    folder = data_root(ImageData(name=dataset.value, root=None if root is None else str(root)))
+    with user_errors():
+        paths = idx.download(dataset.value, folder, timeout=timeout)
+    typer.echo(f"{dataset.value}: {len(paths)} files in {paths[0].parent}")
 
 
 @app.command("list")

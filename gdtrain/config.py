@@ -88,6 +88,7 @@ class Section(BaseModel):
 
 class ExperimentConfig(Section):
     name: Annotated[str, AfterValidator(check_name)] = "default"  # the folder runs/<name>/
+    run_name: Annotated[str, AfterValidator(check_name)] | None = None  # None: <optimizer>-lr<lr>
     seed: NonNegInt = 0  # seeds torch, numpy, random, data generation and data order
 
 
@@ -146,7 +147,22 @@ class XorData(Section):
     n_classes: ClassVar[int] = 2
 
 
-DataConfig = Annotated[Union[LinearRegressionData, BlobsData, MoonsData, XorData], Field(discriminator="name")]
+class ImageData(Section):
+    """MNIST, Fashion-MNIST or KMNIST from the standard IDX files in <root>/<Folder>/raw/."""
+
+    name: Literal["mnist", "fashion_mnist", "kmnist"] = "mnist"
+    root: str | None = None  # holds MNIST/raw/ etc.; None: $GDTRAIN_DATA, else ./data
+    download: bool = False  # fetch missing files from the public mirrors (md5-checked)
+    val_size: PosInt = 5000  # images held out of the training set for validation, fixed by the seed
+    normalize: Literal["none", "unit", "standard", "half"] = "unit"  # 0-255, [0,1], mean/std, [-1,1]
+
+    task: ClassVar[str] = "classification"
+    n_classes: ClassVar[int] = 10
+
+
+DataConfig = Annotated[
+    Union[LinearRegressionData, BlobsData, MoonsData, XorData, ImageData], Field(discriminator="name")
+]
 
 # --- model ------------------------------------------------------------------------------------
 
@@ -337,23 +353,24 @@ class Config(Section):
                 f"train.loss: bce needs 2 classes, data '{data.name}' has {data.n_classes}; "
                 "use cross_entropy"
             )
-        n_train, n_val = self.sizes()
+        if not isinstance(self.data, ImageData):  # file datasets are checked once read
+            n_val = round(self.data.n_samples * self.data.val_fraction)
+            self.check_sizes(self.data.n_samples - n_val, n_val)
+        return self
+
+    def check_sizes(self, n_train: int, n_val: int) -> None:
+        """Both splits non-empty and a batch no larger than the training set."""
         if n_train < 1 or n_val < 1:
+            key = "val_size" if isinstance(self.data, ImageData) else "val_fraction"
             raise ValueError(
-                f"data.val_fraction: leaves {n_train} training and {n_val} validation samples of "
-                f"{self.data.n_samples}; both need at least 1"
+                f"data.{key}: leaves {n_train} training and {n_val} validation samples; "
+                f"both need at least 1"
             )
         if self.train.batch_size != "full" and self.train.batch_size > n_train:
             raise ValueError(
                 f"train.batch_size: {self.train.batch_size} is more than the {n_train} training "
                 f"samples; use at most {n_train}, or full for batch gradient descent"
             )
-        return self
-
-    def sizes(self) -> tuple[int, int]:
-        """(training, validation) sample counts, which the config alone fixes."""
-        n_val = round(self.data.n_samples * self.data.val_fraction)
-        return self.data.n_samples - n_val, n_val
 
 
 # `name` picks the member of each union; when it is missing the section takes this one.

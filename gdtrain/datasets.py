@@ -7,13 +7,16 @@ so a step costs no per-sample Python, no collate and no host-to-device copy.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from gdtrain.config import BlobsData, Config, LinearRegressionData, MoonsData, XorData
+from gdtrain.config import BlobsData, Config, ImageData, LinearRegressionData, MoonsData, XorData
+from gdtrain.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -90,16 +93,63 @@ DATASETS = {
     "blobs": "Gaussian blobs, k classes in d dimensions (linearly separable)",
     "moons": "two interleaved half-moons, 2 classes (not linearly separable)",
     "xor": "XOR of the signs of two uniform features, 2 classes (linear models stay at chance)",
+    "mnist": "handwritten digits, 28x28 greyscale, 60k train + 10k test (IDX files)",
+    "fashion_mnist": "Zalando clothing images, same format as MNIST",
+    "kmnist": "Kuzushiji (cursive Japanese) characters, same format as MNIST",
 }
+# Mean and std of the training pixels in [0, 1], for `normalize: standard`.
+PIXEL_STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530), "kmnist": (0.1918, 0.3483)}
+
+
+def data_root(cfg: ImageData) -> Path:
+    """Where the IDX folders live: data.root, else $GDTRAIN_DATA, else ./data."""
+    return Path(cfg.root or os.environ.get("GDTRAIN_DATA") or "data")
+
+
+def _pixels(images: Tensor, cfg: ImageData) -> Tensor:
+    """(N, 28, 28) uint8 → (N, 784) float32, scaled as `normalize` says."""
+    x = images.reshape(len(images), -1).float()
+    if cfg.normalize == "none":
+        return x
+    x /= 255
+    if cfg.normalize == "unit":
+        return x
+    mean, std = PIXEL_STATS[cfg.name] if cfg.normalize == "standard" else (0.5, 0.5)
+    return x.sub_(mean).div_(std)
+
+
+def _check_sizes(config: Config, n_train: int, n_val: int) -> None:
+    try:
+        config.check_sizes(n_train, n_val)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _images(config: Config, g: torch.Generator) -> Dataset:
+    """An MNIST-family set: a seeded validation slice of the training images, and the test set."""
+    from gdtrain import idx  # the IDX reader is needed only for image sets
+
+    cfg = config.data
+    root = data_root(cfg)
+    if cfg.download:
+        idx.download(cfg.name, root)
+    train_images, train_labels, test_images, test_labels = idx.load(cfg.name, root)
+    _check_sizes(config, len(train_images) - cfg.val_size, cfg.val_size)
+    order = torch.randperm(len(train_images), generator=g)
+    val, train = order[: cfg.val_size], order[cfg.val_size :]
+    return Dataset(_pixels(train_images[train], cfg), train_labels[train], _pixels(train_images[val], cfg),
+                   train_labels[val], cfg.n_classes, _pixels(test_images, cfg), test_labels)
 
 
 def build_dataset(config: Config) -> Dataset:
-    """Generate the configured dataset from the experiment seed and split off validation (CPU)."""
+    """The configured dataset on the CPU: generated or read, split by the experiment seed."""
     g = torch.Generator().manual_seed(config.experiment.seed)
+    if isinstance(config.data, ImageData):
+        return _images(config, g)
     x, y = SYNTHETIC[config.data.name](config.data, g)
-    n_train, _ = config.sizes()
+    n_val = round(len(x) * config.data.val_fraction)
     order = torch.randperm(len(x), generator=g)
-    train, val = order[:n_train], order[n_train:]
+    val, train = order[:n_val], order[n_val:]
     return Dataset(x[train].float(), y[train], x[val].float(), y[val], config.data.n_classes)
 
 

@@ -64,7 +64,8 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
     warmup = build_warmup(config.schedule, optimizer)
     order = torch.Generator(device=device).manual_seed(config.experiment.seed)
 
-    run_dir = new_run_dir(runs_dir, config.experiment.name, run_name or default_run_name(config))
+    run_name = run_name or config.experiment.run_name or default_run_name(config)
+    run_dir = new_run_dir(runs_dir, config.experiment.name, run_name)
     meta = provenance(device, config.experiment.seed)
     resolved = to_dict(config)
     write_config(run_dir, dump_yaml(resolved), meta)

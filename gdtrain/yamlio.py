@@ -111,6 +111,11 @@ def _unions(annotation: Any) -> list[type[BaseModel]]:
     return found
 
 
+def _names(model: type[BaseModel]) -> tuple[str, ...]:
+    """The `name` values that select this member of a tagged union."""
+    return typing.get_args(model.model_fields["name"].annotation)
+
+
 def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None, list[type[BaseModel]]]:
     """Follow an error location through the schema: (dotted keys, model reached, union members)."""
     keys: list[str] = []
@@ -127,7 +132,7 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type
         model = members[0] if len(members) == 1 else None
         if len(members) > 1 and items:  # discriminated union: the next element is the tag
             tag = items.pop(0)
-            model = next((m for m in members if m.model_fields["name"].default == tag), None)
+            model = next((m for m in members if tag in _names(m)), None)
     return keys, model, members
 
 
@@ -155,9 +160,10 @@ def _line(model: type[BaseModel], error: dict[str, Any]) -> str:
         valid = list(model.model_fields)
         return f"{path}: unknown section; {_suggest(keys[-1], valid)}valid sections: {', '.join(valid)}"
     if kind == "union_tag_invalid":
-        names = [m.model_fields["name"].default for m in members]
+        names = [name for m in members for name in _names(m)]
         tag = error["ctx"]["tag"]
-        return f"{path}.name: unknown {keys[-1]} '{tag}'; {_suggest(str(tag), names)}choose one of: {', '.join(names)}"
+        noun = "dataset" if keys[-1] == "data" else keys[-1]
+        return f"{path}.name: unknown {noun} '{tag}'; {_suggest(str(tag), names)}choose one of: {', '.join(names)}"
     message = error["msg"].removeprefix("Value error, ")
     relative = _RELATIVE.match(message)
     if relative and kind == "value_error":

@@ -1,0 +1,128 @@
+"""`gdtrain bench`: seconds per epoch of the seeds' MNIST MLP, three ways, in one process.
+
+(a) gdtrain's engine (data on the device, one permutation per epoch, slices per step);
+(b) a plain hand-written loop over a torch DataLoader of per-sample tensors, the seeds' style
+    (ToTensor + Normalize per sample, default collate, `loss.item()` every step);
+(c) the matmul floor: 6 × parameters × samples over the GFLOP/s of a large matmul here.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from gdtrain import engine, idx
+from gdtrain.config import validate
+from gdtrain.datasets import Dataset
+from gdtrain.errors import UserError
+from gdtrain.models import build_model
+from gdtrain.optimizers import build_optimizer
+from gdtrain.runs import Tracker
+
+
+def mnist_or_random(root: Path | None) -> tuple[Tensor, Tensor, str]:
+    """The real MNIST training images (N, 28, 28) uint8 when found under root, else random ones."""
+    if root is not None:
+        try:
+            images, labels, _, _ = idx.load("mnist", root)
+            return images, labels, f"MNIST from {root}"
+        except UserError:
+            pass
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60000, 28, 28), dtype=torch.uint8, generator=g)
+    return images, torch.randint(0, 10, (60000,), generator=g), "random data of MNIST's shape"
+
+
+def matmul_gflops(n: int = 2048, repeat: int = 10) -> float:
+    """Measured GFLOP/s of an n×n float32 matmul on the CPU."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    return 2 * n**3 * repeat / (time.perf_counter() - started) / 1e9
+
+
+class PerSample(TorchDataset):
+    """The seeds' dataset: one image at a time, converted and normalised as it is read."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        image = self.images[i].unsqueeze(0).float().div(255)  # ToTensor: (1, 28, 28) in [0, 1]
+        return image.sub(0.5).div(0.5), int(self.labels[i])  # Normalize((0.5,), (0.5,))
+
+
+def plain_loop_epoch(images: Tensor, labels: Tensor, batch_size: int) -> float:
+    """Seconds for one epoch of the hand-written DataLoader loop (b)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(PerSample(images, labels), batch_size=batch_size, shuffle=True)
+    started, running_loss = time.perf_counter(), 0.0
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+    return time.perf_counter() - started
+
+
+def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.device) -> float:
+    """Seconds for one training epoch of gdtrain's engine (a), logging included."""
+    config = validate({
+        "data": {"name": "mnist", "normalize": "half"}, "model": {"name": "mlp", "hidden_sizes": [128]},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "train": {"epochs": 1, "batch_size": batch_size, "loss": "cross_entropy", "log_every": 100},
+    }, "bench")
+    torch.manual_seed(0)
+    x = images.reshape(len(images), -1).float().div(255).sub(0.5).div(0.5)
+    data = Dataset(x[:-1000], labels[:-1000], x[-1000:], labels[-1000:], 10).to(device)
+    model = build_model(config.model, 784, 10).to(device)
+    optimizer = build_optimizer(config.optimizer, model)
+    steps = engine.plan(len(data.x_train), config.train)
+    order = torch.Generator(device=device).manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(Path(tmp))
+        outcome = engine.train(model, data, optimizer, None, None, tracker, config.train, steps, order, quiet=True)
+        tracker.close()
+    return outcome.train_seconds * len(images) / outcome.samples  # per full 60k epoch
+
+
+def machine() -> str:
+    """CPU model, core count, torch version and threads, for the README."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device) -> str:
+    """The whole benchmark as a markdown table (plus the machine and data lines)."""
+    images, labels, source = mnist_or_random(root)
+    gflops = matmul_gflops()
+    params = 784 * 128 + 128 + 128 * 10 + 10
+    lines = [f"machine: {machine()}; device {device}", f"data: {source}; matmul: {gflops:.0f} GFLOP/s",
+             "", "| batch | gdtrain s/epoch | samples/s | plain loop s/epoch | samples/s | floor s/epoch "
+             "| gdtrain vs plain | gdtrain vs floor |", "|---|---|---|---|---|---|---|---|"]
+    for batch_size in batch_sizes:
+        ours = engine_epoch(images, labels, batch_size, device)
+        plain = plain_loop_epoch(images, labels, batch_size)
+        floor = 6 * params * len(images) / (gflops * 1e9)
+        n = len(images)
+        lines.append(f"| {batch_size} | {ours:.2f} | {n / ours:,.0f} | {plain:.2f} | {n / plain:,.0f} | "
+                     f"{floor:.3f} | {plain / ours:.1f}x faster | {ours / floor:.1f}x the floor |")
+    return "\n".join(lines)
