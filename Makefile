@@ -6,9 +6,12 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 RUN    := $(BIN)/gdtrain run
 CONFIGS := $(filter-out smoke,$(sort $(basename $(notdir $(wildcard configs/*.yaml)))))
+MNIST_MLP := mnist_adam $(sort $(basename $(notdir $(wildcard configs/mnist_mlp_*.yaml))))
+# MNIST-family files: ../shared/data when it is beside the checkout, else ./data (see README).
+export GDTRAIN_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(CURDIR)/data)
 
 .DEFAULT_GOAL := all
-.PHONY: all help install test smoke demo tensorboard clean $(CONFIGS)
+.PHONY: all help install test smoke demo bench accuracy compare-mnist download-mnist tensorboard clean $(CONFIGS)
 
 all: $(CONFIGS) ## run every shipped config (the published runs) into runs/
 
@@ -34,6 +37,18 @@ smoke: install ## a few seconds end to end (the config the tests and CI use)
 
 demo: install ## train the default experiment (synthetic two moons, no download)
 	$(RUN) configs/synthetic_moons_mlp.yaml
+
+bench: install ## seconds per epoch of the MNIST MLP: gdtrain vs hand-written loops vs the matmul floor
+	$(BIN)/gdtrain bench
+
+accuracy: install ## test accuracy of mnist_sgd and mnist_adam on MNIST and Fashion-MNIST, 3 seeds (~10 min)
+	$(BIN)/python benchmarks/accuracy.py --data-root "$(GDTRAIN_DATA)"
+
+compare-mnist: install ## the MNIST MLP with every optimizer, into runs/mnist_mlp/ (then: make tensorboard)
+	@for c in $(MNIST_MLP); do $(RUN) configs/$$c.yaml --quiet || exit 1; done
+
+download-mnist: install ## fetch MNIST into GDTRAIN_DATA (md5-checked; a no-op when the files are there)
+	$(BIN)/gdtrain data download mnist
 
 tensorboard: install ## serve runs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir runs

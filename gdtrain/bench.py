@@ -3,7 +3,9 @@
 (a) gdtrain's engine (data on the device, one permutation per epoch, slices per step);
 (b) a plain hand-written loop over a torch DataLoader of per-sample tensors, the seeds' style
     (ToTensor + Normalize per sample, default collate, `loss.item()` every step);
-(c) the matmul floor: 6 × parameters × samples over the GFLOP/s of a large matmul here.
+(c) the same hand-written loop over tensor slices instead of a DataLoader (a lean plain loop:
+    torch.optim's default kernel, `loss.item()` every step), to show what the data path alone buys;
+(d) the matmul floor: 6 × parameters × samples over the GFLOP/s of a large matmul here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,13 +45,16 @@ def mnist_or_random(root: Path | None) -> tuple[Tensor, Tensor, str]:
     return images, torch.randint(0, 10, (60000,), generator=g), "random data of MNIST's shape"
 
 
-def matmul_gflops(n: int = 2048, repeat: int = 10) -> float:
-    """Measured GFLOP/s of an n×n float32 matmul on the CPU."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(device: torch.device, n: int = 2048, repeat: int = 10) -> float:
+    """Measured GFLOP/s of an n×n float32 matmul on `device`."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a @ b
+    sync()
     started = time.perf_counter()
     for _ in range(repeat):
         a @ b
+    sync()
     return 2 * n**3 * repeat / (time.perf_counter() - started) / 1e9
 
 
@@ -66,16 +72,36 @@ class PerSample(TorchDataset):
         return image.sub(0.5).div(0.5), int(self.labels[i])  # Normalize((0.5,), (0.5,))
 
 
-def plain_loop_epoch(images: Tensor, labels: Tensor, batch_size: int) -> float:
-    """Seconds for one epoch of the hand-written DataLoader loop (b)."""
+def _seeds_model() -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def plain_loop_epoch(images: Tensor, labels: Tensor, batch_size: int) -> float:
+    """Seconds for one epoch of the hand-written DataLoader loop (b)."""
+    model, optimizer = _seeds_model()
     loader = DataLoader(PerSample(images, labels), batch_size=batch_size, shuffle=True)
     started, running_loss = time.perf_counter(), 0.0
     for x, y in loader:
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+    return time.perf_counter() - started
+
+
+def lean_loop_epoch(images: Tensor, labels: Tensor, batch_size: int) -> float:
+    """Seconds for one epoch of the hand-written loop over slices of a shuffled tensor (c)."""
+    model, optimizer = _seeds_model()
+    x_all = images.reshape(len(images), -1).float().div(255).sub(0.5).div(0.5)
+    started, running_loss = time.perf_counter(), 0.0
+    order = torch.randperm(len(x_all))
+    x_all, y_all = x_all[order], labels[order]
+    for start in range(0, len(x_all), batch_size):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x_all[start : start + batch_size]), y_all[start : start + batch_size])
         loss.backward()
         optimizer.step()
         running_loss += loss.item()
@@ -91,7 +117,8 @@ def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.
     }, "bench")
     torch.manual_seed(0)
     x = images.reshape(len(images), -1).float().div(255).sub(0.5).div(0.5)
-    data = Dataset(x[:-1000], labels[:-1000], x[-1000:], labels[-1000:], 10).to(device)
+    n_val = min(1000, len(x) // 10)  # validation runs once, after the timed epoch
+    data = Dataset(x[:-n_val], labels[:-n_val], x[-n_val:], labels[-n_val:], 10).to(device)
     model = build_model(config.model, 784, 10).to(device)
     optimizer = build_optimizer(config.optimizer, model)
     steps = engine.plan(len(data.x_train), config.train)
@@ -100,7 +127,7 @@ def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.
         tracker = Tracker(Path(tmp))
         outcome = engine.train(model, data, optimizer, None, None, tracker, config.train, steps, order, quiet=True)
         tracker.close()
-    return outcome.train_seconds * len(images) / outcome.samples  # per full 60k epoch
+    return outcome.train_seconds * len(images) / outcome.samples  # scaled to one epoch of all `images`
 
 
 def machine() -> str:
@@ -110,19 +137,26 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device) -> str:
-    """The whole benchmark as a markdown table (plus the machine and data lines)."""
+def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device, echo: Callable[[str], None],
+              samples: int | None = None) -> None:
+    """Measure every row and `echo` the benchmark as markdown: machine, data, then the table."""
     images, labels, source = mnist_or_random(root)
-    gflops = matmul_gflops()
-    params = 784 * 128 + 128 + 128 * 10 + 10
-    lines = [f"machine: {machine()}; device {device}", f"data: {source}; matmul: {gflops:.0f} GFLOP/s",
-             "", "| batch | gdtrain s/epoch | samples/s | plain loop s/epoch | samples/s | floor s/epoch "
-             "| gdtrain vs plain | gdtrain vs floor |", "|---|---|---|---|---|---|---|---|"]
+    images, labels = images[:samples], labels[:samples]  # None: the whole training set
+    gflops = matmul_gflops(device)
+    params = 784 * 128 + 128 + 128 * 10 + 10  # the 784-128-10 MLP
+    n = len(images)
+    floor = 6 * params * n / (gflops * 1e9)  # forward 2, backward 4 FLOPs per parameter per sample
+    echo(f"machine: {machine()}; device {device}")
+    echo(f"data: {source}; one epoch = {n:,} samples; matmul {gflops:.0f} GFLOP/s, so the floor is "
+         f"{floor:.3f} s/epoch")
+    echo("")
+    echo("| batch | gdtrain s/epoch (samples/s) | (b) DataLoader loop | (c) lean loop | gdtrain vs (b) "
+         "| gdtrain vs floor |")
+    echo("|---|---|---|---|---|---|")
     for batch_size in batch_sizes:
         ours = engine_epoch(images, labels, batch_size, device)
         plain = plain_loop_epoch(images, labels, batch_size)
-        floor = 6 * params * len(images) / (gflops * 1e9)
-        n = len(images)
-        lines.append(f"| {batch_size} | {ours:.2f} | {n / ours:,.0f} | {plain:.2f} | {n / plain:,.0f} | "
-                     f"{floor:.3f} | {plain / ours:.1f}x faster | {ours / floor:.1f}x the floor |")
-    return "\n".join(lines)
+        lean = lean_loop_epoch(images, labels, batch_size)
+        cell = lambda seconds: f"{seconds:.2f} ({n / seconds:,.0f})"  # noqa: E731
+        echo(f"| {batch_size} | {cell(ours)} | {cell(plain)} | {cell(lean)} | {plain / ours:.1f}x faster "
+             f"| {ours / floor:.1f}x the floor |")

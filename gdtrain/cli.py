@@ -136,6 +136,27 @@ def download(
     typer.echo(f"{dataset.value}: {len(paths)} files in {paths[0].parent}")
 
 
+@app.command()
+def bench(
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder holding MNIST/raw/ (default: $GDTRAIN_DATA, else ./data); random data of MNIST's shape when absent.")] = None,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "32,256",
+    device: Annotated[Device, typer.Option("--device", case_sensitive=False)] = Device.auto,
+    samples: Annotated[Optional[int], typer.Option("--samples", min=1000, help="Images per epoch (default: all 60,000).")] = None,
+) -> None:
+    """Seconds per epoch of the seeds' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor."""
+    from gdtrain import bench as benchmark
+    from gdtrain.config import ImageData
+    from gdtrain.datasets import data_root as default_root
+    from gdtrain.recipe import resolve_device
+
+    with user_errors():
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip().isdigit() and int(b) > 0]
+        if not sizes or len(sizes) != len(batch_sizes.split(",")):
+            raise UserError(f"--batch-sizes: expected whole numbers >= 1 separated by commas, got {batch_sizes!r}")
+        root = data_root or default_root(ImageData())
+        benchmark.run_bench(root, sizes, resolve_device(device.value), typer.echo, samples)
+
+
 @app.command("list")
 def list_components() -> None:
     """List the models, datasets, optimizers, schedules and losses gdtrain knows."""

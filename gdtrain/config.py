@@ -423,5 +423,7 @@ def load_config(path: Path, overrides: list[str] = ()) -> Config:
 def to_dict(config: Config) -> dict[str, Any]:
     """The resolved config as plain data (every default filled in, `name` first in a section)."""
     data = config.model_dump(mode="json")
+    if config.train.max_steps is not None:  # epochs is unused then, and the schema refuses both
+        del data["train"]["epochs"]
     return {key: ({"name": section.pop("name"), **section} if "name" in section else section)
             for key, section in data.items()}

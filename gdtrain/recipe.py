@@ -20,7 +20,7 @@ from gdtrain.config import Config, check_name, to_dict
 from gdtrain.datasets import build_dataset
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
-from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup
+from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
 from gdtrain.runs import Tracker, flatten, new_run_dir, provenance, write_config, write_json_atomic
 from gdtrain.yamlio import dump_yaml
 
@@ -66,7 +66,7 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
 
     run_name = run_name or config.experiment.run_name or default_run_name(config)
     run_dir = new_run_dir(runs_dir, config.experiment.name, run_name)
-    meta = provenance(device, config.experiment.seed)
+    meta = provenance(device, config.experiment.seed) | {"optimizer_kernel": implementation(config.optimizer, device)}
     resolved = to_dict(config)
     write_config(run_dir, dump_yaml(resolved), meta)
     tracker = Tracker(run_dir)
