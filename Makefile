@@ -11,7 +11,7 @@ MNIST_MLP := mnist_adam $(sort $(basename $(notdir $(wildcard configs/mnist_mlp_
 export GDTRAIN_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(CURDIR)/data)
 
 .DEFAULT_GOAL := all
-.PHONY: all help install test smoke demo bench accuracy compare-mnist download-mnist tensorboard clean $(CONFIGS)
+.PHONY: all help install test smoke demo bench accuracy compare-mnist sweep-synthetic download-mnist paths tensorboard clean $(CONFIGS)
 
 all: $(CONFIGS) ## run every shipped config (the published runs) into runs/
 
@@ -20,13 +20,13 @@ help: ## list the targets
 	@echo "  one target per config:"
 	@for c in $(CONFIGS); do printf "    %-26s gdtrain run configs/%s.yaml\n" $$c $$c; done
 
-install: $(VENV)/.installed ## create .venv and install gdtrain with its test extras
+install: $(VENV)/.installed ## create .venv and install gdtrain with its test and plot extras
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,plot]"
 	touch $@
 
 test: install ## run the test suite
@@ -44,11 +44,21 @@ bench: install ## seconds per epoch of the MNIST MLP: gdtrain vs hand-written lo
 accuracy: install ## test accuracy of mnist_sgd and mnist_adam on MNIST and Fashion-MNIST, 3 seeds (~10 min)
 	$(BIN)/python benchmarks/accuracy.py --data-root "$(GDTRAIN_DATA)"
 
-compare-mnist: install ## the MNIST MLP with every optimizer, into runs/mnist_mlp/ (then: make tensorboard)
-	@for c in $(MNIST_MLP); do $(RUN) configs/$$c.yaml --quiet || exit 1; done
+compare-mnist: install ## the MNIST MLP with all 7 optimizers into runs/mnist_mlp/, then the table and plot
+	@for c in $(MNIST_MLP); do $(RUN) configs/$$c.yaml --quiet --skip-finished || exit 1; done
+	$(BIN)/gdtrain compare runs/mnist_mlp --target 0.97 --plot runs/mnist_mlp/compare.png
+
+sweep-synthetic: install ## 7 optimizers x 3 seeds on two moons (~45 s), then the table and plot
+	$(BIN)/gdtrain sweep sweeps/synthetic_optimizers.yaml --resume
+	$(BIN)/gdtrain compare runs/synthetic_optimizers --target 0.95 --plot runs/synthetic_optimizers/compare.png
 
 download-mnist: install ## fetch MNIST into GDTRAIN_DATA (md5-checked; a no-op when the files are there)
 	$(BIN)/gdtrain data download mnist
+
+paths: install ## the seeds' pictures: every optimizer's path on x², x² + 10y² and Rosenbrock (PNG + TensorBoard)
+	$(BIN)/gdtrain paths configs/path_quadratic_sgd.yaml --optimizers sgd,momentum,nesterov,adagrad,rmsprop,adam,adamw
+	$(BIN)/gdtrain paths configs/path_ill_conditioned_sgd.yaml --optimizers sgd,momentum:0.02,nesterov:0.02,adagrad:1,rmsprop:0.3,adam:0.5,adamw:0.5
+	$(BIN)/gdtrain paths configs/path_rosenbrock_adam.yaml --optimizers sgd:0.002,momentum:0.001,nesterov:0.001,adagrad:0.1,rmsprop:0.01,adam,adamw
 
 tensorboard: install ## serve runs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir runs

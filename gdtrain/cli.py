@@ -91,12 +91,18 @@ def run(
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the experiments' run folders.")] = Path("runs"),
     device: Annotated[Optional[Device], typer.Option("--device", help="Overrides train.device.", case_sensitive=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    skip_finished: Annotated[bool, typer.Option("--skip-finished", help="Do nothing if a finished run of this exact config and name is already there (for make).")] = False,
 ) -> None:
     """Train one experiment into runs/<experiment>/<name>-<timestamp>/ and log it to TensorBoard."""
     from gdtrain import recipe  # torch is imported only by the commands that train
+    from gdtrain.sweep import finished_run
 
     with user_errors():
         cfg = _load(config, overrides, device)
+        done = finished_run(runs_dir, cfg, name or cfg.experiment.run_name or recipe.default_run_name(cfg)) if skip_finished else None
+        if done is not None:
+            typer.echo(f"already finished, skipped: {done}")
+            return
         run_dir, outcome = recipe.run(cfg, runs_dir, name, quiet)
     if outcome.status == "diverged":
         typer.echo(
@@ -109,6 +115,109 @@ def run(
     early = " (stopped early)" if outcome.stopped_early else ""
     typer.echo(f"finished{early}: {outcome.epochs} epochs, {outcome.steps} steps; {shown}")
     typer.echo(f"run folder: {run_dir}   (tensorboard --logdir {run_dir.parent})")
+    if (run_dir / "path.png").is_file():
+        typer.echo(f"picture: {run_dir / 'path.png'}")
+
+
+@app.command()
+def paths(
+    config: ConfigArg,
+    optimizers: Annotated[str, typer.Option("--optimizers", "-o", help="Comma-separated: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw; NAME:LR gives that one its own lr (default: optimizer.lr).")] = "sgd,momentum,rmsprop,adam",
+    overrides: SetOpt = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Name of the folder with the picture (default: paths).")] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the experiments' run folders.")] = Path("runs"),
+    device: Annotated[Optional[Device], typer.Option("--device", help="Overrides train.device.", case_sensitive=False)] = None,
+) -> None:
+    """Run each optimizer on a `data: {name: function}` config and draw all their paths in one figure."""
+    from gdtrain import paths as descent
+
+    with user_errors():
+        cfg = _load(config, overrides, device)
+        run_dir, descents = descent.run_paths(cfg, optimizers, runs_dir, name)
+    for d in descents:
+        end = ", ".join(f"{v:.4g}" for v in d.points[-1].tolist())
+        typer.echo(f"{d.run_dir.name:<40} {d.outcome.status:<9} x ({end})  f {float(d.values[-1]):.4g}")
+    typer.echo(f"picture: {run_dir / 'paths.png'}   (tensorboard --logdir {run_dir.parent}, tab Images)")
+    diverged = [d for d in descents if d.outcome.status == "diverged"]
+    if diverged:
+        which = ", ".join(f"{d.run_dir.name} at step {d.outcome.diverged_at_step}" for d in diverged)
+        typer.echo(f"error: diverged: {which}; try a smaller lr (NAME:LR in --optimizers)", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def sweep(
+    config: ConfigArg,
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", metavar="KEY.PATH=V1,V2", help="Values to sweep; repeatable, the runs are the cross product, e.g. --grid optimizer.lr=0.1,0.01.")] = None,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Also run each point with this many seeds (experiment.seed, seed+1, ...).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with its share of the CPU threads.")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip points that already have a finished (or diverged) run with the same config.")] = False,
+    overrides: SetOpt = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the experiments' run folders.")] = Path("runs"),
+) -> None:
+    """Run a grid of configs (from --grid and the config's grid: section) into one experiment folder."""
+    from gdtrain import sweep as sweeping
+
+    with user_errors():
+        points = sweeping.expand(config, grid or [], seeds, overrides or [])
+        folder = runs_dir / points[0].config.experiment.name
+        typer.echo(f"sweep: {len(points)} runs into {folder}/" + (f", {jobs} at a time" if jobs > 1 else ""))
+        counter = iter(range(1, len(points) + 1))
+
+        def report(result: sweeping.Result) -> None:
+            shown = ", ".join(f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val"))
+            detail = result.error if result.status == "failed" else shown or result.run_dir or ""
+            typer.echo(f"[{next(counter)}/{len(points)}] {result.name}: {result.status}"
+                       + (f" ({result.seconds:.1f} s)" if result.seconds else "") + (f"  {detail}" if detail else ""))
+
+        results = sweeping.run_sweep(points, runs_dir, jobs, resume, report)
+    counts = {status: sum(r.status == status for r in results) for status in ("finished", "diverged", "failed", "skipped")}
+    typer.echo(f"sweep done: {len(results)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "failed")
+               + f"; compare them: gdtrain compare {folder}")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+class Format(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def compare(
+    folder: Annotated[Path, typer.Argument(help="A runs folder, e.g. runs/<experiment>; every run folder below it is read.", show_default=False)],
+    metric: Annotated[Optional[str], typer.Option("--metric", "-m", help="Tag to compare (default: accuracy/val, else loss/val).")] = None,
+    target: Annotated[Optional[float], typer.Option("--target", help="Report the first step where the metric reaches this value.")] = None,
+    per_run: Annotated[bool, typer.Option("--per-run", help="One row per run instead of one per configuration (mean ± std over seeds).")] = False,
+    fmt: Annotated[Format, typer.Option("--format", "-f", case_sensitive=False, help="Output format.")] = Format.table,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG of the loss and metric curves, overlaid (needs matplotlib).")] = None,
+) -> None:
+    """Tabulate the runs under a folder by a metric, best first; optionally plot their curves."""
+    from gdtrain import compare as comparing
+
+    with user_errors():
+        if plot is not None:
+            from gdtrain.curveplot import require_matplotlib
+
+            require_matplotlib()
+        runs = comparing.read_runs(folder)
+        metric = metric or comparing.default_metric(runs)
+        logged = {tag for run in runs for row in run.rows for tag in row} - {"step", "epoch"}
+        if metric not in logged:
+            raise UserError(f"--metric {metric}: no run under {folder} logged it; logged: {', '.join(sorted(logged)) or 'nothing'}")
+        lacking = [run for run in runs if run.status == "finished" and not run.curve(metric)]
+        for run in lacking:
+            typer.echo(f"note: {run.path} has no {metric} (it logged {', '.join(sorted({t for r in run.rows for t in r} - {'step', 'epoch'}))}); left out", err=True)
+        runs = [run for run in runs if run not in lacking]
+        rows = comparing.group(runs, metric, target, per_run)
+        typer.echo(comparing.render(comparing.table(rows), fmt.value, target))
+        if plot is not None:
+            from gdtrain.curveplot import plot as draw
+
+            draw(rows, metric, f"{folder}: {len(rows)} configurations, {len(runs)} runs", plot)
+            typer.echo(f"plot: {plot}", err=fmt != Format.table)
 
 
 @app.command()

@@ -160,8 +160,44 @@ class ImageData(Section):
     n_classes: ClassVar[int] = 10
 
 
+class FunctionData(Section):
+    """No samples: minimise a named test function f(x) from `start`; x is the one parameter."""
+
+    name: Literal["function"] = "function"
+    function: Literal["quadratic", "ill_conditioned", "rosenbrock", "rastrigin", "beale"] = "quadratic"
+    start: list[float] | None = None  # x₀, its length the dimension; None: the function's STARTS entry
+
+    task: ClassVar[str] = "function"
+    n_classes: ClassVar[None] = None
+    # Dimensions each function is defined in, and its usual start (the seeds': x² from 10).
+    DIMENSIONS: ClassVar[dict[str, tuple[int, ...]]] = {
+        "quadratic": (1, 2), "ill_conditioned": (2,), "rosenbrock": (2,), "rastrigin": (2,), "beale": (2,)}
+    STARTS: ClassVar[dict[str, list[float]]] = {
+        "quadratic": [10.0], "ill_conditioned": [-9.0, 2.5], "rosenbrock": [-1.5, 2.5],
+        "rastrigin": [2.2, 1.7], "beale": [1.0, 1.5]}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usual_start(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("start") is None:
+            function = raw.get("function", "quadratic")
+            raw = {**raw, "start": cls.STARTS.get(function) if isinstance(function, str) else None}
+        return raw
+
+    @model_validator(mode="after")
+    def _start_fits(self) -> FunctionData:
+        dims = self.DIMENSIONS[self.function]
+        if self.start is None or len(self.start) not in dims:
+            need = " or ".join(f"{d}-D [{', '.join('xy'[:d])}]" for d in dims)
+            raise ValueError(f"start: {self.function} takes a {need} start point, got {self.start!r}")
+        if not all(math.isfinite(v) for v in self.start):
+            raise ValueError(f"start: must be finite numbers, got {self.start!r}")
+        return self
+
+
 DataConfig = Annotated[
-    Union[LinearRegressionData, BlobsData, MoonsData, XorData, ImageData], Field(discriminator="name")
+    Union[LinearRegressionData, BlobsData, MoonsData, XorData, ImageData, FunctionData],
+    Field(discriminator="name"),
 ]
 
 # --- model ------------------------------------------------------------------------------------
@@ -327,6 +363,9 @@ class TrainConfig(Section):
 # --- the whole experiment -----------------------------------------------------------------------
 
 LOSS_TASKS = {"mse": "regression", "cross_entropy": "classification", "bce": "classification"}
+# What train settings mean when data is a function: the loss is f(x), there are no samples and every
+# step is logged, so only these keys apply; model does not apply either (the parameter is x itself).
+FUNCTION_TRAIN_KEYS = ("max_steps", "grad_clip", "device")
 
 
 class Config(Section):
@@ -341,6 +380,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _loss_fits_data(self) -> Config:
+        if isinstance(self.data, FunctionData):
+            return self._fits_function()
         loss, data = self.train.loss, self.data
         if LOSS_TASKS[loss] != data.task:
             fits = [name for name, task in LOSS_TASKS.items() if task == data.task]
@@ -356,6 +397,18 @@ class Config(Section):
         if not isinstance(self.data, ImageData):  # file datasets are checked once read
             n_val = round(self.data.n_samples * self.data.val_fraction)
             self.check_sizes(self.data.n_samples - n_val, n_val)
+        return self
+
+    def _fits_function(self) -> Config:
+        """A function problem sets no model, only FUNCTION_TRAIN_KEYS in train, and a step budget."""
+        if "model" in self.model_fields_set:
+            raise ValueError("model: does not apply to data 'function' (the parameter is x itself); remove it")
+        extra = sorted(self.train.model_fields_set - set(FUNCTION_TRAIN_KEYS))
+        if extra:
+            raise ValueError(f"train.{extra[0]}: does not apply to data 'function' (no samples, the loss is "
+                             f"f(x), every step is logged); it takes train.{', '.join(FUNCTION_TRAIN_KEYS)} only")
+        if self.train.max_steps is None:
+            raise ValueError("train.max_steps: data 'function' needs a step budget, e.g. train: {max_steps: 20}")
         return self
 
     def check_sizes(self, n_train: int, n_val: int) -> None:
@@ -410,14 +463,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML experiment, apply `--set` overrides, validate; raise UserError on any problem."""
+def read_config(path: Path) -> dict[str, Any]:
+    """A YAML experiment file as a plain mapping, not yet validated."""
     raw = load_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the config must be a mapping of sections, got {type(raw).__name__}")
-    return validate(apply_overrides(raw, list(overrides)), str(path))
+    return raw
+
+
+def load_config(path: Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML experiment, apply `--set` overrides, validate; raise UserError on any problem."""
+    return validate(apply_overrides(read_config(path), list(overrides)), str(path))
 
 
 def to_dict(config: Config) -> dict[str, Any]:
@@ -425,5 +483,8 @@ def to_dict(config: Config) -> dict[str, Any]:
     data = config.model_dump(mode="json")
     if config.train.max_steps is not None:  # epochs is unused then, and the schema refuses both
         del data["train"]["epochs"]
+    if isinstance(config.data, FunctionData):  # the schema refuses what does not apply
+        del data["model"]
+        data["train"] = {key: data["train"][key] for key in FUNCTION_TRAIN_KEYS}
     return {key: ({"name": section.pop("name"), **section} if "name" in section else section)
             for key, section in data.items()}

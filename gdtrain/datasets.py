@@ -96,6 +96,7 @@ DATASETS = {
     "mnist": "handwritten digits, 28x28 greyscale, 60k train + 10k test (IDX files)",
     "fashion_mnist": "Zalando clothing images, same format as MNIST",
     "kmnist": "Kuzushiji (cursive Japanese) characters, same format as MNIST",
+    "function": "no data: x descends a test function (quadratic, ill_conditioned, rosenbrock, rastrigin, beale)",
 }
 # Mean and std of the training pixels in [0, 1], for `normalize: standard`.
 PIXEL_STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530), "kmnist": (0.1918, 0.3483)}

@@ -1,7 +1,7 @@
 """The training loop: plain PyTorch, read top to bottom, no callbacks.
 
 It takes built objects (model, dataset on its device, optimizer, schedules, tracker) and never
-sees YAML. Per step it does forward, backward, optimizer step and one on-device copy of the loss;
+sees YAML. Per step it does forward, backward, optimizer step and keeps the loss tensor;
 the losses are read back to the host every `log_every` steps, which is also where a NaN or an
 infinite loss is caught, at the exact step where it appeared.
 """
@@ -106,10 +106,10 @@ def train(
     quiet: bool = False,
 ) -> Outcome:
     """Train `model` on `data` for `steps`, validating every epoch; never raises on divergence."""
-    loss_fn, device = LOSSES[settings.loss], data.x_train.device
+    loss_fn = LOSSES[settings.loss]
     params = [p for p in model.parameters() if p.requires_grad]
-    window = torch.zeros(settings.log_every, device=device)  # train losses since the last read-back
-    outcome, pending, stale_epochs, best_for_patience = Outcome(), 0, 0, math.inf
+    pending: list[Tensor] = []  # 0-d train losses since the last read-back, still on the device
+    outcome, stale_epochs, best_for_patience = Outcome(), 0, math.inf
     for epoch in range(1, steps.epochs + 1):
         model.train()
         epoch_samples = min(len(data.x_train), (steps.max_steps - outcome.steps) * steps.batch_size)
@@ -125,23 +125,23 @@ def train(
             optimizer.step()
             if warmup is not None and outcome.steps < warmup.total_iters:
                 warmup.step()
-            window[pending] = loss.detach()
-            pending, outcome.steps, seen = pending + 1, outcome.steps + 1, seen + len(xb)
+            pending.append(loss.detach())
+            outcome.steps, seen = outcome.steps + 1, seen + len(xb)
             last = outcome.steps == steps.max_steps or seen == len(data.x_train)
-            if pending == settings.log_every or last:
-                losses = window[:pending].tolist()  # the one host sync per log_every steps
+            if len(pending) == settings.log_every or last:
+                losses = torch.stack(pending).tolist()  # the one host sync per log_every steps
                 bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
                 if bad is not None:
                     outcome.status = "diverged"
-                    outcome.diverged_at_step = outcome.steps - pending + bad + 1
+                    outcome.diverged_at_step = outcome.steps - len(losses) + bad + 1
                     break
-                values = {"loss/train": sum(losses) / pending, "lr": optimizer.param_groups[0]["lr"],
+                values = {"loss/train": sum(losses) / len(losses), "lr": optimizer.param_groups[0]["lr"],
                           "grad_norm": _grad_norm(params)}
                 tracker.log_step(values, step=outcome.steps, epoch=epoch)
                 outcome.final.update(values)
                 bar.update(seen - bar.n)
                 bar.set_postfix(loss=f"{values['loss/train']:.4g}", refresh=False)
-                pending = 0
+                pending.clear()
             if outcome.steps == steps.max_steps:
                 break
         bar.close()

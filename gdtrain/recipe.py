@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from gdtrain import engine
-from gdtrain.config import Config, check_name, to_dict
+from gdtrain.config import Config, FunctionData, check_name, to_dict
 from gdtrain.datasets import build_dataset
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
@@ -53,6 +53,11 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
             check_name(run_name)
         except ValueError as err:
             raise UserError(f"--name: {err}") from None
+    if isinstance(config.data, FunctionData):  # no data or model: x itself descends f (gdtrain/paths.py)
+        from gdtrain import paths  # it imports this module's helpers
+
+        descent = paths.run_function(config, runs_dir, run_name)
+        return descent.run_dir, descent.outcome
     device = resolve_device(config.train.device)
     seed_everything(config.experiment.seed)
     data = build_dataset(config).to(device)

@@ -19,7 +19,7 @@ from gdtrain.datasets import DATASETS, SYNTHETIC
 from gdtrain.errors import UserError
 from gdtrain.losses import LOSS_HELP, LOSSES
 from gdtrain.models import ACTIVATIONS, MODEL_HELP, MODELS, build_model
-from gdtrain.optimizers import IMPLEMENTATIONS, OPTIMIZER_HELP, OPTIMIZERS, SCHEDULE_HELP, build_optimizer, build_schedule
+from gdtrain.optimizers import FUSED, IMPLEMENTATIONS, OPTIMIZER_HELP, OPTIMIZERS, SCHEDULE_HELP, build_optimizer, build_schedule
 from gdtrain.yamlio import dump_yaml, parse_value
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -246,7 +246,7 @@ def test_registries_hold_exactly_the_names_the_schema_accepts(section, registrie
 
 def test_synthetic_builders_cover_every_dataset_but_the_image_files():
     images = literal(ImageData, "name")
-    assert set(SYNTHETIC) == schema_names("data") - images
+    assert set(SYNTHETIC) == schema_names("data") - images - {"function"}  # a function has no samples
     assert {e.value for e in cli.ImageSet} == images  # what `gdtrain data download` accepts
 
 
@@ -259,7 +259,8 @@ def test_losses_and_activations_match_their_literals():
 
 def test_every_implementation_name_has_torch_arguments():
     accepted = set().union(*(literal(m, "implementation") for m in members(Config.model_fields["optimizer"].annotation)))
-    assert set(IMPLEMENTATIONS) == accepted
+    assert set(IMPLEMENTATIONS) | {"auto"} == accepted  # auto resolves to one of them per optimizer and device
+    assert set(FUSED) <= set(OPTIMIZERS)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

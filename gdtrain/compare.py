@@ -1,0 +1,262 @@
+"""Compare runs: read every run folder under a path, tabulate a metric, and plot the curves.
+
+A run folder is one that holds config.yaml. Its status comes from summary.json (finished,
+diverged, failed, interrupted); without one, or with one that does not parse, the run is
+`unfinished` or `corrupt`: reported, never read as a result. Runs whose configs differ only in
+the seed are one configuration, shown as mean ± std over its seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gdtrain.errors import UserError
+from gdtrain.runs import flatten
+from gdtrain.yamlio import load_yaml
+
+PER_RUN_KEYS = ("experiment.seed", "experiment.run_name")  # differ between seeds of one configuration
+
+
+@dataclass
+class Run:
+    """One run folder as read back: status, flat config, summary and logged curves."""
+
+    path: Path
+    status: str  # finished | diverged | failed | interrupted | unfinished | corrupt
+    config: dict[str, Any] = field(default_factory=dict)  # flat: {"optimizer.lr": 0.01, ...}
+    summary: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, one dict per line
+
+    def curve(self, tag: str) -> list[tuple[int, int, float]]:
+        """(step, epoch, value) for every logged point of `tag`."""
+        return [(r["step"], r["epoch"], r[tag]) for r in self.rows if isinstance(r.get(tag), (int, float))]
+
+
+def read_run(path: Path) -> Run:
+    """One run folder; a missing or unreadable piece makes it unfinished or corrupt, never an error."""
+    try:
+        config = flatten(load_yaml(path / "config.yaml") or {})
+    except (UserError, AttributeError):
+        return Run(path, "corrupt")
+    try:
+        rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        rows = []
+    summary_path = path / "summary.json"
+    if not summary_path.exists():
+        return Run(path, "unfinished", config, {}, rows)
+    try:
+        summary = json.loads(summary_path.read_text())
+        status = str(summary["status"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return Run(path, "corrupt", config, {}, rows)
+    return Run(path, status, config, summary, rows)
+
+
+def read_runs(root: Path) -> list[Run]:
+    """Every run folder at or below `root`, in path order."""
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder; give a runs folder, e.g. runs/<experiment>")
+    runs = [read_run(p.parent) for p in sorted(root.rglob("config.yaml"))]
+    if not runs:
+        raise UserError(f"{root}: no run folders in it (a run folder holds config.yaml); runs are in runs/<experiment>/")
+    return runs
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses go down, accuracies go up."""
+    return metric.startswith("loss")
+
+
+def default_metric(runs: list[Run]) -> str:
+    """accuracy/val when any run logged it, else loss/val, else loss/train."""
+    logged = {tag for run in runs for row in run.rows for tag in row}
+    return next((tag for tag in ("accuracy/val", "loss/val") if tag in logged), "loss/train")
+
+
+@dataclass
+class Figures:
+    """One run's figures for the metric."""
+
+    final: float | None
+    best: float | None
+    best_epoch: int | None
+    steps_to_target: int | None
+
+
+def figures(run: Run, metric: str, target: float | None) -> Figures:
+    """Final, best (and its epoch) and the first step that reached `target`, from the logged curve."""
+    curve = [(s, e, v) for s, e, v in run.curve(metric) if math.isfinite(v)]
+    if not curve:
+        return Figures(None, None, None, None)
+    pick = min if lower_is_better(metric) else max
+    best = pick(curve, key=lambda point: point[2])
+    reached = None
+    if target is not None:
+        hit = (lambda v: v <= target) if lower_is_better(metric) else (lambda v: v >= target)
+        reached = next((s for s, _, v in curve if hit(v)), None)
+    return Figures(curve[-1][2], best[2], best[1], reached)
+
+
+@dataclass
+class Row:
+    """A table row: one configuration (its seeds pooled) in one status."""
+
+    label: str  # the values that tell this configuration apart
+    runs: list[Run]
+    figures: list[Figures]
+    status: str
+
+
+def _varies(runs: list[Run], key: str) -> bool:
+    return len({json.dumps(run.config[key]) for run in runs if key in run.config}) > 1
+
+
+def _peers(runs: list[Run], run: Run, key: str) -> list[Run]:
+    """The runs that share `run`'s section name for `key` (all runs when the section has no name)."""
+    name_key = key.rsplit(".", 1)[0] + ".name"
+    return [r for r in runs if r.config.get(name_key) == run.config.get(name_key)]
+
+
+def label_keys(runs: list[Run], run: Run, per_run: bool) -> list[str]:
+    """The config keys that tell `run` apart, `*.name` first. Where a section's name differs
+    between runs (sgd, adam), its other keys count only among runs of the same name: sgd's
+    momentum 0 vs 0.9 does, adam's default eps against adagrad's does not."""
+    keys = []
+    for key in run.config:
+        if key in PER_RUN_KEYS:
+            continue
+        if key.endswith(".name"):
+            if _varies(runs, key):
+                keys.append(key)
+        elif _varies(_peers(runs, run, key), key):
+            keys.append(key)
+    if per_run and _varies(runs, "experiment.seed"):
+        keys.append("experiment.seed")
+    return sorted(keys, key=lambda k: not k.endswith(".name"))
+
+
+def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> list[Row]:
+    """Rows sorted by the metric, best first; runs that differ only in the seed share a row."""
+    buckets: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        keys = label_keys(runs, run, per_run)
+        label = ", ".join(f"{_key(k)}={_show(run.config[k])}" for k in keys) or run.path.name
+        buckets.setdefault((run.path.name if per_run else label, run.status), []).append(run)
+    rows = []
+    for (ident, status), members in buckets.items():
+        label = ident if not per_run else ", ".join(
+            f"{_key(k)}={_show(members[0].config[k])}" for k in label_keys(runs, members[0], per_run)) or ident
+        rows.append(Row(label, members, [figures(r, metric, target) for r in members], status))
+    sign = 1 if lower_is_better(metric) else -1
+    rows.sort(key=lambda row: (_mean([f.final for f in row.figures]) is None,
+                               sign * (_mean([f.final for f in row.figures]) or 0.0)))
+    return rows
+
+
+def _key(key: str) -> str:
+    """How a key reads in a label: `optimizer.name`, `lr`, `seed`."""
+    return key if key.endswith(".name") else key.split(".")[-1]
+
+
+def _show(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+def _stat(values: list[Any], digits: int = 4) -> str:
+    """`0.9712 ± 0.0021` over seeds, `0.9712` for one, `-` for none."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    if len(known) == 1:
+        return f"{known[0]:.{digits}g}"
+    return f"{statistics.fmean(known):.{digits}g} ± {statistics.stdev(known):.2g}"
+
+
+COLUMNS = ("run", "optimizer", "lr", "batch", "seeds", "final", "best", "best epoch", "steps to target",
+           "wall s", "samples/s", "status")
+STATS = ("final", "best", "best epoch", "steps to target", "wall s", "samples/s")  # a value per seed
+
+
+def table(rows: list[Row]) -> list[dict[str, Any]]:
+    """One record per row with COLUMNS for keys; the STATS columns hold one value per run (None: none)."""
+    records = []
+    for row in rows:
+        first = row.runs[0].config
+        records.append({
+            "run": row.label,
+            "optimizer": first.get("optimizer.name"),
+            "lr": first.get("optimizer.lr"),
+            "batch": row.runs[0].summary.get("batch_size", first.get("train.batch_size")),
+            "seeds": len(row.runs),
+            "final": [f.final for f in row.figures],
+            "best": [f.best for f in row.figures],
+            "best epoch": [f.best_epoch for f in row.figures],
+            "steps to target": [f.steps_to_target for f in row.figures],
+            "wall s": [r.summary.get("wall_seconds") for r in row.runs],
+            "samples/s": [r.summary.get("samples_per_second") for r in row.runs],
+            "status": row.status,
+        })
+    return records
+
+
+def _cell(record: dict[str, Any], column: str, target: float | None) -> str:
+    value = record[column]
+    if column == "steps to target":
+        hits = [v for v in value if v is not None]
+        if target is None:
+            return "-"
+        return "never" if not hits else f"{statistics.fmean(hits):.0f}" + (f" ({len(hits)}/{len(value)})" if len(value) > 1 else "")
+    if column == "samples/s":
+        known = [v for v in value if v is not None]
+        return "-" if not known else f"{statistics.fmean(known):,.0f}"
+    if column in STATS:
+        return _stat(value, 3 if column in ("best epoch", "wall s") else 4)
+    return "-" if value is None else _show(value)
+
+
+def _numbers(record: dict[str, Any]) -> dict[str, Any]:
+    """For csv and json: each STATS column as its mean, plus `<column> std` when there are seeds."""
+    flat: dict[str, Any] = {}
+    for column in COLUMNS:
+        value = record[column]
+        if column not in STATS:
+            flat[column] = value
+            continue
+        known = [v for v in value if v is not None]
+        flat[column] = statistics.fmean(known) if known else None
+        flat[f"{column} std"] = statistics.stdev(known) if len(known) > 1 else None
+    flat["reached target"] = sum(v is not None for v in record["steps to target"])
+    return flat
+
+
+def render(records: list[dict[str, Any]], fmt: str, target: float | None) -> str:
+    """The table as aligned text, markdown, csv or json."""
+    if fmt in ("json", "csv"):
+        flat = [_numbers(r) for r in records]
+        if fmt == "json":
+            return json.dumps(flat, indent=2)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(flat[0]) if flat else list(COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
+        return out.getvalue().rstrip("\n")
+    cells = [list(COLUMNS)] + [[_cell(r, c, target) for c in COLUMNS] for r in records]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(row) + " |" for row in cells]
+        lines.insert(1, "|" + "|".join("---" for _ in COLUMNS) + "|")
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells)
