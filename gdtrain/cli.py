@@ -103,7 +103,26 @@ def run(
         if done is not None:
             typer.echo(f"already finished, skipped: {done}")
             return
-        run_dir, outcome = recipe.run(cfg, runs_dir, name, quiet)
+        run_dir, outcome = _interruptible(lambda: recipe.run(cfg, runs_dir, name, quiet), runs_dir)
+    _report(run_dir, outcome, cfg)
+
+
+def _interruptible(train, where: Path):
+    """Run `train`; a second Ctrl-C, which stops without a checkpoint, exits 130 with one line."""
+    try:
+        return train()
+    except KeyboardInterrupt:
+        typer.echo(f"error: stopped at once by a second interrupt; the run under {where} keeps its last "
+                   "checkpoint: gdtrain resume <run folder>", err=True)
+        raise typer.Exit(130) from None
+
+
+def _report(run_dir: Path, outcome, cfg: Config) -> None:
+    """The closing lines of run and resume, and their exit code."""
+    if outcome.status == "interrupted":
+        typer.echo(f"interrupted at step {outcome.steps}, checkpoint saved; continue with: gdtrain resume {run_dir}",
+                   err=True)
+        raise typer.Exit(128 + (outcome.signal or 2))
     if outcome.status == "diverged":
         typer.echo(
             f"error: diverged at step {outcome.diverged_at_step}: the loss became NaN or infinite; "
@@ -143,6 +162,38 @@ def paths(
         which = ", ".join(f"{d.run_dir.name} at step {d.outcome.diverged_at_step}" for d in diverged)
         typer.echo(f"error: diverged: {which}; try a smaller lr (NAME:LR in --optimizers)", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder, runs/<experiment>/<run>.", show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Continue an interrupted run from its newest checkpoint, into the same folder."""
+    from gdtrain import recipe
+
+    with user_errors():
+        outcome = _interruptible(lambda: recipe.resume(run_dir, quiet), run_dir)
+        cfg = _load(run_dir / "config.yaml", None)
+    _report(run_dir, outcome, cfg)
+
+
+class Weights(str, Enum):
+    best = "best"
+    last = "last"
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder, runs/<experiment>/<run>.", show_default=False)],
+    checkpoint: Annotated[Weights, typer.Option("--checkpoint", "-c", help="best: lowest validation loss; last: the final (or newest) weights.")] = Weights.last,
+) -> None:
+    """Validation and test metrics of a saved run's best or last weights."""
+    from gdtrain import recipe
+
+    with user_errors():
+        path, results = recipe.evaluate_run(run_dir, checkpoint.value)
+    typer.echo(f"{path}: " + ", ".join(f"{tag} {value:.4f}" for tag, value in results.items()))
 
 
 @app.command()

@@ -22,7 +22,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}$")  # folder names:
 
 def check_name(value: str) -> str:
     """Accept a run or experiment name only if it is a safe single folder name."""
-    if not SAFE_NAME.match(value) or ".." in value:
+    if not SAFE_NAME.fullmatch(value) or ".." in value:  # fullmatch: `$` would let a final newline through
         raise ValueError(
             f"must be 1-100 letters, digits or . _ - = , + (starting with a letter or digit, "
             f"no '..'), got {value!r}"
@@ -89,7 +89,7 @@ class Section(BaseModel):
 class ExperimentConfig(Section):
     name: Annotated[str, AfterValidator(check_name)] = "default"  # the folder runs/<name>/
     run_name: Annotated[str, AfterValidator(check_name)] | None = None  # None: <optimizer>-lr<lr>
-    seed: NonNegInt = 0  # seeds torch, numpy, random, data generation and data order
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # seeds torch, numpy (its limit), random, data and data order
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -352,6 +352,9 @@ class TrainConfig(Section):
     eval_batch_size: PosInt = 4096  # samples per forward pass in validation; memory, not maths
     patience: PosInt | None = None  # early stop after this many epochs without val-loss gain
     min_delta: NonNegative = 0.0  # val-loss decrease that counts as a gain
+    checkpoint_every: PosInt | None = None  # optimizer steps between checkpoints, besides each epoch's end
+    keep_last: PosInt = 2  # step checkpoints kept in checkpoints/ (best.pt is kept apart)
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cuDNN flags: same numbers on GPU too, slower there
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:

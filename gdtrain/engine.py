@@ -1,22 +1,28 @@
 """The training loop: plain PyTorch, read top to bottom, no callbacks.
 
-It takes built objects (model, dataset on its device, optimizer, schedules, tracker) and never
-sees YAML. Per step it does forward, backward, optimizer step and keeps the loss tensor;
+It takes built objects (model, dataset on its device, optimizer, schedules, tracker, checkpoints)
+and never sees YAML. Per step it does forward, backward, optimizer step and keeps the loss tensor;
 the losses are read back to the host every `log_every` steps, which is also where a NaN or an
-infinite loss is caught, at the exact step where it appeared.
+infinite loss is caught, at the exact step where it appeared. It checkpoints at the end of every
+epoch and every `checkpoint_every` steps, and stops after the step in progress when a signal
+handler sets `Stop.signal`; given a `Progress` from a checkpoint it continues where that stopped,
+redrawing the epoch's permutation from its saved RNG state and skipping the batches already done.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import lr_scheduler
 from tqdm import tqdm
 
+from gdtrain.checkpoints import Checkpoints, rng_states
 from gdtrain.config import TrainConfig
 from gdtrain.datasets import Dataset, shuffled_batches
 from gdtrain.losses import LOSSES, count_correct
@@ -45,15 +51,49 @@ def plan(n_train: int, settings: TrainConfig) -> Plan:
 class Outcome:
     """What a run did; the recipe turns it into summary.json."""
 
-    status: str = "finished"  # finished | diverged
+    status: str = "finished"  # finished | diverged | interrupted
     epochs: int = 0  # epochs completed or cut short
     steps: int = 0  # optimizer steps taken
     samples: int = 0  # training samples seen
     train_seconds: float = 0.0  # time in training steps, validation excluded
     stopped_early: bool = False
     diverged_at_step: int | None = None
+    signal: int | None = None  # the signal that interrupted the run
     final: dict[str, float] = field(default_factory=dict)  # last value of each tag
     best: dict[str, float] = field(default_factory=dict)  # best val metrics and their epochs
+
+
+@dataclass
+class Progress:
+    """Where the loop is; with the trained objects' states, what a checkpoint holds."""
+
+    epoch: int = 1  # the epoch in progress
+    step_in_epoch: int = 0  # its optimizer steps already taken
+    seen: int = 0  # its training samples already seen
+    epoch_order: Tensor | None = None  # data-order RNG state at its start: redraws its permutation
+    stale_epochs: int = 0  # epochs since the validation loss last improved by min_delta
+    best_for_patience: float = math.inf
+    pending: list[Tensor] = field(default_factory=list)  # 0-d train losses since the last log point
+    outcome: Outcome = field(default_factory=Outcome)
+
+    def state(self) -> dict[str, Any]:
+        """As plain values and CPU tensors, for a checkpoint."""
+        fields = {k: v for k, v in self.__dict__.items() if k not in ("pending", "outcome")}
+        pending = torch.stack(self.pending).cpu() if self.pending else torch.zeros(0)
+        return fields | {"pending": pending, "outcome": asdict(self.outcome)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> Progress:
+        """The Progress a checkpoint saved, its pending losses back on `device`."""
+        fields = {k: v for k, v in state.items() if k not in ("pending", "outcome")}
+        return cls(**fields, pending=list(state["pending"].to(device).unbind()), outcome=Outcome(**state["outcome"]))
+
+
+@dataclass
+class Stop:
+    """Set by a SIGINT/SIGTERM handler; the loop stops after the step in progress."""
+
+    signal: int | None = None
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str, batch_size: int) -> tuple[float, float | None]:
@@ -104,19 +144,38 @@ def train(
     steps: Plan,
     order: torch.Generator,
     quiet: bool = False,
+    checkpoints: Checkpoints | None = None,
+    progress: Progress | None = None,
+    stop: Stop | None = None,
 ) -> Outcome:
-    """Train `model` on `data` for `steps`, validating every epoch; never raises on divergence."""
+    """Train `model` on `data` for `steps` (from `progress` when resuming), validating every epoch."""
     loss_fn = LOSSES[settings.loss]
     params = [p for p in model.parameters() if p.requires_grad]
-    pending: list[Tensor] = []  # 0-d train losses since the last read-back, still on the device
-    outcome, stale_epochs, best_for_patience = Outcome(), 0, math.inf
-    for epoch in range(1, steps.epochs + 1):
+    at = progress or Progress()
+    outcome, stop = at.outcome, stop or Stop()
+
+    def save_checkpoint() -> None:
+        if checkpoints is not None:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                     "warmup": warmup.state_dict() if warmup is not None else None,
+                     "progress": at.state(), "rng": rng_states(order), "metrics_offset": tracker.flush()}
+            checkpoints.save(state, outcome.steps)
+
+    for epoch in range(at.epoch, steps.epochs + 1):
         model.train()
-        epoch_samples = min(len(data.x_train), (steps.max_steps - outcome.steps) * steps.batch_size)
-        bar = tqdm(total=epoch_samples, unit="sample", unit_scale=True, leave=False,
+        if at.step_in_epoch == 0:
+            at.epoch, at.epoch_order = epoch, order.get_state()
+        else:  # resuming mid-epoch: the same permutation, without the batches already taken
+            order.set_state(at.epoch_order)
+        batches = itertools.islice(shuffled_batches(data.x_train, data.y_train, steps.batch_size, order),
+                                   at.step_in_epoch, None)
+        epoch_samples = min(len(data.x_train), (steps.max_steps - outcome.steps + at.step_in_epoch) * steps.batch_size)
+        bar = tqdm(total=epoch_samples, initial=at.seen, unit="sample", unit_scale=True, leave=False,
                    desc=f"epoch {epoch}/{steps.epochs}", disable=True if quiet else None)
-        started, seen = time.perf_counter(), 0
-        for xb, yb in shuffled_batches(data.x_train, data.y_train, steps.batch_size, order):
+        started = epoch_started = time.perf_counter()
+        seen_before = at.seen
+        for xb, yb in batches:
             loss = loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,11 +184,11 @@ def train(
             optimizer.step()
             if warmup is not None and outcome.steps < warmup.total_iters:
                 warmup.step()
-            pending.append(loss.detach())
-            outcome.steps, seen = outcome.steps + 1, seen + len(xb)
-            last = outcome.steps == steps.max_steps or seen == len(data.x_train)
-            if len(pending) == settings.log_every or last:
-                losses = torch.stack(pending).tolist()  # the one host sync per log_every steps
+            at.pending.append(loss.detach())
+            outcome.steps, at.step_in_epoch, at.seen = outcome.steps + 1, at.step_in_epoch + 1, at.seen + len(xb)
+            last = outcome.steps == steps.max_steps or at.seen == len(data.x_train)
+            if len(at.pending) == settings.log_every or last:
+                losses = torch.stack(at.pending).tolist()  # the one host sync per log_every steps
                 bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
                 if bad is not None:
                     outcome.status = "diverged"
@@ -139,17 +198,24 @@ def train(
                           "grad_norm": _grad_norm(params)}
                 tracker.log_step(values, step=outcome.steps, epoch=epoch)
                 outcome.final.update(values)
-                bar.update(seen - bar.n)
+                bar.update(at.seen - bar.n)
                 bar.set_postfix(loss=f"{values['loss/train']:.4g}", refresh=False)
-                pending.clear()
-            if outcome.steps == steps.max_steps:
+                at.pending.clear()
+            if last:
                 break
+            if stop.signal is not None or (settings.checkpoint_every and outcome.steps % settings.checkpoint_every == 0):
+                outcome.train_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                save_checkpoint()
+                if stop.signal is not None:
+                    outcome.status, outcome.epochs, outcome.signal = "interrupted", epoch - 1, stop.signal
+                    break
         bar.close()
         outcome.train_seconds += time.perf_counter() - started
-        outcome.samples += seen
-        outcome.epochs = epoch
-        if outcome.status == "diverged":
+        if outcome.status != "finished":
             break
+        outcome.samples += at.seen
+        outcome.epochs = epoch
 
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val, settings.loss, settings.eval_batch_size)
         if not math.isfinite(val_loss):
@@ -158,21 +224,29 @@ def train(
         values = {"loss/val": val_loss} | ({"accuracy/val": val_acc} if val_acc is not None else {})
         tracker.log_epoch(values, step=outcome.steps, epoch=epoch)
         outcome.final.update(values)
-        _track_best(outcome, epoch, val_loss, val_acc)
+        if _track_best(outcome, epoch, val_loss, val_acc) and checkpoints is not None:
+            checkpoints.save_best({"model": model.state_dict(), "epoch": epoch, "step": outcome.steps, **values})
         if not quiet and (epoch % math.ceil(steps.epochs / 25) == 0 or epoch == steps.epochs):  # ≤ 25 lines
-            tqdm.write(_epoch_line(epoch, steps.epochs, outcome, seen / (time.perf_counter() - started)))
+            rate = (at.seen - seen_before) / max(time.perf_counter() - epoch_started, 1e-9)
+            tqdm.write(_epoch_line(epoch, steps.epochs, outcome, rate))
 
         if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val_loss)
         elif scheduler is not None:
             scheduler.step()
-        if val_loss < best_for_patience - settings.min_delta:
-            best_for_patience, stale_epochs = val_loss, 0
+        if val_loss < at.best_for_patience - settings.min_delta:
+            at.best_for_patience, at.stale_epochs = val_loss, 0
         else:
-            stale_epochs += 1
-        if settings.patience is not None and stale_epochs >= settings.patience:
+            at.stale_epochs += 1
+        at.epoch, at.step_in_epoch, at.seen = epoch + 1, 0, 0
+        if settings.patience is not None and at.stale_epochs >= settings.patience:
             outcome.stopped_early = True
             break
+        if epoch < steps.epochs:
+            save_checkpoint()
+            if stop.signal is not None:
+                outcome.status, outcome.signal = "interrupted", stop.signal
+                break
 
     if outcome.status == "finished" and data.x_test is not None:
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, settings.loss, settings.eval_batch_size)

@@ -6,18 +6,27 @@ before the run folder exists, and summary.json is written last.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
+import signal
+import sys
+import threading
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.optim import lr_scheduler
 
-from gdtrain import engine
-from gdtrain.config import Config, FunctionData, check_name, to_dict
-from gdtrain.datasets import build_dataset
+from gdtrain import checkpoints, engine
+from gdtrain.checkpoints import Checkpoints
+from gdtrain.config import Config, FunctionData, check_name, load_config, to_dict
+from gdtrain.datasets import Dataset, build_dataset
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
@@ -46,6 +55,34 @@ def default_run_name(config: Config) -> str:
     return f"{config.optimizer.name}-lr{config.optimizer.lr:g}"
 
 
+@dataclass
+class Parts:
+    """A config built into the objects the engine trains."""
+
+    device: torch.device
+    data: Dataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: lr_scheduler.LRScheduler | None
+    warmup: lr_scheduler.LinearLR | None
+    steps: engine.Plan
+    order: torch.Generator  # the data-order RNG
+
+
+def build(config: Config) -> Parts:
+    """Seed, then build data (checked before any folder exists), model, optimizer and schedules."""
+    device = resolve_device(config.train.device)
+    seed_everything(config.experiment.seed)
+    data = build_dataset(config).to(device)
+    model = build_model(config.model, data.in_features, data.out_features(config.train.loss)).to(device)
+    optimizer = build_optimizer(config.optimizer, model)
+    steps = engine.plan(len(data.x_train), config.train)
+    scheduler = build_schedule(config.schedule, optimizer, steps.epochs)
+    warmup = build_warmup(config.schedule, optimizer)
+    order = torch.Generator(device=device).manual_seed(config.experiment.seed)
+    return Parts(device, data, model, optimizer, scheduler, warmup, steps, order)
+
+
 def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool = False) -> tuple[Path, engine.Outcome]:
     """Train the configured experiment into a new run folder; return the folder and the outcome."""
     if run_name is not None:
@@ -58,37 +95,158 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
 
         descent = paths.run_function(config, runs_dir, run_name)
         return descent.run_dir, descent.outcome
-    device = resolve_device(config.train.device)
-    seed_everything(config.experiment.seed)
-    data = build_dataset(config).to(device)
-    loss = config.train.loss
-    model = build_model(config.model, data.in_features, data.out_features(loss)).to(device)
-    optimizer = build_optimizer(config.optimizer, model)
-    steps = engine.plan(len(data.x_train), config.train)
-    scheduler = build_schedule(config.schedule, optimizer, steps.epochs)
-    warmup = build_warmup(config.schedule, optimizer)
-    order = torch.Generator(device=device).manual_seed(config.experiment.seed)
-
+    parts = build(config)
     run_name = run_name or config.experiment.run_name or default_run_name(config)
     run_dir = new_run_dir(runs_dir, config.experiment.name, run_name)
-    meta = provenance(device, config.experiment.seed) | {"optimizer_kernel": implementation(config.optimizer, device)}
-    resolved = to_dict(config)
-    write_config(run_dir, dump_yaml(resolved), meta)
+    meta = _meta(config, parts)
+    write_config(run_dir, dump_yaml(to_dict(config)), meta)
     tracker = Tracker(run_dir)
-    metric_tags = ["loss/train", "loss/val"] + ([] if loss == "mse" else ["accuracy/val"])
-    tracker.log_hparams(flatten(resolved) | {"train.batch_size": steps.batch_size}, metric_tags)
-    started = time.perf_counter()
+    _log_hparams(tracker, config, parts)
+    return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
+
+
+def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
+    """Continue a run from its newest checkpoint, into the same folder, as if it had never stopped."""
+    config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    if config is None:
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run>")
+    status = _status(run_dir)
+    if status in ("finished", "diverged"):
+        raise UserError(f"{run_dir}: already {status}; nothing to resume (gdtrain run {run_dir / 'config.yaml'} starts anew)")
+    if isinstance(config.data, FunctionData):
+        raise UserError(f"{run_dir}: function runs keep no checkpoints; run again: gdtrain run {run_dir / 'config.yaml'}")
+    latest = Checkpoints(run_dir, config.train.keep_last, to_dict(config)).latest()
+    if latest is None:
+        raise UserError(f"{run_dir}: no checkpoint in it (it stopped before its first); "
+                        f"run it again: gdtrain run {run_dir / 'config.yaml'}")
+    state = checkpoints.load(latest, to_dict(config))
+    parts = build(config)
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    if parts.scheduler is not None:
+        parts.scheduler.load_state_dict(state["scheduler"])
+    if parts.warmup is not None:
+        parts.warmup.load_state_dict(state["warmup"])
+    checkpoints.restore_rng(state["rng"], parts.order)
+    progress = engine.Progress.from_state(state["progress"], parts.device)
+    (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
+    tracker = Tracker(run_dir, resume_at=state["metrics_offset"])
+    _log_hparams(tracker, config, parts)
+    meta = _meta(config, parts) | {"resumed_from": str(latest)}
+    return _train(config, parts, run_dir, tracker, progress, meta, quiet)
+
+
+def _status(run_dir: Path) -> str | None:
     try:
-        outcome = engine.train(model, data, optimizer, scheduler, warmup, tracker, config.train, steps, order, quiet)
-    except Exception as err:  # a bug or an environment failure: record it, then let it surface
-        summary = {"status": "failed", "error": f"{type(err).__name__}: {err}", "environment": meta}
-        write_json_atomic(run_dir / "summary.json", summary)
-        raise
+        return json.loads((run_dir / "summary.json").read_text())["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _meta(config: Config, parts: Parts) -> dict[str, Any]:
+    return provenance(parts.device, config.experiment.seed) | {
+        "optimizer_kernel": implementation(config.optimizer, parts.device)}
+
+
+def _log_hparams(tracker: Tracker, config: Config, parts: Parts) -> None:
+    metric_tags = ["loss/train", "loss/val"] + ([] if config.train.loss == "mse" else ["accuracy/val"])
+    tracker.log_hparams(flatten(to_dict(config)) | {"train.batch_size": parts.steps.batch_size}, metric_tags)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: engine.Stop) -> Iterator[None]:
+    """SIGINT or SIGTERM asks the loop to stop after its step; a second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.signal is not None:
+            raise KeyboardInterrupt
+        stop.signal = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
+                         "(again to stop at once)\n")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
     finally:
-        tracker.close()
-    torch.save(model.state_dict(), run_dir / "model.pt")
-    write_json_atomic(run_dir / "summary.json", summarise(outcome, steps, time.perf_counter() - started, meta))
-    return run_dir, outcome
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker, progress: engine.Progress | None,
+           meta: dict[str, Any], quiet: bool) -> engine.Outcome:
+    """Run the engine with checkpoints and signal handling; write model.pt and summary.json."""
+    saved = Checkpoints(run_dir, config.train.keep_last, to_dict(config))
+    stop, started = engine.Stop(), time.perf_counter()
+    try:
+        try:
+            with stop_on_signals(stop):
+                outcome = engine.train(parts.model, parts.data, parts.optimizer, parts.scheduler, parts.warmup,
+                                       tracker, config.train, parts.steps, parts.order, quiet, saved, progress, stop)
+        finally:
+            tracker.close()
+        if outcome.status != "interrupted":
+            torch.save(parts.model.state_dict(), run_dir / "model.pt")
+    except OSError as err:  # disk full, folder removed or made read-only while training
+        _record_failure(run_dir, err, meta)
+        raise UserError(
+            f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far are "
+            f"kept; fix it, then gdtrain resume {run_dir}") from None
+    except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
+        _record_failure(run_dir, err, meta)
+        raise
+    summary = summarise(outcome, parts.steps, time.perf_counter() - started, meta)
+    if outcome.status == "interrupted":
+        summary |= {"checkpoint": str(saved.latest()), "resume": f"gdtrain resume {run_dir}"}
+    write_json_atomic(run_dir / "summary.json", summary)
+    return outcome
+
+
+def _record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any]) -> None:
+    """summary.json with status failed, when the disk still takes it."""
+    status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    try:
+        write_json_atomic(run_dir / "summary.json", {"status": status, "error": f"{type(err).__name__}: {err}",
+                                                      "resume": f"gdtrain resume {run_dir}", "environment": meta})
+    except OSError:
+        pass
+
+
+def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:
+    """Validation and test metrics of a run's `best` or `last` weights."""
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run>")
+    config = load_config(run_dir / "config.yaml")
+    if isinstance(config.data, FunctionData):
+        raise UserError(f"{run_dir}: a function run has no data to evaluate; its summary.json holds f(x)")
+    saved = Checkpoints(run_dir, config.train.keep_last, to_dict(config))
+    if which == "best":
+        path = saved.folder / "best.pt"
+        weights = checkpoints.load(path, to_dict(config))["model"] if path.exists() else None
+    elif (run_dir / "model.pt").exists():
+        path = run_dir / "model.pt"
+        weights = checkpoints.load_weights(path)
+    else:
+        path = saved.latest() or run_dir / "model.pt"
+        weights = checkpoints.load(path, to_dict(config))["model"] if saved.latest() else None
+    if weights is None:
+        raise UserError(f"{path}: not found; this run saved no {which} weights yet")
+    parts = build(config)
+    try:
+        parts.model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise UserError(f"{path}: the weights do not fit this run's model ({str(err).splitlines()[0]})") from None
+    results: dict[str, float] = {}
+    data, settings = parts.data, config.train
+    for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+        if x is not None:
+            loss, acc = engine.evaluate(parts.model, x, y, settings.loss, settings.eval_batch_size)
+            results[f"loss/{split}"] = loss
+            if acc is not None:
+                results[f"accuracy/{split}"] = acc
+    return path, results
 
 
 def summarise(outcome: engine.Outcome, steps: engine.Plan, wall_seconds: float, meta: dict[str, Any]) -> dict[str, Any]:

@@ -98,19 +98,39 @@ def _hparam_value(value: Any) -> int | float | str | bool:
     return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
+EPOCH_TAG_SUFFIXES = ("/val", "/test")  # evaluation tags: one point per epoch, x = epoch
+
+
 class Tracker:
     """Sends each logged point to TensorBoard and to metrics.jsonl in the run folder."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_at: int | None = None) -> None:
+        """A new tracker; with `resume_at` (a checkpoint's metrics.jsonl length) one that continues
+        it: points logged after the checkpoint are dropped and the event files are rebuilt from
+        metrics.jsonl, so TensorBoard shows each step once (only the points' wall times change)."""
+        metrics = run_dir / "metrics.jsonl"
+        replay: list[dict[str, Any]] = []
+        if resume_at is not None:
+            with open(metrics, "r+b") as f:
+                f.truncate(resume_at)
+            replay = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line]
+            for old in run_dir.glob("events.out.tfevents.*"):
+                old.unlink()
         self.writer = SummaryWriter(log_dir=str(run_dir))
-        self.lines = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        for line in replay:
+            step, epoch = line.pop("step"), line.pop("epoch")
+            for tag, value in line.items():
+                self.writer.add_scalar(tag, value, epoch if tag.endswith(EPOCH_TAG_SUFFIXES) else step)
+        self.lines = open(metrics, "a", encoding="utf-8")
 
     def log_step(self, values: dict[str, float], step: int, epoch: int) -> None:
         """Per-step values; TensorBoard's x axis is the optimizer step."""
+        assert not any(tag.endswith(EPOCH_TAG_SUFFIXES) for tag in values), values
         self._log(values, step, step, epoch)
 
     def log_epoch(self, values: dict[str, float], step: int, epoch: int) -> None:
-        """Per-epoch values; TensorBoard's x axis is the epoch, so batch sizes compare."""
+        """Per-epoch values (…/val, …/test); TensorBoard's x axis is the epoch, so batch sizes compare."""
+        assert all(tag.endswith(EPOCH_TAG_SUFFIXES) for tag in values), values
         self._log(values, epoch, step, epoch)
 
     def _log(self, values: dict[str, float], x: int, step: int, epoch: int) -> None:
@@ -123,6 +143,12 @@ class Tracker:
         values = {key: _hparam_value(v) for key, v in flat_config.items()}
         for summary in hparams(values, {tag: 0.0 for tag in metric_tags}):
             self.writer.file_writer.add_summary(summary)
+
+    def flush(self) -> int:
+        """Push everything logged so far to disk; the byte length of metrics.jsonl."""
+        self.writer.flush()
+        self.lines.flush()
+        return self.lines.tell()
 
     def close(self) -> None:
         """Flush and close both outputs."""

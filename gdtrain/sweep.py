@@ -74,7 +74,8 @@ def _label(value: Any) -> str:
         parts = [_label(value["name"])] if "name" in value else []
         return "+".join(parts + [f"{k}={_label(v)}" for k, v in value.items() if k != "name"])
     text = format(value, "g") if isinstance(value, float) else json.dumps(value) if isinstance(value, list) else str(value)
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "x"
+    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._=+-]+", "-", text))  # '..' would fail runs.check_name mid-sweep
+    return text.strip("-") or "x"
 
 
 def expand(path: Path, grid_options: list[str], seeds: int | None, overrides: list[str]) -> list[Point]:
@@ -182,7 +183,10 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, repo
 def _execute(todo: list[Point], runs_dir: Path, jobs: int) -> Iterator[Result]:
     if jobs == 1 or len(todo) <= 1:
         for point in todo:
-            yield run_point(point.raw, point.name, str(runs_dir))
+            result = run_point(point.raw, point.name, str(runs_dir))
+            yield result
+            if result.status == "interrupted":  # Ctrl-C stops the sweep, not just this run
+                return
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)  # jobs × threads ≤ cores: no oversubscription
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can hang

@@ -172,7 +172,7 @@ def test_tensorboard_holds_the_curves_and_hparams_in_the_run_folder(tmp_path):
     hparam_plugin = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparam_plugin)
     assert b"optimizer.lr" in hparam_plugin["_hparams_/session_start_info"]
-    assert [p for p in run_dir.iterdir() if p.is_dir()] == []  # no timestamped sub-run
+    assert {p.parent for p in run_dir.rglob("events.out.tfevents.*")} == {run_dir}  # no timestamped sub-run
 
 
 def test_run_folder_records_how_to_reproduce_it(tmp_path):

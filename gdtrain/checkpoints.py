@@ -1,0 +1,130 @@
+"""Checkpoints: everything a run needs to continue bit for bit, written so a kill never breaks one.
+
+A checkpoint is `checkpoints/step-<step>.pt` in the run folder: model, optimizer, schedules,
+the loop's progress and every RNG (data order, torch, CUDA, numpy, Python). It is written to a
+temporary file and renamed, so a kill at any moment leaves the previous one whole; `keep_last`
+bounds how many stay. `best.pt` holds the model of the lowest validation loss. Files are read
+with `torch.load(weights_only=True)`: tensors and plain containers only, never pickled code.
+No fsync: the promise is surviving a killed process, not a power cut.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gdtrain.errors import UserError
+
+STEP_FILE = re.compile(r"step-(\d+)\.pt")
+
+
+def rng_states(order: torch.Generator) -> dict[str, Any]:
+    """Every RNG a run draws from, as tensors and plain values (weights_only-safe)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "order": order.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(states: dict[str, Any], order: torch.Generator) -> None:
+    """Put every RNG back where `rng_states` found it."""
+    order.set_state(states["order"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _save_atomic(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Checkpoints:
+    """The checkpoints of one run folder: save the newest, keep the last few, track the best."""
+
+    def __init__(self, run_dir: Path, keep_last: int, resolved: dict[str, Any]) -> None:
+        self.folder = run_dir / "checkpoints"
+        self.keep_last = keep_last
+        self.resolved = resolved  # the run's config, saved in each file and checked on load
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        """Write `state` as step-<step>.pt, then drop all but the newest `keep_last`."""
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"step-{step:09d}.pt"
+        _save_atomic(state | {"config": self.resolved}, path)
+        for old in self.all()[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def save_best(self, state: dict[str, Any]) -> None:
+        """best.pt: the model at the lowest validation loss so far."""
+        self.folder.mkdir(exist_ok=True)
+        _save_atomic(state | {"config": self.resolved}, self.folder / "best.pt")
+
+    def all(self) -> list[Path]:
+        """Step checkpoints, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if STEP_FILE.fullmatch(p.name))
+
+    def latest(self) -> Path | None:
+        """The newest step checkpoint, or None."""
+        found = self.all()
+        return found[-1] if found else None
+
+
+def load(path: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a checkpoint safely; a corrupt file, or one written by another config, is a UserError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable gdtrain checkpoint ({first[:160]}); delete it to fall back on "
+                        "an older one, or start the run again") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise UserError(f"{path}: not a gdtrain checkpoint (no config in it)")
+    if resolved is not None and state["config"] != resolved:
+        diff = _first_difference(state["config"], resolved)
+        raise UserError(f"{path}: written by a different config ({diff}); resume it with the config.yaml it "
+                        "was saved with")
+    return state
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """A plain state_dict file such as model.pt, read safely."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise UserError(f"{path}: not a readable weights file ({type(err).__name__}); the run's checkpoints "
+                        "may still be") from None
+
+
+def _first_difference(saved: Any, current: Any, path: str = "") -> str:
+    """`optimizer.lr: 0.1 in the checkpoint, 0.01 now`."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in list(saved) + [k for k in current if k not in saved]:
+            if saved.get(key) != current.get(key):
+                return _first_difference(saved.get(key), current.get(key), f"{path}.{key}" if path else str(key))
+    return f"{path}: {saved!r} in the checkpoint, {current!r} now"
