@@ -10,6 +10,7 @@ No fsync: the promise is surviving a killed process, not a power cut.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -34,8 +35,14 @@ def rng_states(order: torch.Generator) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
+        "python": _python_state(),
     }
+
+
+def _python_state() -> list[Any]:
+    """random.getstate() with its 625 ints as one tensor: ~40x faster to save than a tuple."""
+    version, internal, gauss = random.getstate()
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
 
 
 def restore_rng(states: dict[str, Any], order: torch.Generator) -> None:
@@ -47,7 +54,7 @@ def restore_rng(states: dict[str, Any], order: torch.Generator) -> None:
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
+    random.setstate((version, tuple(internal.tolist()), gauss))
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -65,7 +72,7 @@ class Checkpoints:
     def __init__(self, run_dir: Path, keep_last: int, resolved: dict[str, Any]) -> None:
         self.folder = run_dir / "checkpoints"
         self.keep_last = keep_last
-        self.resolved = resolved  # the run's config, saved in each file and checked on load
+        self.resolved = json.dumps(resolved)  # the run's config, saved in each file and checked on load
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         """Write `state` as step-<step>.pt, then drop all but the newest `keep_last`."""
@@ -103,10 +110,11 @@ def load(path: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: not a readable gdtrain checkpoint ({first[:160]}); delete it to fall back on "
                         "an older one, or start the run again") from None
-    if not isinstance(state, dict) or "config" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("config"), str):
         raise UserError(f"{path}: not a gdtrain checkpoint (no config in it)")
-    if resolved is not None and state["config"] != resolved:
-        diff = _first_difference(state["config"], resolved)
+    saved = json.loads(state["config"])
+    if resolved is not None and saved != json.loads(json.dumps(resolved)):
+        diff = _first_difference(saved, json.loads(json.dumps(resolved)))
         raise UserError(f"{path}: written by a different config ({diff}); resume it with the config.yaml it "
                         "was saved with")
     return state

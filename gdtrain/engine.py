@@ -154,8 +154,14 @@ def train(
     at = progress or Progress()
     outcome, stop = at.outcome, stop or Stop()
 
+    best: dict[str, Any] | None = None  # weights of the lowest val loss, not yet in best.pt
+
     def save_checkpoint() -> None:
+        nonlocal best
         if checkpoints is not None:
+            if best is not None:
+                checkpoints.save_best(best)
+                best = None
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "warmup": warmup.state_dict() if warmup is not None else None,
@@ -224,8 +230,9 @@ def train(
         values = {"loss/val": val_loss} | ({"accuracy/val": val_acc} if val_acc is not None else {})
         tracker.log_epoch(values, step=outcome.steps, epoch=epoch)
         outcome.final.update(values)
-        if _track_best(outcome, epoch, val_loss, val_acc) and checkpoints is not None:
-            checkpoints.save_best({"model": model.state_dict(), "epoch": epoch, "step": outcome.steps, **values})
+        if _track_best(outcome, epoch, val_loss, val_acc) and checkpoints is not None:  # written with the next checkpoint
+            weights = {name: t.detach().clone() for name, t in model.state_dict().items()}
+            best = {"model": weights, "epoch": epoch, "step": outcome.steps, **values}
         if not quiet and (epoch % math.ceil(steps.epochs / 25) == 0 or epoch == steps.epochs):  # ≤ 25 lines
             rate = (at.seen - seen_before) / max(time.perf_counter() - epoch_started, 1e-9)
             tqdm.write(_epoch_line(epoch, steps.epochs, outcome, rate))
@@ -248,6 +255,8 @@ def train(
                 outcome.status, outcome.signal = "interrupted", stop.signal
                 break
 
+    if best is not None and outcome.status == "finished":
+        checkpoints.save_best(best)
     if outcome.status == "finished" and data.x_test is not None:
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, settings.loss, settings.eval_batch_size)
         values = {"loss/test": test_loss} | ({"accuracy/test": test_acc} if test_acc is not None else {})
