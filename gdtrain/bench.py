@@ -30,6 +30,7 @@ from gdtrain.datasets import Dataset
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer
+from gdtrain.recipe import compiled
 from gdtrain.runs import Tracker
 
 
@@ -121,12 +122,14 @@ def lean_loop_epoch(images: Tensor, labels: Tensor, batch_size: int) -> float:
     return time.perf_counter() - started
 
 
-def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.device) -> float:
-    """Seconds for one training epoch of gdtrain's engine (a), logging included."""
+def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.device, precision: str = "fp32",
+                 compile: bool = False) -> float:
+    """Seconds for one training epoch of gdtrain's engine (a), logging included, compiling not."""
     config = validate({
         "data": {"name": "mnist", "normalize": "half"}, "model": {"name": "mlp", "hidden_sizes": [128]},
         "optimizer": {"name": "adam", "lr": 1e-3},
-        "train": {"epochs": 1, "batch_size": batch_size, "loss": "cross_entropy", "log_every": 100},
+        "train": {"epochs": 1, "batch_size": batch_size, "loss": "cross_entropy", "log_every": 100,
+                  "precision": precision, "compile": compile},
     }, "bench")
     torch.manual_seed(0)
     x = images.reshape(len(images), -1).float().div(255).sub(0.5).div(0.5)
@@ -135,10 +138,13 @@ def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.
     model = build_model(config.model, 784, 10).to(device)
     optimizer = build_optimizer(config.optimizer, model)
     steps = engine.plan(len(data.x_train), config.train)
+    model = compiled(model, data, config, batch_size)
     order = torch.Generator(device=device).manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(Path(tmp))
-        outcome = engine.train(model, data, optimizer, None, None, tracker, config.train, steps, order, quiet=True)
+        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        outcome = engine.train(model, data, optimizer, None, None, tracker, config.train, steps, order, quiet=True,
+                               scaler=scaler)
         tracker.close()
     return outcome.train_seconds * len(images) / outcome.samples  # scaled to one epoch of all `images`
 
@@ -151,7 +157,7 @@ def machine() -> str:
 
 
 def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device, echo: Callable[[str], None],
-              samples: int | None = None) -> None:
+              samples: int | None = None, variants: bool = True) -> None:
     """Measure every row and `echo` the benchmark as markdown: machine, data, then the table."""
     images, labels, source = mnist_or_random(root)
     images, labels = images[:samples], labels[:samples]  # None: the whole training set
@@ -173,3 +179,16 @@ def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device, e
         cell = lambda seconds: f"{seconds:.2f} ({n / seconds:,.0f})"  # noqa: E731
         echo(f"| {batch_size} | {cell(ours)} | {cell(plain)} | {cell(lean)} | {plain / ours:.1f}x faster "
              f"| {ours / floor:.1f}x the floor |")
+    if not variants:
+        return
+    echo("")
+    echo("| batch | gdtrain fp32 s/epoch | bf16 autocast | torch.compile (fp32) |")
+    echo("|---|---|---|---|")
+    for batch_size in batch_sizes:
+        fp32 = engine_epoch(images, labels, batch_size, device)
+        bf16 = engine_epoch(images, labels, batch_size, device, precision="bf16")
+        started = time.perf_counter()
+        fast = engine_epoch(images, labels, batch_size, device, compile=True)
+        whole = time.perf_counter() - started
+        echo(f"| {batch_size} | {fp32:.2f} | {bf16:.2f} ({fp32 / bf16:.2f}x) | {fast:.2f} ({fp32 / fast:.2f}x; "
+             f"{whole:.0f} s with compiling) |")

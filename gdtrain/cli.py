@@ -302,6 +302,7 @@ def bench(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "32,256",
     device: Annotated[Device, typer.Option("--device", case_sensitive=False)] = Device.auto,
     samples: Annotated[Optional[int], typer.Option("--samples", min=1000, help="Images per epoch (default: all 60,000).")] = None,
+    variants: Annotated[bool, typer.Option("--variants/--no-variants", help="Also time bf16 autocast and torch.compile (compiling takes ~30 s).")] = True,
 ) -> None:
     """Seconds per epoch of the seeds' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor."""
     from gdtrain import bench as benchmark
@@ -314,7 +315,7 @@ def bench(
         if not sizes or len(sizes) != len(batch_sizes.split(",")):
             raise UserError(f"--batch-sizes: expected whole numbers >= 1 separated by commas, got {batch_sizes!r}")
         root = data_root or default_root(ImageData())
-        benchmark.run_bench(root, sizes, resolve_device(device.value), typer.echo, samples)
+        benchmark.run_bench(root, sizes, resolve_device(device.value), typer.echo, samples, variants)
 
 
 @app.command("list")

@@ -354,6 +354,8 @@ class TrainConfig(Section):
     min_delta: NonNegative = 0.0  # val-loss decrease that counts as a gain
     checkpoint_every: PosInt | None = None  # optimizer steps between checkpoints, besides each epoch's end
     keep_last: PosInt = 2  # step checkpoints kept in checkpoints/ (best.pt is kept apart)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # torch.autocast dtype of forward and loss; fp16 adds a GradScaler
+    compile: bool = False  # torch.compile the model (slow to start, faster per step on GPU); eager if it fails
     deterministic: bool = False  # torch.use_deterministic_algorithms + cuDNN flags: same numbers on GPU too, slower there
 
     @model_validator(mode="after")

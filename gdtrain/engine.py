@@ -111,6 +111,14 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str, batch_size: int)
     return total.item() / len(x), accuracy
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _module(model: nn.Module) -> nn.Module:
+    """The model itself under a torch.compile wrapper, whose state_dict keys carry a prefix."""
+    return getattr(model, "_orig_mod", model)
+
+
 def _grad_norm(params: list[Tensor]) -> float:
     """Total L2 norm of the current gradients."""
     return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
@@ -147,10 +155,13 @@ def train(
     checkpoints: Checkpoints | None = None,
     progress: Progress | None = None,
     stop: Stop | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Outcome:
     """Train `model` on `data` for `steps` (from `progress` when resuming), validating every epoch."""
     loss_fn = LOSSES[settings.loss]
     params = [p for p in model.parameters() if p.requires_grad]
+    autocast = torch.autocast(data.x_train.device.type, dtype=PRECISIONS[settings.precision],
+                              enabled=settings.precision != "fp32")
     at = progress or Progress()
     outcome, stop = at.outcome, stop or Stop()
 
@@ -162,7 +173,8 @@ def train(
             if best is not None:
                 checkpoints.save_best(best)
                 best = None
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            state = {"model": _module(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else None,
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "warmup": warmup.state_dict() if warmup is not None else None,
                      "progress": at.state(), "rng": rng_states(order), "metrics_offset": tracker.flush()}
@@ -182,12 +194,21 @@ def train(
         started = epoch_started = time.perf_counter()
         seen_before = at.seen
         for xb, yb in batches:
-            loss = loss_fn(model(xb), yb)
+            with autocast:
+                loss = loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                if settings.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(params, settings.grad_clip)
+                optimizer.step()
+            else:  # fp16: scale the loss so small gradients survive, unscale before clipping and the step
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                if settings.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(params, settings.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
             if warmup is not None and outcome.steps < warmup.total_iters:
                 warmup.step()
             at.pending.append(loss.detach())
@@ -231,7 +252,7 @@ def train(
         tracker.log_epoch(values, step=outcome.steps, epoch=epoch)
         outcome.final.update(values)
         if _track_best(outcome, epoch, val_loss, val_acc) and checkpoints is not None:  # written with the next checkpoint
-            weights = {name: t.detach().clone() for name, t in model.state_dict().items()}
+            weights = {name: t.detach().clone() for name, t in _module(model).state_dict().items()}
             best = {"model": weights, "epoch": epoch, "step": outcome.steps, **values}
         if not quiet and (epoch % math.ceil(steps.epochs / 25) == 0 or epoch == steps.epochs):  # ≤ 25 lines
             rate = (at.seen - seen_before) / max(time.perf_counter() - epoch_started, 1e-9)

@@ -67,6 +67,7 @@ class Parts:
     warmup: lr_scheduler.LinearLR | None
     steps: engine.Plan
     order: torch.Generator  # the data-order RNG
+    scaler: torch.amp.GradScaler | None  # fp16 only
 
 
 def build(config: Config) -> Parts:
@@ -80,7 +81,28 @@ def build(config: Config) -> Parts:
     scheduler = build_schedule(config.schedule, optimizer, steps.epochs)
     warmup = build_warmup(config.schedule, optimizer)
     order = torch.Generator(device=device).manual_seed(config.experiment.seed)
-    return Parts(device, data, model, optimizer, scheduler, warmup, steps, order)
+    scaler = torch.amp.GradScaler(device.type) if config.train.precision == "fp16" else None
+    return Parts(device, data, model, optimizer, scheduler, warmup, steps, order, scaler)
+
+
+def compiled(model: nn.Module, data: Dataset, config: Config, batch_size: int) -> nn.Module:
+    """torch.compile(model), tried on one batch (forward and backward, RNG untouched); the model
+    itself, with a warning, when compiling fails: a missing compiler must not stop a run."""
+    if not config.train.compile:
+        return model
+    try:
+        candidate = torch.compile(model)
+        batch = data.x_train[:batch_size]  # the training shape, so the first step needs no recompile
+        with torch.random.fork_rng(devices=[data.x_train.device] if data.x_train.is_cuda else []):
+            candidate(batch).float().sum().backward()
+        model.zero_grad(set_to_none=True)
+        return candidate
+    except Exception as err:  # inductor needs a C++ compiler and a supported platform
+        model.zero_grad(set_to_none=True)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        sys.stderr.write(f"warning: train.compile: torch.compile failed ({type(err).__name__}: {first}); "
+                         "training without it\n")
+        return model
 
 
 def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool = False) -> tuple[Path, engine.Outcome]:
@@ -127,6 +149,8 @@ def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
         parts.scheduler.load_state_dict(state["scheduler"])
     if parts.warmup is not None:
         parts.warmup.load_state_dict(state["warmup"])
+    if parts.scaler is not None:
+        parts.scaler.load_state_dict(state["scaler"])
     checkpoints.restore_rng(state["rng"], parts.order)
     progress = engine.Progress.from_state(state["progress"], parts.device)
     (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
@@ -182,9 +206,10 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker, progre
     stop, started = engine.Stop(), time.perf_counter()
     try:
         try:
+            model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
             with stop_on_signals(stop):
-                outcome = engine.train(parts.model, parts.data, parts.optimizer, parts.scheduler, parts.warmup,
-                                       tracker, config.train, parts.steps, parts.order, quiet, saved, progress, stop)
+                outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker,
+                                       config.train, parts.steps, parts.order, quiet, saved, progress, stop, parts.scaler)
         finally:
             tracker.close()
         if outcome.status != "interrupted":
