@@ -6,6 +6,10 @@ A UserError becomes one line on stderr and exit code 2; nothing else is caught h
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -48,6 +52,7 @@ class Device(str, Enum):
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config, e.g. configs/smoke.yaml.", show_default=False)]
+NprocOpt = Annotated[int, typer.Option("--nproc", min=1, help="Processes to train with (DistributedDataParallel through torchrun; gloo on CPU, nccl on GPU).")]
 SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", metavar="KEY.PATH=VALUE", help="Override a config value; repeatable, e.g. --set optimizer.lr=0.01."),
@@ -92,11 +97,21 @@ def run(
     device: Annotated[Optional[Device], typer.Option("--device", help="Overrides train.device.", case_sensitive=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     skip_finished: Annotated[bool, typer.Option("--skip-finished", help="Do nothing if a finished run of this exact config and name is already there (for make).")] = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Train one experiment into runs/<experiment>/<name>-<timestamp>/ and log it to TensorBoard."""
     from gdtrain import recipe  # torch is imported only by the commands that train
     from gdtrain.sweep import finished_run
 
+    if nproc > 1:
+        with user_errors():  # what one process can check, before torchrun starts several
+            cfg = _load(config, overrides, device)
+            if cfg.train.batch_size != "full" and cfg.train.batch_size < nproc:
+                raise UserError(f"train.batch_size: {cfg.train.batch_size} cannot be shared by {nproc} processes; "
+                                f"use at least {nproc}, or fewer processes")
+        sets = [arg for o in overrides or [] for arg in ("--set", o)]
+        _torchrun(nproc, ["run", str(config), *sets, "--runs-dir", str(runs_dir), *(["--name", name] if name else []),
+                          *(["--device", device.value] if device else []), *(["--quiet"] if quiet else [])])
     with user_errors():
         cfg = _load(config, overrides, device)
         done = finished_run(runs_dir, cfg, name or cfg.experiment.run_name or recipe.default_run_name(cfg)) if skip_finished else None
@@ -105,6 +120,14 @@ def run(
             return
         run_dir, outcome = _interruptible(lambda: recipe.run(cfg, runs_dir, name, quiet), runs_dir)
     _report(run_dir, outcome, cfg)
+
+
+def _torchrun(nproc: int, args: list[str]) -> None:
+    """Run this gdtrain command as `torchrun --standalone --nproc-per-node N`; exit with its status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "gdtrain", *args]
+    typer.echo(f"launching: {shlex.join(command[2:])}", err=True)
+    raise typer.Exit(subprocess.call(command))
 
 
 def _interruptible(train, where: Path):
@@ -118,7 +141,9 @@ def _interruptible(train, where: Path):
 
 
 def _report(run_dir: Path, outcome, cfg: Config) -> None:
-    """The closing lines of run and resume, and their exit code."""
+    """The closing lines of run and resume (from rank 0 only), and their exit code."""
+    if os.environ.get("RANK", "0") != "0":
+        raise typer.Exit(0 if outcome.status == "finished" else 1)
     if outcome.status == "interrupted":
         typer.echo(f"interrupted at step {outcome.steps}, checkpoint saved; continue with: gdtrain resume {run_dir}",
                    err=True)
@@ -168,10 +193,15 @@ def paths(
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="The run folder, runs/<experiment>/<run>.", show_default=False)],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Continue an interrupted run from its newest checkpoint, into the same folder."""
     from gdtrain import recipe
 
+    if nproc > 1:
+        with user_errors():
+            _load(run_dir / "config.yaml", None)
+        _torchrun(nproc, ["resume", str(run_dir), *(["--quiet"] if quiet else [])])
     with user_errors():
         outcome = _interruptible(lambda: recipe.resume(run_dir, quiet), run_dir)
         cfg = _load(run_dir / "config.yaml", None)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from gdtrain.checkpoints import Checkpoints, rng_states
 from gdtrain.config import TrainConfig
 from gdtrain.datasets import Dataset, shuffled_batches
+from gdtrain.distributed import World, all_sum, gather
 from gdtrain.losses import LOSSES, count_correct
 from gdtrain.runs import Tracker
 
@@ -96,17 +97,24 @@ class Stop:
     signal: int | None = None
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str, batch_size: int) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None for mse) over (x, y), in batches, without gradients."""
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str, batch_size: int,
+             world: World = World()) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None for mse) over (x, y), in batches, without gradients; with
+    several processes each takes its shard and the sums are added up, so all see the same figures."""
     model.eval()
     total = torch.zeros((), device=x.device)
     correct = torch.zeros((), dtype=torch.long, device=x.device)
+    mine = world.shard(len(x))
+    xs, ys = x[mine], y[mine]
     with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            out, target = model(x[start : start + batch_size]), y[start : start + batch_size]
+        for start in range(0, len(xs), batch_size):
+            out, target = model(xs[start : start + batch_size]), ys[start : start + batch_size]
             total += LOSSES[loss](out, target) * len(target)  # mean → sum over the batch
             if loss != "mse":
                 correct += count_correct(loss, out, target)
+    if world.size > 1:
+        sums = all_sum(torch.stack([total.double(), correct.double()]), world).tolist()
+        return sums[0] / len(x), (sums[1] / len(x) if loss != "mse" else None)
     accuracy = correct.item() / len(x) if loss != "mse" else None
     return total.item() / len(x), accuracy
 
@@ -115,8 +123,14 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 
 def _module(model: nn.Module) -> nn.Module:
-    """The model itself under a torch.compile wrapper, whose state_dict keys carry a prefix."""
+    """The model itself under DistributedDataParallel and torch.compile, whose state_dict keys carry prefixes."""
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     return getattr(model, "_orig_mod", model)
+
+
+def _local(model: nn.Module) -> nn.Module:
+    """The model without DistributedDataParallel, for evaluation, which syncs nothing."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _grad_norm(params: list[Tensor]) -> float:
@@ -156,6 +170,7 @@ def train(
     progress: Progress | None = None,
     stop: Stop | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    world: World = World(),
 ) -> Outcome:
     """Train `model` on `data` for `steps` (from `progress` when resuming), validating every epoch."""
     loss_fn = LOSSES[settings.loss]
@@ -169,6 +184,7 @@ def train(
 
     def save_checkpoint() -> None:
         nonlocal best
+        rng = gather(rng_states(order), world)  # every rank's RNGs: each rank takes part
         if checkpoints is not None:
             if best is not None:
                 checkpoints.save_best(best)
@@ -177,7 +193,7 @@ def train(
                      "scaler": scaler.state_dict() if scaler is not None else None,
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "warmup": warmup.state_dict() if warmup is not None else None,
-                     "progress": at.state(), "rng": rng_states(order), "metrics_offset": tracker.flush()}
+                     "progress": at.state(), "rng": rng, "metrics_offset": tracker.flush()}
             checkpoints.save(state, outcome.steps)
 
     for epoch in range(at.epoch, steps.epochs + 1):
@@ -194,8 +210,13 @@ def train(
         started = epoch_started = time.perf_counter()
         seen_before = at.seen
         for xb, yb in batches:
+            n = len(xb)  # the global batch; with several processes this rank takes its shard
+            if world.size > 1:
+                xb, yb = xb[world.shard(n)], yb[world.shard(n)]
             with autocast:
                 loss = loss_fn(model(xb), yb)
+            if world.size > 1:  # DDP averages the ranks' gradients: weigh each by its share of the batch
+                loss = loss * (len(xb) * world.size / n)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()
@@ -212,10 +233,16 @@ def train(
             if warmup is not None and outcome.steps < warmup.total_iters:
                 warmup.step()
             at.pending.append(loss.detach())
-            outcome.steps, at.step_in_epoch, at.seen = outcome.steps + 1, at.step_in_epoch + 1, at.seen + len(xb)
+            outcome.steps, at.step_in_epoch, at.seen = outcome.steps + 1, at.step_in_epoch + 1, at.seen + n
             last = outcome.steps == steps.max_steps or at.seen == len(data.x_train)
+            halting = stop.signal is not None and world.size == 1  # several processes agree at log points
             if len(at.pending) == settings.log_every or last:
-                losses = torch.stack(at.pending).tolist()  # the one host sync per log_every steps
+                stacked = torch.stack(at.pending)
+                if world.size > 1:  # the global batch's mean loss; and does any rank want to stop?
+                    stacked = all_sum(stacked, world) / world.size
+                    stop.signal = next((sig for sig in gather(stop.signal, world) if sig), None)
+                    halting = stop.signal is not None
+                losses = stacked.tolist()  # the one host sync per log_every steps
                 bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
                 if bad is not None:
                     outcome.status = "diverged"
@@ -230,11 +257,11 @@ def train(
                 at.pending.clear()
             if last:
                 break
-            if stop.signal is not None or (settings.checkpoint_every and outcome.steps % settings.checkpoint_every == 0):
+            if halting or (settings.checkpoint_every and outcome.steps % settings.checkpoint_every == 0):
                 outcome.train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 save_checkpoint()
-                if stop.signal is not None:
+                if halting:
                     outcome.status, outcome.epochs, outcome.signal = "interrupted", epoch - 1, stop.signal
                     break
         bar.close()
@@ -244,7 +271,7 @@ def train(
         outcome.samples += at.seen
         outcome.epochs = epoch
 
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, settings.loss, settings.eval_batch_size)
+        val_loss, val_acc = evaluate(_local(model), data.x_val, data.y_val, settings.loss, settings.eval_batch_size, world)
         if not math.isfinite(val_loss):
             outcome.status, outcome.diverged_at_step = "diverged", outcome.steps
             break
@@ -271,6 +298,8 @@ def train(
             outcome.stopped_early = True
             break
         if epoch < steps.epochs:
+            if world.size > 1:  # the ranks stop together or not at all
+                stop.signal = next((sig for sig in gather(stop.signal, world) if sig), None)
             save_checkpoint()
             if stop.signal is not None:
                 outcome.status, outcome.signal = "interrupted", stop.signal
@@ -279,7 +308,8 @@ def train(
     if best is not None and outcome.status == "finished":
         checkpoints.save_best(best)
     if outcome.status == "finished" and data.x_test is not None:
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, settings.loss, settings.eval_batch_size)
+        test_loss, test_acc = evaluate(_local(model), data.x_test, data.y_test, settings.loss, settings.eval_batch_size,
+                                       world)
         values = {"loss/test": test_loss} | ({"accuracy/test": test_acc} if test_acc is not None else {})
         tracker.log_epoch(values, step=outcome.steps, epoch=outcome.epochs)
         outcome.final.update(values)

@@ -23,14 +23,15 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from gdtrain import checkpoints, engine
+from gdtrain import checkpoints, distributed, engine
 from gdtrain.checkpoints import Checkpoints
 from gdtrain.config import Config, FunctionData, check_name, load_config, to_dict
 from gdtrain.datasets import Dataset, build_dataset
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
-from gdtrain.runs import Tracker, flatten, new_run_dir, provenance, write_config, write_json_atomic
+from gdtrain.distributed import World
+from gdtrain.runs import NullTracker, Tracker, flatten, new_run_dir, provenance, write_config, write_json_atomic
 from gdtrain.yamlio import dump_yaml
 
 
@@ -68,21 +69,26 @@ class Parts:
     steps: engine.Plan
     order: torch.Generator  # the data-order RNG
     scaler: torch.amp.GradScaler | None  # fp16 only
+    world: World  # this process among torchrun's; World() alone
 
 
 def build(config: Config) -> Parts:
     """Seed, then build data (checked before any folder exists), model, optimizer and schedules."""
     device = resolve_device(config.train.device)
+    world = distributed.join(cuda=device.type == "cuda")
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
     seed_everything(config.experiment.seed)
     data = build_dataset(config).to(device)
     model = build_model(config.model, data.in_features, data.out_features(config.train.loss)).to(device)
     optimizer = build_optimizer(config.optimizer, model)
     steps = engine.plan(len(data.x_train), config.train)
+    distributed.check_batch(world, steps.batch_size)
     scheduler = build_schedule(config.schedule, optimizer, steps.epochs)
     warmup = build_warmup(config.schedule, optimizer)
     order = torch.Generator(device=device).manual_seed(config.experiment.seed)
     scaler = torch.amp.GradScaler(device.type) if config.train.precision == "fp16" else None
-    return Parts(device, data, model, optimizer, scheduler, warmup, steps, order, scaler)
+    return Parts(device, data, model, optimizer, scheduler, warmup, steps, order, scaler, world)
 
 
 def compiled(model: nn.Module, data: Dataset, config: Config, batch_size: int) -> nn.Module:
@@ -119,11 +125,16 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
         return descent.run_dir, descent.outcome
     parts = build(config)
     run_name = run_name or config.experiment.run_name or default_run_name(config)
-    run_dir = new_run_dir(runs_dir, config.experiment.name, run_name)
     meta = _meta(config, parts)
-    write_config(run_dir, dump_yaml(to_dict(config)), meta)
-    tracker = Tracker(run_dir)
-    _log_hparams(tracker, config, parts)
+    if parts.world.main:
+        run_dir = new_run_dir(runs_dir, config.experiment.name, run_name)
+        write_config(run_dir, dump_yaml(to_dict(config)), meta)
+        tracker: Tracker | NullTracker = Tracker(run_dir)
+        _log_hparams(tracker, config, parts)
+    else:
+        tracker = NullTracker()
+    run_dir = Path(distributed.gather(str(run_dir) if parts.world.main else "", parts.world)[0]
+                   if parts.world.size > 1 else run_dir)
     return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
 
 
@@ -151,11 +162,19 @@ def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
         parts.warmup.load_state_dict(state["warmup"])
     if parts.scaler is not None:
         parts.scaler.load_state_dict(state["scaler"])
-    checkpoints.restore_rng(state["rng"], parts.order)
+    rng, world = state["rng"], parts.world
+    if isinstance(rng, list) != (world.size > 1) or (world.size > 1 and len(rng) != world.size):
+        saved_by = len(rng) if isinstance(rng, list) else 1
+        raise UserError(f"{latest}: written by {saved_by} process(es); resume it with as many "
+                        f"(gdtrain resume --nproc {saved_by}), not {world.size}")
+    checkpoints.restore_rng(rng[world.rank] if world.size > 1 else rng, parts.order)
     progress = engine.Progress.from_state(state["progress"], parts.device)
-    (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
-    tracker = Tracker(run_dir, resume_at=state["metrics_offset"])
-    _log_hparams(tracker, config, parts)
+    if world.main:
+        (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
+        tracker: Tracker | NullTracker = Tracker(run_dir, resume_at=state["metrics_offset"])
+        _log_hparams(tracker, config, parts)
+    else:
+        tracker = NullTracker()
     meta = _meta(config, parts) | {"resumed_from": str(latest)}
     return _train(config, parts, run_dir, tracker, progress, meta, quiet)
 
@@ -199,19 +218,26 @@ def stop_on_signals(stop: engine.Stop) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker, progress: engine.Progress | None,
+def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullTracker, progress: engine.Progress | None,
            meta: dict[str, Any], quiet: bool) -> engine.Outcome:
     """Run the engine with checkpoints and signal handling; write model.pt and summary.json."""
-    saved = Checkpoints(run_dir, config.train.keep_last, to_dict(config))
+    world = parts.world
+    saved = Checkpoints(run_dir, config.train.keep_last, to_dict(config)) if world.main else None
     stop, started = engine.Stop(), time.perf_counter()
     try:
         try:
             model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
+            if world.size > 1:
+                model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
             with stop_on_signals(stop):
                 outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker,
-                                       config.train, parts.steps, parts.order, quiet, saved, progress, stop, parts.scaler)
+                                       config.train, parts.steps, parts.order, quiet or not world.main, saved, progress,
+                                       stop, parts.scaler, world)
         finally:
             tracker.close()
+        distributed.leave(world)
+        if not world.main:
+            return outcome
         if outcome.status != "interrupted":
             torch.save(parts.model.state_dict(), run_dir / "model.pt")
     except OSError as err:  # disk full, folder removed or made read-only while training
@@ -224,7 +250,10 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker, progre
         raise
     summary = summarise(outcome, parts.steps, time.perf_counter() - started, meta)
     if outcome.status == "interrupted":
-        summary |= {"checkpoint": str(saved.latest()), "resume": f"gdtrain resume {run_dir}"}
+        nproc = f"--nproc {world.size} " if world.size > 1 else ""
+        summary |= {"checkpoint": str(saved.latest()), "resume": f"gdtrain resume {nproc}{run_dir}"}
+    if world.size > 1:
+        summary["processes"] = world.size
     write_json_atomic(run_dir / "summary.json", summary)
     return outcome
 

@@ -156,6 +156,26 @@ class Tracker:
         self.lines.close()
 
 
+class NullTracker:
+    """What ranks other than 0 log to: nothing (rank 0 writes the run folder)."""
+
+    def log_step(self, values: dict[str, float], step: int, epoch: int) -> None:
+        """Nothing."""
+
+    def log_epoch(self, values: dict[str, float], step: int, epoch: int) -> None:
+        """Nothing."""
+
+    def log_hparams(self, flat_config: dict[str, Any], metric_tags: list[str]) -> None:
+        """Nothing."""
+
+    def flush(self) -> int:
+        """Nothing to flush."""
+        return 0
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'optimizer': {'lr': 0.1}} → {'optimizer.lr': 0.1}."""
     flat: dict[str, Any] = {}

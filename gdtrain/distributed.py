@@ -1,0 +1,78 @@
+"""Several processes, one run: torchrun's environment, DistributedDataParallel's helpers.
+
+`torchrun --nproc-per-node N -m gdtrain run CONFIG` starts N copies; each finds its rank here,
+joins the process group (gloo on CPU, nccl on GPU) and trains its share of every global batch.
+Only rank 0 writes the run folder. With one process none of this does anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gdtrain.errors import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0  # the GPU this process drives on its machine
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that logs, checkpoints and writes the summary."""
+        return self.rank == 0
+
+    def shard(self, n: int) -> slice:
+        """This rank's part of a global batch of n samples (sizes differ by at most one)."""
+        return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
+
+
+def join(cuda: bool) -> World:
+    """The World torchrun describes in the environment; joins its process group when there are several."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    if cuda:
+        torch.cuda.set_device(world.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return world
+
+
+def check_batch(world: World, batch_size: int) -> None:
+    """Every rank needs at least one sample of each global batch."""
+    if world.size > 1 and batch_size < world.size:
+        raise UserError(f"train.batch_size: {batch_size} cannot be shared by {world.size} processes; "
+                        f"use at least {world.size}, or fewer processes")
+
+
+def all_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum `tensor` over every rank, in place (a no-op for one process)."""
+    if world.size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def gather(obj: Any, world: World) -> Any:
+    """Every rank's `obj` as a list, in rank order; the object itself for one process."""
+    if world.size == 1:
+        return obj
+    found: list[Any] = [None] * world.size
+    dist.all_gather_object(found, obj)
+    return found
+
+
+def leave(world: World) -> None:
+    """Leave the process group at the end of a run."""
+    if world.size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
