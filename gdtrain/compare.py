@@ -1,9 +1,10 @@
 """Compare runs: read every run folder under a path, tabulate a metric, and plot the curves.
 
-A run folder is one that holds config.yaml. Its status comes from summary.json (finished,
-diverged, failed, interrupted); without one, or with one that does not parse, the run is
-`unfinished` or `corrupt`: reported, never read as a result. Runs whose configs differ only in
-the seed are one configuration, shown as mean ± std over its seeds.
+A run folder is one that holds config.yaml, or is named like one. Its status comes from
+summary.json (finished, diverged, failed, interrupted); without one, or with one that does not
+parse, or without config.yaml, the run is `unfinished` or `corrupt`: reported, never read as a
+result. Runs whose configs differ only in the seed are one configuration, shown as mean ± std
+over its seeds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,29 @@ class Run:
 
     def curve(self, tag: str) -> list[tuple[int, int, float]]:
         """(step, epoch, value) for every logged point of `tag`."""
-        return [(r["step"], r["epoch"], r[tag]) for r in self.rows if isinstance(r.get(tag), (int, float))]
+        return [(r["step"], r["epoch"], v) for r in self.rows if (v := _number(r.get(tag))) is not None]
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl as one dict per line. A last line cut short (a crash mid-write) is left out;
+    any other unreadable line makes the file unusable: no rows rather than wrong ones."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break  # cut short by a crash mid-write
+            return []
+        counts = [row.get(key) for key in ("step", "epoch")] if isinstance(row, dict) else [None]
+        if not all(type(n) is int and 0 <= n < 2**63 for n in counts):
+            return []
+        rows.append(row)
+    return rows
 
 
 def read_run(path: Path) -> Run:
@@ -45,26 +69,31 @@ def read_run(path: Path) -> Run:
         config = flatten(load_yaml(path / "config.yaml") or {})
     except (UserError, AttributeError):
         return Run(path, "corrupt")
-    try:
-        rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        rows = []
+    rows = read_rows(path / "metrics.jsonl")
     summary_path = path / "summary.json"
     if not summary_path.exists():
         return Run(path, "unfinished", config, {}, rows)
     try:
-        summary = json.loads(summary_path.read_text())
-        status = str(summary["status"])
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        status = summary["status"]
     except (OSError, ValueError, KeyError, TypeError):
+        return Run(path, "corrupt", config, {}, rows)
+    if not isinstance(status, str):  # `"status": null` is no status
         return Run(path, "corrupt", config, {}, rows)
     return Run(path, status, config, summary, rows)
 
 
+RUN_FOLDER = re.compile(r".+-\d{8}-\d{6}(-\d+)?")  # runs.new_run_dir's <name>-YYYYmmdd-HHMMSS[-k]
+
+
 def read_runs(root: Path) -> list[Run]:
-    """Every run folder at or below `root`, in path order."""
+    """Every run folder at or below `root`, in path order: each folder with a config.yaml, and each
+    folder named like a run folder without one (a crash before it was written: corrupt)."""
     if not root.is_dir():
         raise UserError(f"{root}: no such folder; give a runs folder, e.g. runs/<experiment>")
-    runs = [read_run(p.parent) for p in sorted(root.rglob("config.yaml"))]
+    found = {p.parent for p in root.rglob("config.yaml")}
+    found |= {p for p in root.rglob("*") if RUN_FOLDER.fullmatch(p.name) and p.is_dir()}
+    runs = [read_run(p) for p in sorted(found)]
     if not runs:
         raise UserError(f"{root}: no run folders in it (a run folder holds config.yaml); runs are in runs/<experiment>/")
     return runs
@@ -116,7 +145,7 @@ class Row:
 
 
 def _varies(runs: list[Run], key: str) -> bool:
-    return len({json.dumps(run.config[key]) for run in runs if key in run.config}) > 1
+    return len({json.dumps(run.config[key], default=str) for run in runs if key in run.config}) > 1
 
 
 def _peers(runs: list[Run], run: Run, key: str) -> list[Run]:
@@ -166,6 +195,17 @@ def _key(key: str) -> str:
     return key if key.endswith(".name") else key.split(".")[-1]
 
 
+def _number(value: Any) -> float | None:
+    """A logged or summary figure as a float; None for what a foreign or hand-edited file may hold
+    instead (a string, a bool, a JSON integer too big for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def _show(value: Any) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
@@ -205,8 +245,8 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
             "best": [f.best for f in row.figures],
             "best epoch": [f.best_epoch for f in row.figures],
             "steps to target": [f.steps_to_target for f in row.figures],
-            "wall s": [r.summary.get("wall_seconds") for r in row.runs],
-            "samples/s": [r.summary.get("samples_per_second") for r in row.runs],
+            "wall s": [_number(r.summary.get("wall_seconds")) for r in row.runs],
+            "samples/s": [_number(r.summary.get("samples_per_second")) for r in row.runs],
             "status": row.status,
         })
     return records

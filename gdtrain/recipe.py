@@ -27,6 +27,7 @@ from gdtrain import checkpoints, distributed, engine
 from gdtrain.checkpoints import Checkpoints
 from gdtrain.config import Config, FunctionData, check_name, load_config, to_dict
 from gdtrain.datasets import Dataset, build_dataset
+from gdtrain.determinism import set_determinism
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
@@ -74,6 +75,7 @@ class Parts:
 
 def build(config: Config) -> Parts:
     """Seed, then build data (checked before any folder exists), model, optimizer and schedules."""
+    set_determinism(config.train.deterministic)  # before CUDA starts: cuBLAS reads its setting once
     device = resolve_device(config.train.device)
     world = distributed.join(cuda=device.type == "cuda")
     if device.type == "cuda" and world.size > 1:

@@ -57,6 +57,10 @@ def _values(values: Any, where: str) -> list[Any]:
     values = values if isinstance(values, list) else [values]
     if not values or any(v is None for v in values):
         raise UserError(f"{where}: an empty value; give one or more values separated by commas, e.g. 0.1,0.01")
+    try:  # each point's values travel as JSON (expand's overrides)
+        json.dumps(values, allow_nan=False)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: values must be finite numbers, strings, lists or mappings, got {values!r}") from None
     return values
 
 
@@ -72,7 +76,7 @@ def _label(value: Any) -> str:
     """A value as it reads in a run name: 0.01, adam, 16-16, sgd+lr=0.1; only folder-safe characters."""
     if isinstance(value, dict):  # a whole section: its name, then its other settings
         parts = [_label(value["name"])] if "name" in value else []
-        return "+".join(parts + [f"{k}={_label(v)}" for k, v in value.items() if k != "name"])
+        return "+".join(parts + [f"{_label(k)}={_label(v)}" for k, v in value.items() if k != "name"])
     text = format(value, "g") if isinstance(value, float) else json.dumps(value) if isinstance(value, list) else str(value)
     text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._=+-]+", "-", text))  # '..' would fail runs.check_name mid-sweep
     return text.strip("-") or "x"

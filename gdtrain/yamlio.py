@@ -6,6 +6,7 @@ the loader here reads every float spelling as a number and rejects duplicate key
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import re
 import typing
@@ -27,18 +28,84 @@ _FLOAT = re.compile(
 )
 
 
+MAX_BYTES = 100_000  # a config is a few kilobytes; PyYAML is pure Python, so a huge file would stall
+MAX_VALUES = 10_000  # values in a document, an alias counted at every use: stops billion-laughs bombs
+MAX_FLOW_DEPTH = 100  # nested [ ] and { }: PyYAML's scanner slows quadratically with depth (1.5 s at 1,000)
+_ERROR = yaml.constructor.ConstructorError
+# What PyYAML's own constructors raise on a value its tag does not fit: `2001-13-45`, `._`, and
+# explicit tags on the wrong value (`!!bool abc`: KeyError, `!!timestamp x`: AttributeError, `!!int ''`).
+_UNREADABLE = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Refuse a document that is huge once aliases are expanded, or an alias inside its own anchor."""
+    sizes: dict[int, int] = {}  # id(node) → values at and below it, aliases counted at every use
+    path: set[int] = set()  # the collections being walked: meeting one again is a cycle
+    stack = [(root, False)]
+    while stack:  # iterative: deep documents must not hit the recursion limit here
+        node, closing = stack.pop()
+        if closing:
+            path.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[id(node)] > MAX_VALUES:
+                raise _ERROR(None, None, f"more than {MAX_VALUES:,} values once aliases are expanded; "
+                             "a config holds a few dozen", node.start_mark)
+        elif id(node) in path:
+            raise _ERROR(None, None, "an alias refers to a collection that holds it", node.start_mark)
+        elif id(node) not in sizes:
+            path.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader (no Python objects) that reads 1e-3 as a float and refuses duplicate keys."""
+    """SafeLoader (no Python objects) that reads 1e-3 as a float and refuses duplicate keys,
+    alias bombs, self-referencing aliases, whole numbers beyond 64 bits and unconvertible scalars."""
+
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:
+        if self.flow_level >= MAX_FLOW_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"nested more than {MAX_FLOW_DEPTH} levels deep; "
+                                            "a config is a few levels deep", self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_size(node)
+        try:
+            return super().construct_document(node)
+        except _UNREADABLE as err:  # raised while filling a collection: no better place to point at
+            raise _ERROR(None, None, f"cannot read a value ({type(err).__name__}: {err})", node.start_mark) from None
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except _UNREADABLE as err:
+            kind = node.tag.rsplit(":", 1)[-1]  # tag:yaml.org,2002:timestamp → timestamp
+            raise _ERROR(None, None, f"cannot read a {kind} from this value ({type(err).__name__}: {err})",
+                         node.start_mark) from None
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        value = super().construct_yaml_int(node)
+        if not -(2**63) <= value < 2**63:  # 0x-spelled giants would later fail to print
+            raise _ERROR(None, None, "a whole number beyond 64 bits; no setting takes one", node.start_mark)
+        return value
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
-        for key_node, _ in node.value:
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else []:  # else the base class says so
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):  # a list, set or mapping: the base class says so
+                break
             if key in seen:
                 line = key_node.start_mark.line + 1
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {line}); keep one", key_node.start_mark
-                )
+                raise _ERROR(None, None, f"duplicate key {key!r} (line {line}); keep one", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -48,6 +115,15 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _refuse_python(loader: _Loader, suffix: str, node: yaml.Node) -> None:
+    raise _ERROR(None, None, f"!!python/{suffix}: Python objects are refused (a config holds plain values)",
+                 node.start_mark)
+
+
+_Loader.add_multi_constructor("tag:yaml.org,2002:python/", _refuse_python)  # SafeLoader refuses them too, less clearly
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -59,26 +135,39 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
-def load_yaml(path: Path) -> Any:
-    """Parse a YAML file safely; a missing, unreadable or malformed file is a UserError."""
-    if not path.exists():
-        raise UserError(f"{path}: no such config file; check the path (shipped configs are in configs/)")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder; give a YAML config file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read the config ({err.__class__.__name__}: {err})") from None
+def _parse(text: str) -> Any:
+    """YAML text as data; every problem with the text is a yaml.YAMLError."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise yaml.YAMLError("nested too deeply; a config is a few levels deep") from None
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file safely; a missing, unreadable, odd or malformed file is a UserError."""
+    try:
+        if not path.exists():
+            raise UserError(f"{path}: no such config file; check the path (shipped configs are in configs/)")
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; give a YAML config file")
+        if not path.is_file():  # reading a FIFO or a device could block forever
+            raise UserError(f"{path}: is not a regular file; give a YAML config file")
+        if path.stat().st_size > MAX_BYTES:
+            raise UserError(f"{path}: {path.stat().st_size:,} bytes is too big for a config (at most {MAX_BYTES:,})")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:  # also a name too long to stat
+        raise UserError(f"{path}: cannot read the config ({err.__class__.__name__}: {err})") from None
+    try:
+        return _parse(text)
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: malformed YAML at {_yaml_problem(err)}") from None
+        where = " at " if getattr(err, "problem_mark", None) else ": "  # a reader error has no line
+        raise UserError(f"{path}: malformed YAML{where}{_yaml_problem(err)}") from None
 
 
 def parse_value(text: str, where: str) -> Any:
     """Read one `--set` value as YAML (`0.1` → float, `[64, 64]` → list, `adam` → str)."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506
+        return _parse(text)
     except yaml.YAMLError as err:
         raise UserError(f"{where}: the value {text!r} is not valid YAML ({_yaml_problem(err)})") from None
 

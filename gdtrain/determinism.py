@@ -1,0 +1,23 @@
+"""`train.deterministic`: make torch pick deterministic kernels, or fail loudly where it has none.
+
+Seeding (recipe.seed_everything) fixes the random numbers; this fixes the arithmetic. On the CPU
+the kernels gdtrain uses are already deterministic, so it changes nothing there; on a GPU it
+avoids atomic-add kernels and cuDNN's autotuner. PyTorch's notes: docs.pytorch.org/docs/stable/notes/randomness.html
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def set_determinism(on: bool) -> None:
+    """Require deterministic algorithms (an op without one raises) and fix cuDNN's choice; or release both."""
+    if on:
+        # cuBLAS reuses workspace across streams unless told a fixed size; read when CUDA first starts,
+        # so this must run before anything touches the GPU. An explicit user setting wins.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=False)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: a run-to-run difference
