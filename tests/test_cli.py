@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
+from clihelp import gdtrain, write
 from gdtrain import __version__
-from gdtrain.cli import app
 from gdtrain.config import Config, load_config
 from gdtrain.datasets import DATASETS
 from gdtrain.losses import LOSSES
@@ -28,20 +27,6 @@ from gdtrain.optimizers import OPTIMIZERS, SCHEDULE_HELP
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
-
-runner = CliRunner()
-
-
-def gdtrain(*args: str | Path):
-    """Invoke the CLI in-process; unexpected exceptions surface as test errors, not exit code 1."""
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
 
 def folders(root: Path) -> list[Path]:
     """Every folder below `root`: a failed command must leave not even an empty runs/<experiment>/."""

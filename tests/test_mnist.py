@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import http.server
 import json
-import os
 import struct
 import threading
 import time
@@ -24,7 +23,6 @@ from gdtrain import idx, recipe
 from gdtrain.cli import app
 from gdtrain.config import validate
 from gdtrain.datasets import build_dataset
-from gdtrain.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -11,30 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from typer.testing import CliRunner
 
+from clihelp import gdtrain, write
 from gdtrain import paths, recipe
-from gdtrain.cli import app
 from gdtrain.config import FunctionData, load_config, validate
 from gdtrain.functions import FUNCTIONS
 from gdtrain.optimizers import OPTIMIZERS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUADRATIC = CONFIGS / "path_quadratic_sgd.yaml"  # the seeds': x² from 10, lr 0.1, 20 steps
-runner = CliRunner()
-
-
-def gdtrain(*args: str | Path):
-    """Invoke the CLI in-process; unexpected exceptions surface as test errors."""
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -15,10 +15,9 @@ import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from typer.testing import CliRunner
 
+from clihelp import gdtrain, one_error
 from gdtrain import checkpoints, recipe
-from gdtrain.cli import app
 from gdtrain.config import validate
 
 # Mid-epoch checkpoints (every 70 steps, 250 steps an epoch), dropout, warm-up and a step
@@ -31,10 +30,6 @@ optimizer: {name: adam, lr: 0.003}
 schedule: {name: step, step_size: 1, gamma: 0.7, warmup_steps: 25}
 train: {epochs: 4, batch_size: 8, loss: cross_entropy, log_every: 7, checkpoint_every: 70, keep_last: 3}
 """
-
-
-def gdtrain(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -136,14 +131,6 @@ def test_evaluate_reports_best_and_last(uninterrupted):
     assert f"loss/val {summary['final']['loss/val']:.4f}" in last.stdout
     best = gdtrain("evaluate", uninterrupted, "--checkpoint", "best")
     assert f"loss/val {summary['best']['loss/val']:.4f}" in best.stdout and "best.pt" in best.stdout
-
-
-def one_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture

@@ -10,28 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from clihelp import gdtrain, one_error
 from gdtrain import recipe, sweep
-from gdtrain.cli import app
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
-def gdtrain(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def run_folders(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("config.yaml"))
-
-
-def one_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 # --- sweep --------------------------------------------------------------------------------------
