@@ -122,15 +122,14 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str, batch_size: int,
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _module(model: nn.Module) -> nn.Module:
-    """The model itself under DistributedDataParallel and torch.compile, whose state_dict keys carry prefixes."""
-    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)
-
-
 def _local(model: nn.Module) -> nn.Module:
     """The model without DistributedDataParallel, for evaluation, which syncs nothing."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _module(model: nn.Module) -> nn.Module:
+    """The model itself under DDP and torch.compile, whose state_dict keys carry prefixes."""
+    return getattr(_local(model), "_orig_mod", _local(model))
 
 
 def _grad_norm(params: list[Tensor]) -> float:
@@ -212,7 +211,8 @@ def train(
         for xb, yb in batches:
             n = len(xb)  # the global batch; with several processes this rank takes its shard
             if world.size > 1:
-                xb, yb = xb[world.shard(n)], yb[world.shard(n)]
+                mine = world.shard(n)
+                xb, yb = xb[mine], yb[mine]
             with autocast:
                 loss = loss_fn(model(xb), yb)
             if world.size > 1:  # DDP averages the ranks' gradients: weigh each by its share of the batch

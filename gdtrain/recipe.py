@@ -150,11 +150,12 @@ def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
         raise UserError(f"{run_dir}: already {status}; nothing to resume (gdtrain run {run_dir / 'config.yaml'} starts anew)")
     if isinstance(config.data, FunctionData):
         raise UserError(f"{run_dir}: function runs keep no checkpoints; run again: gdtrain run {run_dir / 'config.yaml'}")
-    latest = Checkpoints(run_dir, config.train.keep_last, to_dict(config)).latest()
+    resolved = to_dict(config)
+    latest = Checkpoints(run_dir, config.train.keep_last, resolved).latest()
     if latest is None:
         raise UserError(f"{run_dir}: no checkpoint in it (it stopped before its first); "
                         f"run it again: gdtrain run {run_dir / 'config.yaml'}")
-    state = checkpoints.load(latest, to_dict(config))
+    state = checkpoints.load(latest, resolved)
     parts = build(config)
     parts.model.load_state_dict(state["model"])
     parts.optimizer.load_state_dict(state["optimizer"])
@@ -277,18 +278,17 @@ def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:
     config = load_config(run_dir / "config.yaml")
     if isinstance(config.data, FunctionData):
         raise UserError(f"{run_dir}: a function run has no data to evaluate; its summary.json holds f(x)")
-    saved = Checkpoints(run_dir, config.train.keep_last, to_dict(config))
+    resolved = to_dict(config)
+    saved = Checkpoints(run_dir, config.train.keep_last, resolved)
     if which == "best":
         path = saved.folder / "best.pt"
-        weights = checkpoints.load(path, to_dict(config))["model"] if path.exists() else None
     elif (run_dir / "model.pt").exists():
-        path = run_dir / "model.pt"
-        weights = checkpoints.load_weights(path)
+        path = run_dir / "model.pt"  # a finished run's final weights
     else:
-        path = saved.latest() or run_dir / "model.pt"
-        weights = checkpoints.load(path, to_dict(config))["model"] if saved.latest() else None
-    if weights is None:
+        path = saved.latest() or run_dir / "model.pt"  # an unfinished run's newest checkpoint
+    if not path.exists():
         raise UserError(f"{path}: not found; this run saved no {which} weights yet")
+    weights = checkpoints.load_weights(path) if path.name == "model.pt" else checkpoints.load(path, resolved)["model"]
     parts = build(config)
     try:
         parts.model.load_state_dict(weights)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gdtrain.config import Config, apply_overrides, read_config, validate
+from gdtrain.config import Config, apply_overrides, load_config, read_config, validate
 from gdtrain.errors import UserError
 from gdtrain.yamlio import parse_value
 
@@ -117,8 +117,6 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
 
 def finished_run(runs_dir: Path, config: Config, name: str) -> Path | None:
     """A run folder named `name` with this resolved config whose summary says it is done."""
-    from gdtrain.config import load_config
-
     folder = runs_dir / config.experiment.name
     pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
     for run_dir in sorted(folder.glob(f"{glob.escape(name)}-*")) if folder.is_dir() else []:
