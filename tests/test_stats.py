@@ -1,0 +1,98 @@
+"""The statistics behind every verdict, on cases whose answer is known."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gdtrain import stats
+
+
+def test_identical_samples_tie() -> None:
+    values = [0.9, 0.91, 0.92, 0.93, 0.94]
+    pair = stats.compare_pair("adam", values, "sgd", list(values))
+    assert pair.p_a_beats_b == 0.5
+    assert pair.ci[0] < 0.5 < pair.ci[1]
+    assert pair.verdict == "no detectable difference"
+    assert stats.tie_groups(["adam", "sgd"], [pair]) == [["adam", "sgd"]]
+
+
+def test_constant_samples_tie_with_a_point_interval() -> None:
+    pair = stats.compare_pair("a", [1.0, 1.0, 1.0], "b", [1.0, 1.0, 1.0])
+    assert (pair.p_a_beats_b, pair.ci, pair.verdict) == (0.5, (0.5, 0.5), "no detectable difference")
+
+
+def test_fully_separated_samples_beat_with_certainty() -> None:
+    better, worse = [0.95, 0.96, 0.97, 0.98, 0.99], [0.80, 0.81, 0.82, 0.83, 0.84]
+    pair = stats.compare_pair("adam", better, "sgd", worse)
+    assert pair.p_a_beats_b == 1.0
+    assert pair.ci == (1.0, 1.0)
+    assert pair.verdict == "adam beats sgd" and pair.a_beats_b
+    reverse = stats.compare_pair("sgd", worse, "adam", better)
+    assert reverse.p_a_beats_b == 0.0 and reverse.verdict == "adam beats sgd" and not reverse.a_beats_b
+    assert stats.tie_groups(["sgd", "adam"], [reverse]) == [["adam"], ["sgd"]]
+
+
+def test_lower_is_better_turns_the_comparison_round() -> None:
+    low_loss, high_loss = [0.10, 0.11, 0.12, 0.13, 0.14], [0.5, 0.6, 0.7, 0.8, 0.9]
+    pair = stats.compare_pair("adam", low_loss, "sgd", high_loss, higher_is_better=False)
+    assert pair.p_a_beats_b == 1.0 and pair.verdict == "adam beats sgd"
+    assert stats.p_beats(low_loss, high_loss, higher_is_better=True) == 0.0
+
+
+def test_two_seeds_are_never_enough_to_call_a_winner() -> None:
+    # separated, yet 1 arrangement in 6 is separated by chance: the bootstrap alone would say [1, 1]
+    pair = stats.compare_pair("a", [0.9, 0.91], "b", [0.5, 0.51])
+    assert pair.p_a_beats_b == 1.0 and pair.ci == (1.0, 1.0)
+    assert pair.p_value > 0.05 and pair.verdict == "no detectable difference"
+
+
+def test_ties_count_half() -> None:
+    assert stats.p_beats([1.0, 2.0], [1.0, 1.0]) == pytest.approx((0.5 + 0.5 + 1 + 1) / 4)
+
+
+def test_overlapping_noise_is_not_ranked() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.9, 0.01, 5), rng.normal(0.9, 0.01, 5)
+    pair = stats.compare_pair("a", a.tolist(), "b", b.tolist())
+    assert pair.verdict == "no detectable difference"
+    assert pair.ci[0] <= 0.5 <= pair.ci[1]
+
+
+def test_tie_groups_put_the_unbeaten_first_and_handle_cycles() -> None:
+    def pair(a: str, b: str, verdict: str) -> stats.Pair:
+        return stats.Pair(a, b, 0.5, (0.5, 0.5), 0.5, verdict)
+
+    # a beats c; b ties with both: a and b are unbeaten, c comes after
+    pairs = [pair("a", "b", "no detectable difference"), pair("a", "c", "a beats c"),
+             pair("b", "c", "no detectable difference")]
+    assert stats.tie_groups(["c", "b", "a"], pairs) == [["b", "a"], ["c"]]
+    cycle = [pair("a", "b", "a beats b"), pair("b", "c", "b beats c"), pair("c", "a", "c beats a")]
+    assert stats.tie_groups(["a", "b", "c"], cycle) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("values", [[0.3, 0.9, 0.5], [0.1, 0.1, 0.7, 0.4], [2.0, -1.0, 0.5, 0.5, 3.0]])
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_budget_curve_equals_brute_force_over_all_ordered_draws(values: list[float], higher_is_better: bool) -> None:
+    best = max if higher_is_better else min
+    for k in range(1, 5):
+        draws = list(itertools.product(values, repeat=k))  # all N^k ordered draws with replacement
+        brute = sum(best(d) for d in draws) / len(draws)
+        assert stats.expected_best(values, k, higher_is_better) == pytest.approx(brute, rel=1e-12)
+    curve = stats.budget_curve(values, higher_is_better)
+    assert curve[0] == pytest.approx(np.mean(values))
+    ordered = curve if higher_is_better else [-v for v in curve]
+    assert ordered == sorted(ordered)  # more trials never make the expected best worse
+
+
+def test_summary_of_reruns() -> None:
+    values = [0.91, 0.93, 0.92, 0.95, 0.90]
+    s = stats.summarise(values)
+    assert (s.n, s.mean, s.median) == (5, pytest.approx(0.922), 0.92)
+    assert s.std == pytest.approx(np.std(values, ddof=1))
+    assert min(values) <= s.ci[0] < s.mean < s.ci[1] <= max(values)
+    assert stats.summarise(values) == s  # seeded: the same numbers every time
+    same = stats.summarise([0.5, 0.5, 0.5])
+    assert same.ci == (0.5, 0.5) and same.std == 0.0
