@@ -259,6 +259,29 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command()
+def study(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY", help="YAML study file, e.g. studies/quick.yaml.", show_default=False)],
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the study folder <runs-dir>/<study-name>/.")] = Path("runs"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a study: runs already done are never run twice.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with its share of the CPU threads.")] = 1,
+    overrides: SetOpt = None,
+) -> None:
+    """Tune each optimizer on an equal budget, rerun the best over seeds, and state which is better and how surely."""
+    from gdtrain import study as studying
+    from gdtrain.studyreport import verdict_lines
+
+    with user_errors():
+        spec = studying.load_study(study_file, overrides or [])
+        folder, results = studying.run_study(spec, runs_dir, jobs, resume, typer.echo)
+    if results is None:
+        raise typer.Exit(1)
+    typer.echo("")
+    for line in verdict_lines(results):
+        typer.echo(line.replace("**", ""))
+    typer.echo(f"report: {folder / 'report.md'}   (tensorboard --logdir {folder})")
+
+
 class Format(str, Enum):
     table = "table"
     markdown = "markdown"
