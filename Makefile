@@ -11,7 +11,7 @@ MNIST_MLP := mnist_adam $(sort $(basename $(notdir $(wildcard configs/mnist_mlp_
 export GDTRAIN_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(CURDIR)/data)
 
 .DEFAULT_GOAL := all
-.PHONY: all help install test smoke demo bench accuracy compare-mnist sweep-synthetic download-mnist paths tensorboard clean $(CONFIGS)
+.PHONY: all help install test smoke demo bench accuracy compare-mnist sweep-synthetic study-quick study study-fashion download-mnist paths tensorboard clean $(CONFIGS)
 
 all: $(CONFIGS) ## run every shipped config (the published runs) into runs/
 
@@ -51,6 +51,15 @@ compare-mnist: install ## the MNIST MLP with all 7 optimizers into runs/mnist_ml
 sweep-synthetic: install ## 7 optimizers x 3 seeds on two moons (~45 s), then the table and plot
 	$(BIN)/gdtrain sweep sweeps/synthetic_optimizers.yaml --resume
 	$(BIN)/gdtrain compare runs/synthetic_optimizers --target 0.95 --plot runs/synthetic_optimizers/compare.png
+
+study-quick: install ## which optimizer is better: 4 optimizers tuned and rerun on a synthetic set (~1 min), verdict + report
+	$(BIN)/gdtrain study studies/quick.yaml --resume
+
+study: install ## the MNIST study: 7 optimizers, equal tuning budget, 5 seeds each, verdict + report (see README for its time)
+	$(BIN)/gdtrain study studies/mnist_optimizers.yaml --resume
+
+study-fashion: install ## the same study on Fashion-MNIST
+	$(BIN)/gdtrain study studies/fashion_mnist_optimizers.yaml --resume
 
 download-mnist: install ## fetch MNIST into GDTRAIN_DATA (md5-checked; a no-op when the files are there)
 	$(BIN)/gdtrain data download mnist
