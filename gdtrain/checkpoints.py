@@ -10,8 +10,8 @@ No fsync: the promise is surviving a killed process, not a power cut.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import pickle
 import random
 import re
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gdtrain.errors import UserError
+from gdtrain.runs import write_atomic
 
 STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
@@ -57,13 +58,15 @@ def restore_rng(states: dict[str, Any], order: torch.Generator) -> None:
     random.setstate((version, tuple(internal.tolist()), gauss))
 
 
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save `obj` as `path` through a temporary file and a rename (runs.write_atomic).
+
+    Serialised in memory first: torch.save into a file reports a full disk as a RuntimeError with
+    no errno and leaves the file half-written, where a plain write raises OSError(ENOSPC), which a
+    run handles as a disk error. The cost is one copy of the state in memory for a moment."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 class Checkpoints:
@@ -78,7 +81,7 @@ class Checkpoints:
         """Write `state` as step-<step>.pt, then drop all but the newest `keep_last`."""
         self.folder.mkdir(exist_ok=True)
         path = self.folder / f"step-{step:09d}.pt"
-        _save_atomic(state | {"config": self.resolved}, path)
+        save_atomic(state | {"config": self.resolved}, path)
         for old in self.all()[: -self.keep_last]:
             old.unlink(missing_ok=True)
         return path
@@ -86,7 +89,7 @@ class Checkpoints:
     def save_best(self, state: dict[str, Any]) -> None:
         """best.pt: the model at the lowest validation loss so far."""
         self.folder.mkdir(exist_ok=True)
-        _save_atomic(state | {"config": self.resolved}, self.folder / "best.pt")
+        save_atomic(state | {"config": self.resolved}, self.folder / "best.pt")
 
     def all(self) -> list[Path]:
         """Step checkpoints, oldest first."""
