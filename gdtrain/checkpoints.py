@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 import random
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +107,7 @@ def load(path: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # on corrupt bytes the weights-only unpickler raises IndexError, KeyError, struct.error...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: not a readable gdtrain checkpoint ({first[:160]}); delete it to fall back on "
                         "an older one, or start the run again") from None
@@ -123,13 +121,26 @@ def load(path: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     return state
 
 
-def load_weights(path: Path) -> dict[str, Any]:
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """A plain state_dict file such as model.pt, read safely."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # as in load: whatever corrupt bytes make the unpickler raise
         raise UserError(f"{path}: not a readable weights file ({type(err).__name__}); the run's checkpoints "
                         "may still be") from None
+    return state_dict_in(weights, path)
+
+
+def state_dict_in(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """`obj` when it is a state_dict (parameter names to tensors); else a UserError naming `path`."""
+    if isinstance(obj, dict):
+        odd = next(((k, v) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+        if odd is None:
+            return obj
+        found = f"a dict whose entry {str(odd[0])[:40]!r} is a {type(odd[1]).__name__}, not a tensor"
+    else:
+        found = "None" if obj is None else f"a {type(obj).__name__}"
+    raise UserError(f"{path}: not a state_dict of weights (found {found}); the run's checkpoints may still be")
 
 
 def _first_difference(saved: Any, current: Any, path: str = "") -> str:

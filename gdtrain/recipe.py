@@ -312,7 +312,10 @@ def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:
         path = saved.latest() or run_dir / "model.pt"  # an unfinished run's newest checkpoint
     if not path.exists():
         raise UserError(f"{path}: not found; this run saved no {which} weights yet")
-    weights = checkpoints.load_weights(path) if path.name == "model.pt" else checkpoints.load(path, resolved)["model"]
+    if path.name == "model.pt":
+        weights = checkpoints.load_weights(path)
+    else:
+        weights = checkpoints.state_dict_in(checkpoints.load(path, resolved).get("model"), path)
     parts = build(config)
     try:
         parts.model.load_state_dict(weights)
