@@ -169,3 +169,18 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line(tmp_path):
     (run_dir,) = (tmp_path / "runs" / "big").iterdir()
     assert not [f for f in files(run_dir) if f.endswith(".tmp") or f.startswith("checkpoints/step-")]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("limit", [600, 8_000], ids=["config.yaml", "path.png"])
+def test_a_function_run_that_cannot_write_stops_with_one_line(tmp_path, limit):
+    pytest.importorskip("matplotlib.font_manager")  # builds its font cache here, not in the limited process
+    path_config = SMOKE.parent / "path_quadratic_sgd.yaml"  # config.yaml ~0.8 kB, path.png ~70 kB
+    done = gdtrain_limited(limit, "run", path_config, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "File too large" in done.stderr
+    if limit == 600:
+        assert files(tmp_path / "runs") == []
+    else:
+        (run_dir,) = (tmp_path / "runs" / "path_quadratic").iterdir()
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
