@@ -57,11 +57,10 @@ def restore_rng(states: dict[str, Any], order: torch.Generator) -> None:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save `obj` as `path` through a temporary file and a rename (runs.write_atomic).
-
-    Serialised in memory first: torch.save into a file reports a full disk as a RuntimeError with
-    no errno and leaves the file half-written, where a plain write raises OSError(ENOSPC), which a
-    run handles as a disk error. The cost is one copy of the state in memory for a moment."""
+    """torch.save `obj` as `path` through a temporary file and a rename (runs.write_atomic)."""
+    # Serialised in memory first: torch.save into a file reports a full disk as a RuntimeError with
+    # no errno, where a plain write raises OSError(ENOSPC), which a run handles as a disk error.
+    # The cost is one more copy of the state in memory, for a moment.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_atomic(path, buffer.getbuffer())

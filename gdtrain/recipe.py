@@ -154,8 +154,8 @@ def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
 
 
 def own(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
-    """This process's hold on an existing run folder (runs.lock_run): a UserError naming the process
-    that has it. Under torchrun only rank 0 holds it: the other ranks write nothing."""
+    """This process's hold on an existing run folder (runs.lock_run); under torchrun, rank 0's alone."""
+    # The other ranks write nothing, so they hold nothing.
     if os.environ.get("RANK", "0") != "0":  # torchrun's rank, known before joining its group
         return contextlib.nullcontext()
     try:

@@ -81,9 +81,9 @@ LOCK_FILE = ".lock"  # in the run folder; holds its owner's PID
 
 
 def lock_run(run_dir: Path) -> BinaryIO:
-    """Own `run_dir` until the returned file is closed, or the process ends however it ends: an
-    exclusive flock on its .lock file, which then holds this PID. Another owner is a UserError
-    naming it; a file that cannot be written is an OSError."""
+    """Own `run_dir` until the returned file is closed; a UserError naming the PID of another owner."""
+    # An exclusive flock on .lock, which then holds this PID: the kernel drops it when the process
+    # ends, however it ends, so a kill -9 leaves no stale lock. A .lock that cannot be written is an OSError.
     path = run_dir / LOCK_FILE
     # No O_TRUNC: while another process owns the folder, its PID must stay readable. The file is
     # never removed: a process that opened it just before a removal would lock a file nobody sees.
@@ -109,8 +109,9 @@ def lock_run(run_dir: Path) -> BinaryIO:
 
 def create_run(runs_dir: Path, experiment: str, run_name: str, config_yaml: str,
                meta: dict[str, Any]) -> tuple[Path, BinaryIO]:
-    """A new run folder, owned by this process (see lock_run), with its config.yaml. When the config
-    cannot be written no folder is left: an empty config.yaml is a valid config that resume would train."""
+    """A new run folder, owned by this process (lock_run), with its config.yaml; no folder if that fails."""
+    # A folder left with an empty config.yaml would read as a run: an empty config is valid, and
+    # resume would train the default experiment in it.
     run_dir = new_run_dir(runs_dir, experiment, run_name)
     lock = None
     try:
@@ -133,8 +134,8 @@ def write_config(run_dir: Path, config_yaml: str, meta: dict[str, Any]) -> None:
 
 
 def write_atomic(path: Path, data: bytes | memoryview, fsync: bool = False) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`: a reader sees the
-    old file or the new one, whole. On failure (a full disk) the temporary file is removed."""
+    """Write `data` beside `path` and rename it over `path`, so readers see the old or the new file whole."""
+    # On failure (a full disk) the temporary file goes too: no empty or half-written file is left.
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:

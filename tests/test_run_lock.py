@@ -68,8 +68,9 @@ def lock_pid(run_dir: Path) -> int | None:
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
     """Every file below `folder`: size, modification time and content hash."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in files}
 
 
 def refused_by(owner: subprocess.Popen, run_dir: Path, start: Callable[..., subprocess.Popen]) -> None:
