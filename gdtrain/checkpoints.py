@@ -10,12 +10,10 @@ No fsync: the promise is surviving a killed process, not a power cut.
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import pickle
 import random
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from gdtrain.errors import UserError
+from gdtrain.runs import write_atomic
 
 STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
@@ -57,13 +56,14 @@ def restore_rng(states: dict[str, Any], order: torch.Generator) -> None:
     random.setstate((version, tuple(internal.tolist()), gauss))
 
 
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save `obj` as `path` through a temporary file and a rename (runs.write_atomic)."""
+    # Serialised in memory first: torch.save into a file reports a full disk as a RuntimeError with
+    # no errno, where a plain write raises OSError(ENOSPC), which a run handles as a disk error.
+    # The cost is one more copy of the state in memory, for a moment.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 class Checkpoints:
@@ -78,7 +78,7 @@ class Checkpoints:
         """Write `state` as step-<step>.pt, then drop all but the newest `keep_last`."""
         self.folder.mkdir(exist_ok=True)
         path = self.folder / f"step-{step:09d}.pt"
-        _save_atomic(state | {"config": self.resolved}, path)
+        save_atomic(state | {"config": self.resolved}, path)
         for old in self.all()[: -self.keep_last]:
             old.unlink(missing_ok=True)
         return path
@@ -86,7 +86,7 @@ class Checkpoints:
     def save_best(self, state: dict[str, Any]) -> None:
         """best.pt: the model at the lowest validation loss so far."""
         self.folder.mkdir(exist_ok=True)
-        _save_atomic(state | {"config": self.resolved}, self.folder / "best.pt")
+        save_atomic(state | {"config": self.resolved}, self.folder / "best.pt")
 
     def all(self) -> list[Path]:
         """Step checkpoints, oldest first."""
@@ -106,7 +106,7 @@ def load(path: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # on corrupt bytes the weights-only unpickler raises IndexError, KeyError, struct.error...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: not a readable gdtrain checkpoint ({first[:160]}); delete it to fall back on "
                         "an older one, or start the run again") from None
@@ -120,13 +120,26 @@ def load(path: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     return state
 
 
-def load_weights(path: Path) -> dict[str, Any]:
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """A plain state_dict file such as model.pt, read safely."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # as in load: whatever corrupt bytes make the unpickler raise
         raise UserError(f"{path}: not a readable weights file ({type(err).__name__}); the run's checkpoints "
                         "may still be") from None
+    return state_dict_in(weights, path)
+
+
+def state_dict_in(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """`obj` when it is a state_dict (parameter names to tensors); else a UserError naming `path`."""
+    if isinstance(obj, dict):
+        odd = next(((k, v) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+        if odd is None:
+            return obj
+        found = f"a dict whose entry {str(odd[0])[:40]!r} is a {type(odd[1]).__name__}, not a tensor"
+    else:
+        found = "None" if obj is None else f"a {type(obj).__name__}"
+    raise UserError(f"{path}: not a state_dict of weights (found {found}); the run's checkpoints may still be")
 
 
 def _first_difference(saved: Any, current: Any, path: str = "") -> str:

@@ -201,6 +201,8 @@ def resume(
     if nproc > 1:
         with user_errors():
             _load(run_dir / "config.yaml", None)
+            with recipe.own(run_dir):  # refused here in one line, not in rank 0 among torchrun's reports
+                pass
         _torchrun(nproc, ["resume", str(run_dir), *(["--quiet"] if quiet else [])])
     with user_errors():
         outcome = _interruptible(lambda: recipe.resume(run_dir, quiet), run_dir)

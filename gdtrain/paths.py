@@ -14,6 +14,7 @@ zero before the first step and torch takes the seeds' path exactly (tests/test_p
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import time
@@ -33,7 +34,7 @@ from gdtrain.errors import UserError
 from gdtrain.functions import FUNCTIONS, Objective
 from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
 from gdtrain.recipe import default_run_name, resolve_device, seed_everything
-from gdtrain.runs import Tracker, flatten, new_run_dir, provenance, write_config, write_json_atomic
+from gdtrain.runs import Tracker, create_run, flatten, provenance, write_json_atomic
 from gdtrain.yamlio import dump_yaml
 
 # What each `gdtrain paths --optimizers` name means: the optimizer's schema defaults plus these.
@@ -120,12 +121,21 @@ def run_function(config: Config, runs_dir: Path, run_name: str | None = None, la
     seed_everything(config.experiment.seed)
     objective, label = FUNCTIONS[config.data.function], label or config.optimizer.name
     run_name = run_name or config.experiment.run_name or default_run_name(config)
-    run_dir = new_run_dir(runs_dir, config.experiment.name, run_name)
     meta = provenance(device, config.experiment.seed) | {"optimizer_kernel": implementation(config.optimizer, device)}
-    resolved = to_dict(config)
-    write_config(run_dir, dump_yaml(resolved), meta)
+    run_dir, lock = create_run(runs_dir, config.experiment.name, run_name, dump_yaml(to_dict(config)), meta)
+    with lock:  # the folder is this process's until its summary is written
+        try:
+            return _record(objective, label, config, device, run_dir, meta)
+        except OSError as err:  # a full disk, or the folder made read-only
+            raise UserError(f"{run_dir}: cannot write ({err.strerror or err}); run it again once it can be "
+                            f"written: gdtrain run {run_dir / 'config.yaml'}") from None
+
+
+def _record(objective: Objective, label: str, config: Config, device: torch.device, run_dir: Path,
+            meta: dict[str, Any]) -> Descent:
+    """run_function's descent, logged into `run_dir`: metrics, path.png, then summary.json."""
     tracker = Tracker(run_dir)
-    tracker.log_hparams(flatten(resolved), ["loss/train"])
+    tracker.log_hparams(flatten(to_dict(config)), ["loss/train"])
     started = time.perf_counter()
     try:
         outcome, points = descend(objective, config.data.start, config.optimizer, config.schedule, config.train,
@@ -137,8 +147,9 @@ def run_function(config: Config, runs_dir: Path, run_name: str | None = None, la
         pathplot.save_png(image, run_dir / "path.png")
         tracker.writer.add_image("path", image, outcome.steps, dataformats="HWC")
     except Exception as err:  # a bug or an environment failure: record it, then let it surface
-        write_json_atomic(run_dir / "summary.json", {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                                                     "environment": meta})
+        with contextlib.suppress(OSError):  # on a full disk the summary fails too; the error says why
+            write_json_atomic(run_dir / "summary.json", {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                                                         "environment": meta})
         raise
     finally:
         tracker.close()
@@ -200,15 +211,8 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
     names = ", ".join(dict.fromkeys(label for label, _ in runs))
     names += f", lr {lrs.pop():g}" if len(lrs) == 1 else ", lr as in the legend"
     steps = config.train.max_steps
-    run_dir = new_run_dir(runs_dir, config.experiment.name, run_name or "paths")
-    meta = provenance(device, config.experiment.seed) | {"optimizers": optimizers}
-    write_config(run_dir, dump_yaml(to_dict(config)), meta)
     figure = pathplot.draw(objective, traces, subtitle(names, config, steps))
     image = pathplot.render(figure)  # (H, W, 3)
-    pathplot.save_png(image, run_dir / "paths.png")
-    tracker = Tracker(run_dir)
-    tracker.writer.add_image("paths", image, steps, dataformats="HWC")
-    tracker.close()
     summary = {
         "status": "finished" if all(d.outcome.status == "finished" for d in descents) else "diverged",
         "function": config.data.function, "start": config.data.start, "steps": steps, "picture": "paths.png",
@@ -216,5 +220,15 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
                   "diverged_at_step": d.outcome.diverged_at_step, "x": d.points[-1].tolist(),
                   "f": float(d.values[-1]), "run_dir": str(d.run_dir)} for (label, cfg), d in zip(runs, descents)],
     }
-    write_json_atomic(run_dir / "summary.json", summary)
+    meta = provenance(device, config.experiment.seed) | {"optimizers": optimizers}
+    run_dir, lock = create_run(runs_dir, config.experiment.name, run_name or "paths", dump_yaml(to_dict(config)), meta)
+    with lock:
+        try:
+            pathplot.save_png(image, run_dir / "paths.png")
+            tracker = Tracker(run_dir)
+            tracker.writer.add_image("paths", image, steps, dataformats="HWC")
+            tracker.close()
+            write_json_atomic(run_dir / "summary.json", summary)
+        except OSError as err:  # a full disk, or the folder made read-only
+            raise UserError(f"{run_dir}: cannot write ({err.strerror or err}); the runs it draws are kept") from None
     return run_dir, descents

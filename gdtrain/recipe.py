@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import signal
 import sys
@@ -32,7 +33,7 @@ from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
 from gdtrain.distributed import World
-from gdtrain.runs import NullTracker, Tracker, flatten, new_run_dir, provenance, write_config, write_json_atomic
+from gdtrain.runs import NullTracker, Tracker, create_run, flatten, lock_run, provenance, write_json_atomic
 from gdtrain.yamlio import dump_yaml
 
 
@@ -128,16 +129,14 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
     parts = build(config)
     run_name = run_name or config.experiment.run_name or default_run_name(config)
     meta = _meta(config, parts)
+    owned: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # other ranks write nothing
     if parts.world.main:
-        run_dir = new_run_dir(runs_dir, config.experiment.name, run_name)
-        write_config(run_dir, dump_yaml(to_dict(config)), meta)
-        tracker: Tracker | NullTracker = Tracker(run_dir)
-        _log_hparams(tracker, config, parts)
-    else:
-        tracker = NullTracker()
-    run_dir = Path(distributed.gather(str(run_dir) if parts.world.main else "", parts.world)[0]
-                   if parts.world.size > 1 else run_dir)
-    return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
+        run_dir, owned = create_run(runs_dir, config.experiment.name, run_name, dump_yaml(to_dict(config)), meta)
+    with owned:  # the folder is this process's from its first file to its last
+        tracker = _tracker(run_dir, config, parts, meta) if parts.world.main else NullTracker()
+        run_dir = Path(distributed.gather(str(run_dir) if parts.world.main else "", parts.world)[0]
+                       if parts.world.size > 1 else run_dir)
+        return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
 
 
 def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
@@ -150,6 +149,23 @@ def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
         raise UserError(f"{run_dir}: already {status}; nothing to resume (gdtrain run {run_dir / 'config.yaml'} starts anew)")
     if isinstance(config.data, FunctionData):
         raise UserError(f"{run_dir}: function runs keep no checkpoints; run again: gdtrain run {run_dir / 'config.yaml'}")
+    with own(run_dir):  # before reading a checkpoint: an owner could be replacing it
+        return _continue(run_dir, config, quiet)
+
+
+def own(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
+    """This process's hold on an existing run folder (runs.lock_run); under torchrun, rank 0's alone."""
+    # The other ranks write nothing, so they hold nothing.
+    if os.environ.get("RANK", "0") != "0":  # torchrun's rank, known before joining its group
+        return contextlib.nullcontext()
+    try:
+        return lock_run(run_dir)
+    except OSError as err:
+        raise UserError(f"{run_dir}: cannot write in it ({err.strerror or err})") from None
+
+
+def _continue(run_dir: Path, config: Config, quiet: bool) -> engine.Outcome:
+    """resume() once the folder is this process's: restore the newest checkpoint and train on."""
     resolved = to_dict(config)
     latest = Checkpoints(run_dir, config.train.keep_last, resolved).latest()
     if latest is None:
@@ -172,13 +188,8 @@ def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
                         f"(gdtrain resume --nproc {saved_by}), not {world.size}")
     checkpoints.restore_rng(rng[world.rank] if world.size > 1 else rng, parts.order)
     progress = engine.Progress.from_state(state["progress"], parts.device)
-    if world.main:
-        (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
-        tracker: Tracker | NullTracker = Tracker(run_dir, resume_at=state["metrics_offset"])
-        _log_hparams(tracker, config, parts)
-    else:
-        tracker = NullTracker()
     meta = _meta(config, parts) | {"resumed_from": str(latest)}
+    tracker = _tracker(run_dir, config, parts, meta, state["metrics_offset"]) if world.main else NullTracker()
     return _train(config, parts, run_dir, tracker, progress, meta, quiet)
 
 
@@ -194,9 +205,18 @@ def _meta(config: Config, parts: Parts) -> dict[str, Any]:
         "optimizer_kernel": implementation(config.optimizer, parts.device)}
 
 
-def _log_hparams(tracker: Tracker, config: Config, parts: Parts) -> None:
-    metric_tags = ["loss/train", "loss/val"] + ([] if config.train.loss == "mse" else ["accuracy/val"])
-    tracker.log_hparams(flatten(to_dict(config)) | {"train.batch_size": parts.steps.batch_size}, metric_tags)
+def _tracker(run_dir: Path, config: Config, parts: Parts, meta: dict[str, Any],
+             resume_at: int | None = None) -> Tracker:
+    """Rank 0's Tracker, HParams logged; a full disk here is the same one line as mid-run."""
+    try:
+        if resume_at is not None:
+            (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
+        tracker = Tracker(run_dir, resume_at)
+        metric_tags = ["loss/train", "loss/val"] + ([] if config.train.loss == "mse" else ["accuracy/val"])
+        tracker.log_hparams(flatten(to_dict(config)) | {"train.batch_size": parts.steps.batch_size}, metric_tags)
+    except OSError as err:
+        raise _disk_error(run_dir, err, meta) from None
+    return tracker
 
 
 @contextlib.contextmanager
@@ -242,12 +262,9 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
         if not world.main:
             return outcome
         if outcome.status != "interrupted":
-            torch.save(parts.model.state_dict(), run_dir / "model.pt")
+            checkpoints.save_atomic(parts.model.state_dict(), run_dir / "model.pt")
     except OSError as err:  # disk full, folder removed or made read-only while training
-        _record_failure(run_dir, err, meta)
-        raise UserError(
-            f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far are "
-            f"kept; fix it, then gdtrain resume {run_dir}") from None
+        raise _disk_error(run_dir, err, meta) from None
     except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
         _record_failure(run_dir, err, meta)
         raise
@@ -259,6 +276,13 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
         summary["processes"] = world.size
     write_json_atomic(run_dir / "summary.json", summary)
     return outcome
+
+
+def _disk_error(run_dir: Path, err: OSError, meta: dict[str, Any]) -> UserError:
+    """The one line for a write that failed (summary.json records it, when the disk still takes it)."""
+    _record_failure(run_dir, err, meta)
+    return UserError(f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far "
+                     f"are kept; fix it, then gdtrain resume {run_dir}")
 
 
 def _record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any]) -> None:
@@ -288,7 +312,10 @@ def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:
         path = saved.latest() or run_dir / "model.pt"  # an unfinished run's newest checkpoint
     if not path.exists():
         raise UserError(f"{path}: not found; this run saved no {which} weights yet")
-    weights = checkpoints.load_weights(path) if path.name == "model.pt" else checkpoints.load(path, resolved)["model"]
+    if path.name == "model.pt":
+        weights = checkpoints.load_weights(path)
+    else:
+        weights = checkpoints.state_dict_in(checkpoints.load(path, resolved).get("model"), path)
     parts = build(config)
     try:
         parts.model.load_state_dict(weights)

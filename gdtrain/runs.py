@@ -6,15 +6,17 @@ metrics.jsonl and, written last and atomically, summary.json: a folder without i
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -75,22 +77,80 @@ def provenance(device: torch.device, seed: int) -> dict[str, Any]:
     }
 
 
+LOCK_FILE = ".lock"  # in the run folder; holds its owner's PID
+
+
+def lock_run(run_dir: Path) -> BinaryIO:
+    """Own `run_dir` until the returned file is closed; a UserError naming the PID of another owner."""
+    # An exclusive flock on .lock, which then holds this PID: the kernel drops it when the process
+    # ends, however it ends, so a kill -9 leaves no stale lock. A .lock that cannot be written is an OSError.
+    path = run_dir / LOCK_FILE
+    # No O_TRUNC: while another process owns the folder, its PID must stay readable. The file is
+    # never removed: a process that opened it just before a removal would lock a file nobody sees.
+    lock = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = lock.read(32).split(b"\n")[0].decode("ascii", "replace").strip() or "unknown"
+        lock.close()
+        raise UserError(f"{run_dir}: in use by process {owner} (see {path}); wait for it to end, or stop it "
+                        "first: one process at a time trains a run folder") from None
+    except OSError as err:  # a filesystem without locks (some network mounts): train, unguarded
+        sys.stderr.write(f"warning: {path}: cannot lock ({err.strerror or err}); nothing stops a second process "
+                         "from writing this run folder\n")
+    try:  # written before the old end is cut, so a reader always finds a whole PID on the first line
+        lock.write(f"{os.getpid()}\n".encode())
+        lock.truncate()
+    except OSError:
+        lock.close()
+        raise
+    return lock
+
+
+def create_run(runs_dir: Path, experiment: str, run_name: str, config_yaml: str,
+               meta: dict[str, Any]) -> tuple[Path, BinaryIO]:
+    """A new run folder, owned by this process (lock_run), with its config.yaml; no folder if that fails."""
+    # A folder left with an empty config.yaml would read as a run: an empty config is valid, and
+    # resume would train the default experiment in it.
+    run_dir = new_run_dir(runs_dir, experiment, run_name)
+    lock = None
+    try:
+        lock = lock_run(run_dir)  # a new folder: nobody else can own it
+        write_config(run_dir, config_yaml, meta)
+    except OSError as err:
+        if lock is not None:
+            lock.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(f"{run_dir.parent}: cannot write a run's config.yaml ({err.strerror or err}); no run "
+                        "folder was kept: free some space or choose another --runs-dir") from None
+    return run_dir, lock
+
+
 def write_config(run_dir: Path, config_yaml: str, meta: dict[str, Any]) -> None:
-    """config.yaml: provenance as comments, then the resolved config (runnable as it is)."""
+    """config.yaml: provenance as comments, then the resolved config (runnable as it is); atomically."""
     header = "".join(f"# {key}: {value}\n" for key, value in meta.items())
     rerun = f"# rerun: gdtrain run {run_dir / 'config.yaml'}\n"
-    (run_dir / "config.yaml").write_text(header + rerun + config_yaml, encoding="utf-8")
+    write_atomic(run_dir / "config.yaml", (header + rerun + config_yaml).encode("utf-8"))
+
+
+def write_atomic(path: Path, data: bytes | memoryview, fsync: bool = False) -> None:
+    """Write `data` beside `path` and rename it over `path`, so readers see the old or the new file whole."""
+    # On failure (a full disk) the temporary file goes too: no empty or half-written file is left.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary file, flush it to disk, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, allow_nan=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON through a temporary file, flushed to disk, renamed over `path` (see write_atomic)."""
+    write_atomic(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode("utf-8"), fsync=True)
 
 
 def _hparam_value(value: Any) -> int | float | str | bool:

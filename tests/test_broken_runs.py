@@ -1,6 +1,7 @@
 """Run folders a crash left half-written (no summary.json, a metrics line cut mid-write, a summary
 that is not JSON or has no status, an empty folder, only event files): `gdtrain compare` reports
-them as unfinished or corrupt, never as finished results and never with a traceback."""
+them as unfinished or corrupt, never as finished results and never with a traceback; `gdtrain
+evaluate` names a weights file that holds no state_dict, in one line."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from clihelp import one_error
+from gdtrain import checkpoints
 from gdtrain.cli import app
 from gdtrain.compare import read_rows
+from gdtrain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -124,3 +129,58 @@ def test_compare_on_random_run_files_reports_or_says_why(finished, files):
     assert "Traceback" not in result.output
     if result.exit_code == 2:
         assert all(line.startswith("error: ") for line in result.stderr.splitlines())
+
+
+NOT_STATE_DICTS = {  # what model.pt holds instead of a state_dict; bytes are written as they are
+    "a list": [1, 2],
+    "a tensor": torch.zeros(3),
+    "None": None,
+    "a dict of strings": {"net.0.weight": "x"},
+    "a dict with a number key": {0: torch.zeros(1)},
+    "a dict of dicts": {"net": {"0.weight": torch.zeros(1)}},
+    "an empty file": b"",
+    "random bytes": bytes(range(7, 250, 3)) * 3,
+    "a zip that is not torch's": b"PK\x05\x06" + bytes(18),
+}
+
+
+@pytest.mark.parametrize("content", NOT_STATE_DICTS.values(), ids=NOT_STATE_DICTS.keys())
+def test_evaluate_on_a_model_pt_that_is_not_a_state_dict(finished, tmp_path, content):
+    run_dir = Path(shutil.copytree(finished, tmp_path / finished.name))
+    if isinstance(content, bytes):
+        (run_dir / "model.pt").write_bytes(content)
+    else:
+        torch.save(content, run_dir / "model.pt")
+    line = one_error(gdtrain("evaluate", run_dir))
+    assert str(run_dir / "model.pt") in line
+    assert "not a state_dict of weights" in line or "not a readable weights file" in line
+
+
+@pytest.mark.parametrize("model", [[1, 2], None, {"w": 1.0}], ids=["a list", "no model", "a dict of floats"])
+def test_evaluate_on_a_checkpoint_whose_model_is_not_a_state_dict(finished, tmp_path, model):
+    run_dir = Path(shutil.copytree(finished, tmp_path / finished.name))
+    best = run_dir / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    if model is None:
+        del state["model"]
+    else:
+        state["model"] = model
+    torch.save(state, best)
+    line = one_error(gdtrain("evaluate", run_dir, "--checkpoint", "best"))
+    assert str(best) in line and "not a state_dict of weights" in line
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch warns on protocol-4 bytes
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([b"", b"\x80\x02", b"\x80\x04", b"PK\x03\x04"]), st.binary(max_size=200))
+@example(b"\x80\x04", b"q$\x9a\xb3")  # IndexError inside torch's weights-only unpickler
+@example(b"\x80\x02", b"hr\xe3\x920G\xd60")  # KeyError
+@example(b"\x80\x04", b"rs\xfe")  # struct.error
+def test_any_bytes_as_weights_or_checkpoint_are_read_or_one_error(start, rest):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(Path(tmp), start + rest, "model.pt")
+        for read in (checkpoints.load_weights, checkpoints.load):
+            try:
+                read(path)
+            except UserError as err:
+                assert str(path) in str(err) and "\n" not in str(err)
