@@ -213,6 +213,43 @@ def test_validation_as_large_as_the_training_set_is_rejected(tmp_path):
     assert_no_run(tmp_path)
 
 
+# --- gzip bombs: read no further than the header says
+
+
+def idx_header(*shape: int) -> bytes:
+    """An IDX header alone: magic 0x08 (ubyte) + ndim, then the big-endian sizes."""
+    return struct.pack(">HBB", 0, 0x08, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+
+
+@pytest.fixture
+def decompressed(monkeypatch) -> list[int]:
+    """The sizes of what every GzipFile.read returned during the test: what was decompressed."""
+    sizes: list[int] = []
+    read = gzip.GzipFile.read
+
+    def counted(self, size=-1):
+        data = read(self, size)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counted)
+    return sizes
+
+
+def test_a_gzip_bomb_is_decompressed_no_further_than_its_header_says(tmp_path, decompressed):
+    """120 labels, then 64 MB of zeros that gzip packs into about 64 kB."""
+    folder = make_set(tmp_path / "data")
+    bomb = folder / "train-labels-idx1-ubyte.gz"
+    with gzip.open(bomb, "wb") as f:
+        f.write(idx_bytes(torch.arange(120) % 10))
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    line = error_line(run_cli(tmp_path))
+    assert str(bomb) in line and "holds more than its header [120] gives 120 bytes" in line
+    assert sum(decompressed) < 1_000_000  # the four small files, and one byte past the labels
+    assert not (tmp_path / "runs").exists()
+
+
 # --- download: against a local file server ------------------------------------------------------
 
 
