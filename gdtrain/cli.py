@@ -328,10 +328,14 @@ def compare(
 
 @app.command()
 def check(config: ConfigArg, overrides: SetOpt = None) -> None:
-    """Validate a config and print it fully resolved, every default filled in; touches no data."""
+    """Validate a config and print it fully resolved, every default filled in, with its memory estimate; touches no data."""
+    from gdtrain.memory import describe  # no torch: check stays quick
+
     with user_errors():
         cfg = _load(config, overrides)
     typer.echo(dump_yaml(to_dict(cfg)).rstrip())
+    if (estimate := describe(cfg)) is not None:
+        typer.echo(estimate)
 
 
 @data_app.command("download")

@@ -3,6 +3,9 @@
 Only this module reads YAML. A config is validated whole (file, then `--set` overrides) before
 any data or model is touched; errors name their dotted path (`optimizer.lr: must be > 0, got -0.1`).
 Sections whose fields depend on a `name` (data, model, optimizer, schedule) are unions tagged by it.
+Sizes (n_samples, n_features, n_classes, hidden_sizes, batch_size, eval_batch_size) have no upper
+bound here: what fits depends on the machine, so gdtrain/memory.py checks them against the device's
+free memory when a run starts, before anything is allocated.
 """
 
 from __future__ import annotations

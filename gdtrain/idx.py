@@ -9,15 +9,19 @@ never replaced.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import math
 import os
 import struct
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import Tensor
@@ -64,6 +68,7 @@ SOURCES = {
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 IMAGES_MAGIC, LABELS_MAGIC = 0x0803, 0x0801  # unsigned bytes; 3 and 1 dimensions
 N_CLASSES = 10
+CHUNK = 1 << 24  # bytes read at a time: memory grows only with the bytes really there
 
 
 def raw_folder(name: str, root: Path) -> Path:
@@ -90,64 +95,108 @@ def _missing_message(name: str, root: Path, missing: list[str]) -> str:
     )
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, decompressed when it ends in .gz."""
+def _open(path: Path) -> BinaryIO:
+    """The file for reading, decompressed on the fly when it ends in .gz."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 - closed by callers
+
+
+def _read_header(f: BinaryIO, path: Path, magic: int) -> tuple[int, ...]:
+    """The sizes an IDX header gives: (N, rows, cols) for images, (N,) for labels."""
+    ndim = magic & 0xFF
+    head = f.read(4 + 4 * ndim)
+    kind = "images" if magic == IMAGES_MAGIC else "labels"
+    if len(head) < 4 + 4 * ndim or struct.unpack(">I", head[:4])[0] != magic:
+        found = head[:4].hex() if len(head) >= 4 else f"{len(head)} bytes"
+        raise UserError(
+            f"{path}: not an IDX {kind} file (magic number {found}, expected {magic:08x}); "
+            "check that the four files are not swapped or foreign"
+        )
+    return struct.unpack(f">{ndim}I", head[4:])
+
+
+def _read_payload(f: BinaryIO, path: Path, shape: tuple[int, ...]) -> bytearray:
+    """Exactly the bytes the header gives, in chunks: a short file or a gzip that holds more than its
+    header says (a gzip bomb) is refused having decompressed at most one byte past that size."""
+    expected = math.prod(shape)  # Python ints: three uint32 sizes overflow int64
+    data = bytearray()
+    while len(data) < expected and (chunk := f.read(min(expected - len(data), CHUNK))):
+        data += chunk
+    says = f"its header {list(shape)} gives {expected:,} bytes of pixels or labels"
+    if len(data) < expected:
+        raise UserError(f"{path}: holds {len(data):,} bytes after the header, but {says}; "
+                        "the file is truncated or damaged, replace it")
+    if f.read(1):
+        raise UserError(f"{path}: holds more than {says} (read no further); the file is damaged or "
+                        "not one of this set's, replace it")
+    return data
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn a read or gzip failure into one line naming the file."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # BadGzipFile is an OSError: first
         raise UserError(f"{path}: corrupt or truncated gzip ({err}); delete it and put a good copy there") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
+def header(path: Path, magic: int) -> tuple[int, ...]:
+    """The sizes in one IDX file's header, reading (and decompressing) nothing past it."""
+    with _reading(path), _open(path) as f:
+        return _read_header(f, path, magic)
+
+
 def read_idx(path: Path, magic: int) -> Tensor:
     """One IDX file as a uint8 tensor: (N, rows, cols) for images, (N,) for labels."""
-    data = _read_bytes(path)
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    kind = "images" if magic == IMAGES_MAGIC else "labels"
-    if len(data) < header or struct.unpack(">I", data[:4])[0] != magic:
-        found = data[:4].hex() if len(data) >= 4 else f"{len(data)} bytes"
-        raise UserError(
-            f"{path}: not an IDX {kind} file (magic number {found}, expected {magic:08x}); "
-            "check that the four files are not swapped or foreign"
-        )
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(torch.tensor(shape).prod())
-    if len(data) != expected:
-        raise UserError(
-            f"{path}: {len(data)} bytes, but its header {list(shape)} needs {expected}; "
-            "the file is truncated or damaged, replace it"
-        )
-    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
+    with _reading(path), _open(path) as f:
+        shape = _read_header(f, path, magic)
+        data = _read_payload(f, path, shape)
+    if not data:  # frombuffer refuses an empty buffer
+        return torch.zeros(shape, dtype=torch.uint8)
+    return torch.frombuffer(data, dtype=torch.uint8).reshape(shape)
 
 
-def _check_pair(images: Tensor, labels: Tensor, images_path: Path, labels_path: Path) -> None:
-    if len(images) != len(labels):
-        raise UserError(
-            f"{images_path}: {len(images)} images but {labels_path.name} has {len(labels)} labels; "
-            "the two files come from different sets, replace one"
-        )
+def _check_labels(labels: Tensor, labels_path: Path) -> None:
     if len(labels) and int(labels.max()) >= N_CLASSES:
         raise UserError(f"{labels_path}: holds label {int(labels.max())}, expected 0-{N_CLASSES - 1}")
 
 
-def load(name: str, root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(train images, train labels, test images, test labels); images (N, 28, 28) uint8, labels int64."""
+def _paths(name: str, root: Path) -> list[Path]:
+    """The four files, or a UserError naming the missing ones and how to get them."""
     paths = find(name, root)
     missing = [stem for stem, path in zip(FILES, paths) if path is None]
     if missing:
         raise UserError(_missing_message(name, root, missing))
+    return paths  # type: ignore[return-value]
+
+
+def shapes(name: str, root: Path) -> tuple[tuple[int, ...], tuple[int, ...], list[Path]]:
+    """(train images' shape, test images' shape, the four paths) from the headers alone, checked
+    against each other: what the data will take is known before any of it is read."""
+    paths = _paths(name, root)
+    train_x, train_y, test_x, test_y = (header(path, IMAGES_MAGIC if "images" in path.name else LABELS_MAGIC)
+                                        for path in paths)
+    for images, labels, images_path, labels_path in ((train_x, train_y, *paths[:2]), (test_x, test_y, *paths[2:])):
+        if images[0] != labels[0]:
+            raise UserError(
+                f"{images_path}: {images[0]} images but {labels_path.name} has {labels[0]} labels; "
+                "the two files come from different sets, replace one"
+            )
+    if train_x[1:] != test_x[1:]:
+        raise UserError(f"{paths[2]}: images of {tuple(test_x[1:])}, training images are {tuple(train_x[1:])}")
+    return train_x, test_x, paths
+
+
+def load(name: str, root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(train images, train labels, test images, test labels); images (N, 28, 28) uint8, labels int64."""
+    _, _, paths = shapes(name, root)
     train_x, train_y, test_x, test_y = (
-        read_idx(path, IMAGES_MAGIC if "images" in path.name else LABELS_MAGIC) for path in paths  # type: ignore[union-attr]
+        read_idx(path, IMAGES_MAGIC if "images" in path.name else LABELS_MAGIC) for path in paths
     )
-    _check_pair(train_x, train_y, paths[0], paths[1])  # type: ignore[arg-type]
-    _check_pair(test_x, test_y, paths[2], paths[3])  # type: ignore[arg-type]
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise UserError(f"{paths[2]}: images of {tuple(test_x.shape[1:])}, training images are {tuple(train_x.shape[1:])}")
+    _check_labels(train_y, paths[1])
+    _check_labels(test_y, paths[3])
     return train_x, train_y.long(), test_x, test_y.long()
 
 

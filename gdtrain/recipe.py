@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from gdtrain import checkpoints, distributed, engine
+from gdtrain import checkpoints, distributed, engine, memory
 from gdtrain.checkpoints import Checkpoints
 from gdtrain.config import Config, FunctionData, check_name, load_config, to_dict
 from gdtrain.datasets import Dataset, build_dataset
@@ -75,13 +75,16 @@ class Parts:
 
 
 def build(config: Config) -> Parts:
-    """Seed, then build data (checked before any folder exists), model, optimizer and schedules."""
+    """Seed, then build data (checked before any folder exists, and refused before anything is
+    allocated when the run cannot fit in memory), model, optimizer and schedules."""
     set_determinism(config.train.deterministic)  # before CUDA starts: cuBLAS reads its setting once
     device = resolve_device(config.train.device)
     world = distributed.join(cuda=device.type == "cuda")
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
     seed_everything(config.experiment.seed)
+    sizes = memory.data_sizes(config)  # from the config or the IDX headers: nothing is read or made yet
+    memory.check(config, sizes, engine.plan(sizes.n_train, config.train).batch_size, device, world.size)
     data = build_dataset(config).to(device)
     model = build_model(config.model, data.in_features, data.out_features(config.train.loss)).to(device)
     optimizer = build_optimizer(config.optimizer, model)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gdtrain import idx, recipe
+from gdtrain import idx, memory, recipe
 from gdtrain.cli import app
 from gdtrain.config import validate
 from gdtrain.datasets import build_dataset
@@ -211,6 +211,108 @@ def test_validation_as_large_as_the_training_set_is_rejected(tmp_path):
     line = error_line(run_cli(tmp_path, "data.val_size=120"))
     assert "data.val_size" in line and "0 training" in line
     assert_no_run(tmp_path)
+
+
+# --- files too big to hold, and gzip bombs: refused from the headers, read no further than they say
+
+
+def idx_header(*shape: int) -> bytes:
+    """An IDX header alone: magic 0x08 (ubyte) + ndim, then the big-endian sizes."""
+    return struct.pack(">HBB", 0, 0x08, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def limit(monkeypatch, free: int) -> None:
+    """The device has `free` bytes available."""
+    monkeypatch.setattr(memory, "available", lambda device: (free, "patched"))
+
+
+@pytest.fixture
+def decompressed(monkeypatch) -> list[int]:
+    """The sizes of what every GzipFile.read returned during the test: what was decompressed."""
+    sizes: list[int] = []
+    read = gzip.GzipFile.read
+
+    def counted(self, size=-1):
+        data = read(self, size)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counted)
+    return sizes
+
+
+def test_image_files_too_big_to_hold_are_refused_from_their_headers(tmp_path, monkeypatch):
+    """100k well-formed images (a sparse file): ~0.6 GB as float32, more than the 200 MB free."""
+    folder = make_set(tmp_path / "data", gz=False)
+    images = folder / "train-images-idx3-ubyte"
+    with open(images, "wb") as f:
+        f.write(idx_header(100_000, 28, 28))
+        f.truncate(16 + 100_000 * 28 * 28)  # sparse: no disk, and zero pixels if it were read
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx_header(100_000) + bytes(100_000))
+    limit(monkeypatch, 200_000_000)
+    monkeypatch.setattr(idx, "read_idx", lambda *args: pytest.fail("the data was read"))
+    line = error_line(run_cli(tmp_path))
+    assert line.startswith("error: the data does not fit in memory: ") and str(images) in line
+    assert "100000 + 30 images of 28×28 pixels" in line and "200 MB is available (patched)" in line
+    assert line.endswith(f"lower the number of images in {folder} or the image size")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("shape", [(2**32 - 1, 28, 28), (2**31, 2**31, 4)], ids=["count", "int64-overflow"])
+def test_a_header_claiming_a_huge_count_is_refused_at_the_real_limit(tmp_path, shape):
+    """Headers alone; (2**31, 2**31, 4) is 2**64 bytes, which wraps to 0 in an int64 product."""
+    folder = idx.raw_folder("mnist", tmp_path / "data")
+    folder.mkdir(parents=True)
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_header(*shape))
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx_header(shape[0]))
+    (folder / "t10k-images-idx3-ubyte").write_bytes(idx_header(1, *shape[1:]))
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_header(1))
+    line = error_line(run_cli(tmp_path))
+    assert "the data does not fit in memory" in line and f"{shape[0]} + 1 images" in line and "is available (" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_gzip_bomb_is_decompressed_no_further_than_its_header_says(tmp_path, decompressed):
+    """120 labels, then 64 MB of zeros that gzip packs into about 64 kB."""
+    folder = make_set(tmp_path / "data")
+    bomb = folder / "train-labels-idx1-ubyte.gz"
+    with gzip.open(bomb, "wb") as f:
+        f.write(idx_bytes(torch.arange(120) % 10))
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    line = error_line(run_cli(tmp_path))
+    assert str(bomb) in line and "holds more than its header [120] gives 120 bytes" in line
+    assert sum(decompressed) < 1_000_000  # the four small files, and one byte past the labels
+    assert not (tmp_path / "runs").exists()
+
+
+def packed_claiming(folder: Path, claimed: int) -> None:
+    """The training files' headers claim `claimed` samples; the files hold 120."""
+    for name, shape in (("train-images-idx3-ubyte.gz", (claimed, 28, 28)), ("train-labels-idx1-ubyte.gz", (claimed,))):
+        path = folder / name
+        payload = gzip.decompress(path.read_bytes())[len(idx_header(*shape)):]
+        path.write_bytes(gzip.compress(idx_header(*shape) + payload))
+
+
+def test_a_gzip_claiming_more_than_fits_is_refused_from_its_header(tmp_path, monkeypatch, decompressed):
+    folder = make_set(tmp_path / "data")
+    packed_claiming(folder, 100_000)
+    limit(monkeypatch, 200_000_000)
+    line = error_line(run_cli(tmp_path))
+    assert "the data does not fit in memory" in line and "100000 + 30 images" in line
+    assert sum(decompressed) <= 2 * (16 + 8)  # the headers, each read once by the check
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_gzip_claiming_more_than_it_holds_is_truncated(tmp_path, monkeypatch, decompressed):
+    """When the claim fits (10 GB free here), reading stops at the end of what is really there."""
+    folder = make_set(tmp_path / "data")
+    packed_claiming(folder, 100_000)
+    limit(monkeypatch, 10_000_000_000)
+    line = error_line(run_cli(tmp_path))
+    assert str(folder / "train-images-idx3-ubyte.gz") in line and "truncated" in line
+    assert sum(decompressed) < 200_000  # 120 images of 784 bytes, and the headers
+    assert not (tmp_path / "runs").exists()
 
 
 # --- download: against a local file server ------------------------------------------------------
