@@ -115,9 +115,9 @@ def _serve(conn: Connection, threads: int, parent: int) -> None:
             try:
                 task = conn.recv()
             except EOFError:  # the parent is gone
-                return
+                break
             if task is None:
-                return
+                break
             try:
                 reply: Result | UserError = attempt(task, guard) if guard.signal is None else Result(task.name, "not started")
             except UserError as err:  # a problem of the whole sweep: the parent reports it
@@ -125,7 +125,10 @@ def _serve(conn: Connection, threads: int, parent: int) -> None:
             try:
                 conn.send(reply)
             except OSError:  # the parent is gone
-                return
+                break
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the interpreter's teardown with torch loaded takes seconds, and the runs closed their files
 
 
 @dataclass
