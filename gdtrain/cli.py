@@ -314,7 +314,8 @@ def compare(
         if plot is not None:
             from gdtrain.curveplot import plot as draw
 
-            draw(rows, metric, f"{folder}: {len(rows)} configurations, {len(runs)} runs", plot)
+            ranked = [row for row in rows if row.status in comparing.RANKED]  # the others have no figures
+            draw(ranked, metric, f"{folder}: {len(ranked)} configurations, {sum(len(r.runs) for r in ranked)} runs", plot)
             typer.echo(f"plot: {plot}", err=fmt != Format.table)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain
-from gdtrain import checkpoints, recipe, sweep, workers
+from gdtrain import checkpoints, recipe, sweep
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 LONG = ["--set", "train.epochs=5000"]  # minutes of training: every test stops it long before
@@ -212,6 +212,8 @@ def test_a_killed_worker_fails_its_own_point_only_and_the_sweep_goes_on(start):
 def test_a_dead_worker_whose_run_finished_on_disk_reports_it_finished(tmp_path):
     runs = tmp_path / "runs"
     task = sweep.Task({}, "lr=0.1", str(runs), "smoke")
+    from gdtrain import workers
+
     process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
     process.start()
     holder = workers.Worker(process, conn=None, task=task)  # no pipe: died() reads the disk only
