@@ -119,7 +119,8 @@ def _serve(conn: Connection, threads: int, parent: int) -> None:
             if task is None:
                 break
             try:
-                reply: Result | UserError = attempt(task, guard) if guard.signal is None else Result(task.name, "not started")
+                reply: Result | UserError = (attempt(task, guard) if guard.signal is None
+                                             else Result(task.name, "not started"))
             except UserError as err:  # a problem of the whole sweep: the parent reports it
                 reply = err
             try:
@@ -187,19 +188,9 @@ def run_parallel(tasks: list[Task], jobs: int, guard: Guard) -> Iterator[Result]
     resource_tracker.ensure_running()  # its first start unblocks SIGINT and SIGTERM: have it start here
     try:
         while True:
-            # Signals wait while tasks are sent: a worker is marked busy before one can be forwarded,
-            # and a new worker inherits the blocked mask, so none is lost before its guard is in place.
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            try:
-                workers[:] = [w for w in workers if w.task is not None or w.process.is_alive()]
-                while queue and guard.signal is None and failure is None and sum(w.task is not None for w in workers) < jobs:
-                    worker = next((w for w in workers if w.task is None), None)
-                    if worker is None:
-                        worker = _start(context, threads)
-                        workers.append(worker)
-                    worker.send(queue.popleft())
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            with _held():  # a signal now would miss the worker being handed a task
+                if guard.signal is None and failure is None:
+                    _hand_out(queue, workers, jobs, lambda: _start(context, threads))
             busy = [w for w in workers if w.task is not None]
             if not busy:
                 break
@@ -230,8 +221,31 @@ def run_parallel(tasks: list[Task], jobs: int, guard: Guard) -> Iterator[Result]
         raise failure
 
 
+@contextlib.contextmanager
+def _held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then their handler runs. A worker started
+    meanwhile inherits the mask: a signal waits for its guard instead of killing it in its start-up."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _hand_out(queue: deque[Task], workers: list[Worker], jobs: int, start: Callable[[], Worker]) -> None:
+    """Give queued tasks to idle workers, starting new ones, until `jobs` are busy."""
+    workers[:] = [w for w in workers if w.task is not None or w.process.is_alive()]  # an idle one may have died
+    while queue and sum(w.task is not None for w in workers) < jobs:
+        worker = next((w for w in workers if w.task is None), None)
+        if worker is None:
+            worker = start()
+            workers.append(worker)
+        worker.send(queue.popleft())
+
+
 def _start(context: multiprocessing.context.SpawnContext, threads: int) -> Worker:
-    """A new worker process, in this process's signal mask."""
+    """A new worker process. Called from the sweep's main thread: Linux sends the parent-death
+    signal when the thread that started a process ends, not only when the process does."""
     mine, theirs = context.Pipe()
     process = context.Process(target=_serve, args=(theirs, threads, os.getpid()), name="gdtrain-sweep-worker")
     process.start()
