@@ -162,6 +162,7 @@ class Worker:
         except ValueError:
             how = f"was killed by signal {-code}"
         made = sorted(set(point_runs(Path(task.runs_dir), task.experiment, task.name)) - self.before)
+        made = ([Path(task.resume)] if task.resume is not None else []) + made  # the run it continued, if any
         for run_dir in made:
             recorded = recorded_result(task.name, run_dir)
             if recorded is not None:

@@ -226,6 +226,9 @@ def test_a_dead_worker_whose_run_finished_on_disk_reports_it_finished(tmp_path):
                                                       "wall_seconds": 3.0}))
     finished = holder.died()
     assert (finished.status, finished.run_dir, finished.final) == ("finished", str(run_dir), {"loss/val": 0.5})
+    resumer = workers.Worker(process, conn=None, task=sweep.Task({}, "lr=0.1", str(runs), "smoke", str(run_dir)),
+                             before=frozenset([run_dir]))  # it continued an interrupted run in its own folder
+    assert resumer.died().status == "finished"
 
 
 def test_a_worker_whose_parent_died_before_it_asked_for_the_signal_exits(tmp_path):
