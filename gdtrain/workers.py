@@ -106,8 +106,12 @@ def _serve(conn: Connection, threads: int, parent: int) -> None:
     os.setpgid(0, 0)  # out of the terminal's group: Ctrl-C reaches the sweep, which passes it on once
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may still write to the terminal
     import torch
+    from tqdm import tqdm
 
     torch.set_num_threads(threads)
+    # tqdm's default lock is a named semaphore, which os._exit below would leave for multiprocessing's
+    # resource tracker to clean up, with a warning; a worker's runs are quiet and need no shared lock.
+    tqdm.set_lock(threading.RLock())
     guard = Guard()
     with guard.installed():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a signal that came meanwhile lands now
