@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -249,16 +251,31 @@ def sweep(
 
         def report(result: sweeping.Result) -> None:
             shown = ", ".join(f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val"))
-            detail = result.error if result.status == "failed" else shown or result.run_dir or ""
+            kept = f"checkpoint in {result.run_dir}" if result.status == "interrupted" and result.run_dir else ""
+            detail = result.error or kept or shown or result.run_dir or ""
             typer.echo(f"[{next(counter)}/{len(points)}] {result.name}: {result.status}"
                        + (f" ({result.seconds:.1f} s)" if result.seconds else "") + (f"  {detail}" if detail else ""))
 
-        results = sweeping.run_sweep(points, runs_dir, jobs, resume, report)
-    counts = {status: sum(r.status == status for r in results) for status in ("finished", "diverged", "failed", "skipped")}
-    typer.echo(f"sweep done: {len(results)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "failed")
-               + f"; compare them: gdtrain compare {folder}")
+        results, stopped_by = sweeping.run_sweep(points, runs_dir, jobs, resume, report)
+    counts = Counter(result.status for result in results)
+    again = _sweep_again(config, grid or [], seeds, jobs, overrides or [], runs_dir)
+    if stopped_by is not None:
+        shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "interrupted", "not started"))
+        typer.echo(f"sweep stopped by {signal.Signals(stopped_by).name}: {len(results)} points: {shown}"
+                   + (f", {counts['skipped']} skipped" if counts["skipped"] else "") + f"; continue with: {again}")
+        raise typer.Exit(128 + stopped_by)
+    shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "skipped") if counts[s] or s == "failed")
+    typer.echo(f"sweep done: {len(results)} runs: {shown}; compare them: gdtrain compare {folder}"
+               + (f"; run the failed ones again: {again}" if counts["failed"] else ""))
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _sweep_again(config: Path, grid: list[str], seeds: int | None, jobs: int, overrides: list[str], runs_dir: Path) -> str:
+    """The `gdtrain sweep ... --resume` command that continues this sweep."""
+    return shlex.join(["gdtrain", "sweep", str(config), *[arg for g in grid for arg in ("--grid", g)],
+                       *(["--seeds", str(seeds)] if seeds is not None else []), *(["--jobs", str(jobs)] if jobs > 1 else []),
+                       *[arg for o in overrides for arg in ("--set", o)], "--runs-dir", str(runs_dir), "--resume"])
 
 
 @app.command()
@@ -275,9 +292,9 @@ def study(
 
     with user_errors():
         spec = studying.load_study(study_file, overrides or [])
-        folder, results = studying.run_study(spec, runs_dir, jobs, resume, typer.echo)
+        folder, results, code = studying.run_study(spec, runs_dir, jobs, resume, typer.echo)
     if results is None:
-        raise typer.Exit(1)
+        raise typer.Exit(code)
     typer.echo("")
     for line in verdict_lines(results):
         typer.echo(line.replace("**", ""))
@@ -322,7 +339,8 @@ def compare(
         if plot is not None:
             from gdtrain.curveplot import plot as draw
 
-            draw(rows, metric, f"{folder}: {len(rows)} configurations, {len(runs)} runs", plot)
+            ranked = [row for row in rows if row.status in comparing.RANKED]  # the others have no figures
+            draw(ranked, metric, f"{folder}: {len(ranked)} configurations, {sum(len(r.runs) for r in ranked)} runs", plot)
             typer.echo(f"plot: {plot}", err=fmt != Format.table)
 
 

@@ -2,9 +2,10 @@
 
 A run folder is one that holds config.yaml, or is named like one. Its status comes from
 summary.json (finished, diverged, failed, interrupted); without one, or with one that does not
-parse, or without config.yaml, the run is `unfinished` or `corrupt`: reported, never read as a
-result. Runs whose configs differ only in the seed are one configuration, shown as mean ± std
-over its seeds.
+parse, or without config.yaml, the run is `unfinished` or `corrupt`. Only finished and diverged
+runs are ranked by their figures; the others (interrupted, failed, unfinished, corrupt) are listed
+below them without figures: a run cut short is not a result. Runs whose configs differ only in
+the seed are one configuration, shown as mean ± std over its seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gdtrain.runs import flatten
 from gdtrain.yamlio import load_yaml
 
 PER_RUN_KEYS = ("experiment.seed", "experiment.run_name")  # differ between seeds of one configuration
+RANKED = ("finished", "diverged")  # runs whose figures are results; diverging is one
 
 
 @dataclass
@@ -173,7 +175,8 @@ def label_keys(runs: list[Run], run: Run, per_run: bool) -> list[str]:
 
 
 def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> list[Row]:
-    """Rows sorted by the metric, best first; runs that differ only in the seed share a row."""
+    """Rows of finished and diverged runs sorted by the metric, best first, then the other rows
+    without figures; runs that differ only in the seed share a row."""
     buckets: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         keys = label_keys(runs, run, per_run)
@@ -183,9 +186,10 @@ def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> 
     for (ident, status), members in buckets.items():
         label = ident if not per_run else ", ".join(
             f"{_key(k)}={_show(members[0].config[k])}" for k in label_keys(runs, members[0], per_run)) or ident
-        rows.append(Row(label, members, [figures(r, metric, target) for r in members], status))
+        shown = [figures(r, metric, target) if status in RANKED else Figures(None, None, None, None) for r in members]
+        rows.append(Row(label, members, shown, status))
     sign = 1 if lower_is_better(metric) else -1
-    rows.sort(key=lambda row: (_mean([f.final for f in row.figures]) is None,
+    rows.sort(key=lambda row: (row.status not in RANKED, _mean([f.final for f in row.figures]) is None,
                                sign * (_mean([f.final for f in row.figures]) or 0.0)))
     return rows
 
@@ -235,6 +239,7 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
     records = []
     for row in rows:
         first = row.runs[0].config
+        timed = [r.summary if row.status in RANKED else {} for r in row.runs]  # a cut-short run's times are no result
         records.append({
             "run": row.label,
             "optimizer": first.get("optimizer.name"),
@@ -245,8 +250,8 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
             "best": [f.best for f in row.figures],
             "best epoch": [f.best_epoch for f in row.figures],
             "steps to target": [f.steps_to_target for f in row.figures],
-            "wall s": [_number(r.summary.get("wall_seconds")) for r in row.runs],
-            "samples/s": [_number(r.summary.get("samples_per_second")) for r in row.runs],
+            "wall s": [_number(summary.get("wall_seconds")) for summary in timed],
+            "samples/s": [_number(summary.get("samples_per_second")) for summary in timed],
             "status": row.status,
         })
     return records

@@ -295,17 +295,18 @@ def rerun_points(study: Study, chosen: dict[str, dict[str, Any]]) -> list[tuple[
     return points
 
 
-def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) -> tuple[Path, dict[str, Any] | None]:
-    """Tune, select, rerun and analyse; (study folder, results), results None when runs are missing."""
+def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) -> tuple[Path, dict[str, Any] | None, int]:
+    """Tune, select, rerun and analyse: (study folder, results, exit code); results are None when
+    some run did not end in a result (exit 1), or a signal stopped the study (exit 128 + signal)."""
     from gdtrain import studyreport, verdict
 
     folder = runs_dir / study.name
     if not resume and folder.is_dir() and any(folder.iterdir()):
         raise UserError(f"{folder}: already holds a study's runs; continue it with --resume, or give it a new "
                         f"name: --set study.name=<name>")
-    trials = _execute(study, tuning_points(study), runs_dir, jobs, resume, echo, "tuning")
+    trials, code = _execute(study, tuning_points(study), runs_dir, jobs, echo, "tuning")
     if trials is None:
-        return folder, None
+        return folder, None, code
     arms, chosen = [], {}
     for arm in study.arms:
         records = [verdict.trial_record(arm.label, name, _searched(arm, doc), Path(trials[name]), study.select)
@@ -315,9 +316,9 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) 
             chosen[arm.label] = next(doc["optimizer"] for label, name, doc in tuning_points(study) if name == best["name"])
         arms.append({"label": arm.label, "trials": records, "chosen": chosen.get(arm.label),
                      "chosen_trial": best["name"] if best else None})
-    reruns = _execute(study, rerun_points(study, chosen), runs_dir, jobs, resume, echo, "reruns")
+    reruns, code = _execute(study, rerun_points(study, chosen), runs_dir, jobs, echo, "reruns")
     if reruns is None:
-        return folder, None
+        return folder, None, code
     for arm in arms:
         arm["reruns"] = [reruns[rerun_name(a, seed)] for a in study.arms if a.label == arm["label"] and arm["chosen"]
                          for seed in rerun_seeds(study)]
@@ -325,16 +326,19 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) 
     results |= {"study": study.name, "source": study.source, "budget": study.spec.budget, "sampler": study.spec.sampler,
                 "tuning_seed": study.spec.study.seed, "rerun_seeds": rerun_seeds(study)}
     studyreport.write(folder, results, study.base, study.spec.study)
-    return folder, results
+    return folder, results, 0
 
 
 def _searched(arm: Arm, doc: dict[str, Any]) -> dict[str, Any]:
     return {key: doc["optimizer"][key] for key in arm.spaces}
 
 
-def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_dir: Path, jobs: int, resume: bool,
-             echo: Any, phase: str) -> dict[str, str] | None:
-    """Run the points as a sweep; {run name: run folder}, or None when some did not end in a result."""
+def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_dir: Path, jobs: int, echo: Any,
+             phase: str) -> tuple[dict[str, str] | None, int]:
+    """Run the points as a sweep: ({run name: run folder}, 0), or (None, exit code) when some did not
+    end in a result or a signal stopped them."""
+    import signal
+
     from gdtrain import sweep
 
     todo = [sweep.Point(name, doc, validate(copy.deepcopy(doc), study.source)) for _, name, doc in points]
@@ -347,12 +351,18 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
         detail = f"  {result.error}" if result.error else ""
         echo(f"[{next(counter)}/{len(todo)}] {result.name}: {result.status}{shown}{detail}")
 
-    # resume=True: a run already done with this name and config is never run twice (run_study has
-    # refused a non-empty folder unless --resume was given)
-    results = sweep.run_sweep(todo, runs_dir, jobs, True, report)
+    # resume=True: a run already done with this name and config is never run twice, and an interrupted
+    # one continues from its checkpoint (run_study has refused a non-empty folder without --resume)
+    results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report)
+    again = f"gdtrain study {study.source} --runs-dir {runs_dir} --resume" + (f" --jobs {jobs}" if jobs > 1 else "")
     missing = [r for r in results if r.status not in ("finished", "diverged", "skipped") or r.run_dir is None]
+    if stopped_by is not None:
+        counts = ", ".join(f"{sum(r.status == s for r in results)} {s}"
+                           for s in ("finished", "diverged", "skipped", "failed", "interrupted", "not started"))
+        echo(f"study {study.name} stopped by {signal.Signals(stopped_by).name} in {phase}: {counts}; continue with: {again}")
+        return None, 128 + stopped_by
     if missing:
         echo(f"study {study.name}: {len(missing)} of {len(todo)} {phase} runs did not finish "
-             f"({', '.join(sorted({r.status for r in missing}))}); continue with: gdtrain study {study.source} --resume")
-        return None
-    return {r.name: r.run_dir for r in results}
+             f"({', '.join(sorted({r.status for r in missing}))}); continue with: {again}")
+        return None, 1
+    return {r.name: r.run_dir for r in results}, 0

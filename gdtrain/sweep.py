@@ -3,8 +3,10 @@
 A grid comes from `--grid key.path=v1,v2` options or from a `grid:` section in the config file
 (`grid: {optimizer.name: [sgd, adam], optimizer.lr: [0.1, 0.01]}`); `--seeds N` adds the
 seeds base..base+N-1. Every point is validated before the first run starts. Runs go one after
-the other in this process, or N at a time in worker processes (`--jobs N`), each worker with
-its share of the CPU threads. A run that diverges or fails is recorded and the sweep goes on.
+the other in this process, or N at a time in worker processes (`--jobs N`, gdtrain/workers.py),
+each worker with its share of the CPU threads. A run that diverges or fails is recorded and the
+sweep goes on; a signal stops it: the running points save a checkpoint, no other point starts,
+and `--resume` continues the interrupted points from their checkpoints and runs the rest.
 """
 
 from __future__ import annotations
@@ -13,20 +15,22 @@ import copy
 import glob
 import itertools
 import json
-import multiprocessing
-import os
 import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gdtrain.config import Config, apply_overrides, load_config, read_config, validate
 from gdtrain.errors import UserError
 from gdtrain.yamlio import parse_value
+
+if TYPE_CHECKING:
+    from gdtrain.engine import Outcome
+    from gdtrain.workers import Guard
 
 DONE = ("finished", "diverged")  # statuses --resume keeps: rerunning gives the same result
 
@@ -115,21 +119,31 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
     return section
 
 
-def finished_run(runs_dir: Path, config: Config, name: str) -> Path | None:
-    """A run folder named `name` with this resolved config whose summary says it is done."""
-    folder = runs_dir / config.experiment.name
+def point_runs(runs_dir: Path, experiment: str, name: str) -> list[Path]:
+    """The run folders made for the point named `name` (`<name>-YYYYmmdd-HHMMSS[-k]`), oldest first."""
+    folder = runs_dir / experiment
     pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
-    for run_dir in sorted(folder.glob(f"{glob.escape(name)}-*")) if folder.is_dir() else []:
-        if not pattern.fullmatch(run_dir.name):
-            continue
+    found = folder.glob(f"{glob.escape(name)}-*") if folder.is_dir() else []
+    return sorted(run_dir for run_dir in found if pattern.fullmatch(run_dir.name))
+
+
+def previous_runs(runs_dir: Path, config: Config, name: str) -> list[tuple[Path, str]]:
+    """The point's run folders with this resolved config and a readable status, oldest first."""
+    runs = []
+    for run_dir in point_runs(runs_dir, config.experiment.name, name):
         try:
             status = json.loads((run_dir / "summary.json").read_text())["status"]
             same = load_config(run_dir / "config.yaml") == config
         except (OSError, ValueError, KeyError, TypeError, UserError):
             continue
-        if status in DONE and same:
-            return run_dir
-    return None
+        if same:
+            runs.append((run_dir, status))
+    return runs
+
+
+def finished_run(runs_dir: Path, config: Config, name: str) -> Path | None:
+    """A run folder named `name` with this resolved config whose summary says it is done."""
+    return next((run_dir for run_dir, status in previous_runs(runs_dir, config, name) if status in DONE), None)
 
 
 @dataclass
@@ -137,68 +151,113 @@ class Result:
     """What became of one point."""
 
     name: str
-    status: str  # finished | diverged | failed | skipped
+    status: str  # finished | diverged | failed | interrupted | skipped | not started
     run_dir: str | None = None
     final: dict[str, float] | None = None
     error: str | None = None
     seconds: float = 0.0
+    signal: int | None = None  # the signal that interrupted it
 
 
-def run_point(raw: dict[str, Any], name: str, runs_dir: str) -> Result:
-    """Train one point in this process; any exception becomes a failed result."""
+@dataclass(frozen=True)
+class Task:
+    """A point as a worker process receives it: plain values, so it pickles."""
+
+    raw: dict[str, Any]  # the config document, validated again where it runs
+    name: str
+    runs_dir: str
+    experiment: str  # its folder under runs_dir
+    resume: str | None = None  # an interrupted run folder of this point, to continue from its checkpoint
+
+
+def run_point(task: Task) -> Result:
+    """Train one point in this process (continuing its interrupted run when it has one); any
+    exception becomes a failed result."""
     from gdtrain import recipe
 
     started = time.perf_counter()
     try:
-        config = validate(raw, name)
-        run_dir, outcome = recipe.run(config, Path(runs_dir), name, quiet=True)
+        resumed = _resume(task)
+        if resumed is not None:
+            run_dir, outcome = resumed
+        else:
+            run_dir, outcome = recipe.run(validate(task.raw, task.name), Path(task.runs_dir), task.name, quiet=True)
     except UserError:
         raise
     except Exception as err:  # a crash in one run must not stop the sweep
-        return Result(name, "failed", error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - started)
-    return Result(name, outcome.status, str(run_dir), outcome.final, seconds=time.perf_counter() - started)
+        return Result(task.name, "failed", error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - started)
+    return Result(task.name, outcome.status, str(run_dir), outcome.final, seconds=time.perf_counter() - started,
+                  signal=outcome.signal)
 
 
-def _init_worker(threads: int) -> None:
-    import torch
+def _resume(task: Task) -> tuple[Path, Outcome] | None:
+    """Continue the point's interrupted run; None when there is none, or nothing to continue from."""
+    from gdtrain import recipe
 
-    torch.set_num_threads(threads)
+    if task.resume is None:
+        return None
+    try:
+        return Path(task.resume), recipe.resume(Path(task.resume), quiet=True)
+    except UserError:  # stopped before its first checkpoint, or the folder no longer reads: run anew
+        return None
 
 
-def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, report: Callable[[Result], None]) -> list[Result]:
-    """Run the points (skipping finished ones with `resume`), `jobs` at a time; report each result."""
+def attempt(task: Task, guard: Guard) -> Result:
+    """run_point under `guard`: a signal that comes before the run's own handlers are in place (or
+    after they are gone), or a second one, stops the point at once."""
+    try:
+        with guard.running():
+            return run_point(task)
+    except KeyboardInterrupt:
+        return Result(task.name, "interrupted", error="stopped at once; its last checkpoint, if any, is kept",
+                      signal=guard.signal or signal.SIGINT)
+
+
+def recorded_result(name: str, run_dir: Path) -> Result | None:
+    """The result a finished or diverged run folder records in its summary.json; None for any other."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        status, final, seconds = summary["status"], summary["final"], float(summary["wall_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Result(name, status, str(run_dir), final, seconds=seconds) if status in DONE else None
+
+
+def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool,
+              report: Callable[[Result], None]) -> tuple[list[Result], int | None]:
+    """Run the points `jobs` at a time (with `resume`: skip finished ones, continue interrupted ones)
+    and report each result. Returns every point's result and the signal that stopped the sweep, if any."""
+    from gdtrain.workers import Guard, run_parallel  # it imports this module
+
     results: list[Result] = []
-    todo = []
+    tasks = []
     for point in points:
-        done = finished_run(runs_dir, point.config, point.name) if resume else None
+        runs = previous_runs(runs_dir, point.config, point.name) if resume else []
+        done = next((run_dir for run_dir, status in runs if status in DONE), None)
         if done is not None:
             results.append(Result(point.name, "skipped", str(done)))
             report(results[-1])
-        else:
-            todo.append(point)
-    for result in _execute(todo, runs_dir, jobs):
-        results.append(result)
-        report(result)
-    return results
+            continue
+        paused = next((str(run_dir) for run_dir, status in reversed(runs) if status == "interrupted"), None)
+        tasks.append(Task(point.raw, point.name, str(runs_dir), point.config.experiment.name, paused))
+    parallel = jobs > 1 and len(tasks) > 1
+    guard = Guard(message="stopping the sweep: the running points save a checkpoint and stop, no other point "
+                          "starts (again to stop them at once)" if parallel else
+                          "stopping the sweep: no other point starts")
+    with guard.installed():
+        for result in run_parallel(tasks, jobs, guard) if parallel else _in_turn(tasks, guard):
+            results.append(result)
+            if result.status != "not started":
+                report(result)
+            if result.status == "interrupted" and guard.signal is None:  # a signal to one run stops the sweep
+                guard.stop(result.signal or signal.SIGINT)
+    ran = {result.name for result in results}
+    return results + [Result(task.name, "not started") for task in tasks if task.name not in ran], guard.signal
 
 
-def _execute(todo: list[Point], runs_dir: Path, jobs: int) -> Iterator[Result]:
-    if jobs == 1 or len(todo) <= 1:
-        for point in todo:
-            result = run_point(point.raw, point.name, str(runs_dir))
-            yield result
-            if result.status == "interrupted":  # Ctrl-C stops the sweep, not just this run
-                return
-        return
-    threads = max(1, (os.cpu_count() or 1) // jobs)  # jobs × threads ≤ cores: no oversubscription
-    context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can hang
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(run_point, p.raw, p.name, str(runs_dir)): p for p in todo}
-        for future in as_completed(futures):
-            try:
-                yield future.result()
-            except UserError:
-                pool.shutdown(cancel_futures=True)
-                raise
-            except Exception as err:  # the worker process itself died
-                yield Result(futures[future].name, "failed", error=f"{type(err).__name__}: {err}")
+def _in_turn(tasks: list[Task], guard: Guard) -> Iterator[Result]:
+    """The tasks one after the other in this process, until a signal."""
+    for task in tasks:
+        if guard.signal is not None:
+            return
+        yield attempt(task, guard)

@@ -172,6 +172,37 @@ def test_unfinished_and_corrupt_runs_are_reported_not_fatal(swept, tmp_path):
     assert statuses == ["corrupt", "finished", "finished", "unfinished"]
 
 
+def test_only_finished_and_diverged_runs_are_ranked_the_others_listed_below_without_figures(swept, tmp_path):
+    root = tmp_path / "ranked"
+    shutil.copytree(swept, root)
+    folders = run_folders(root)
+    for extra in folders[:2]:
+        shutil.copytree(extra, extra.with_name(extra.name + "-1"))  # six runs
+    folders = run_folders(root)
+    for folder, status in zip(folders, ["finished", "diverged", "interrupted", "failed", "unfinished", "corrupt"]):
+        metrics = folder / "metrics.jsonl"  # every curve but the finished run's looks better than all
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        if status != "finished":
+            metrics.write_text("".join(json.dumps(r | ({"accuracy/val": 1.0} if "accuracy/val" in r else {})) + "\n"
+                                       for r in rows))
+        summary = json.loads((folder / "summary.json").read_text())
+        if status == "unfinished":
+            (folder / "summary.json").unlink()
+        elif status == "corrupt":
+            (folder / "summary.json").write_text("{not json")
+        else:
+            (folder / "summary.json").write_text(json.dumps(summary | {"status": status}))
+    result = gdtrain("compare", root, "--per-run", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["status"] for r in rows[:2]] == ["diverged", "finished"]  # ranked, best first
+    assert sorted(r["status"] for r in rows[2:]) == ["corrupt", "failed", "interrupted", "unfinished"]
+    assert all(r["final"] is not None for r in rows[:2])
+    assert all(r[c] is None for r in rows[2:] for c in ("final", "best", "best epoch", "wall s", "samples/s"))
+    table = gdtrain("compare", root, "--per-run").stdout.splitlines()
+    assert [line.split()[-1] for line in table[1:]] == [r["status"] for r in rows]
+
+
 def test_runs_without_the_metric_are_noted_and_left_out(swept, tmp_path):
     root = tmp_path / "mixed"
     shutil.copytree(swept, root / "smoke")

@@ -1,0 +1,258 @@
+"""Worker processes for `sweep --jobs N`, and how a sweep takes SIGINT and SIGTERM.
+
+Each worker is a spawned process that runs the points its parent sends, one at a time, and sends
+each result back through its own pipe, so the parent always knows which point a worker holds.
+When a worker dies (SIGKILL, the OOM killer), its point is recorded as failed with the reason,
+unless its run had finished on disk, and a new worker takes the next points; no other point is
+touched. (concurrent.futures' ProcessPoolExecutor cannot tell which point a dead worker held,
+fails every pending point with BrokenProcessPool and SIGTERMs the other workers.)
+
+Signals: workers run in process groups of their own, so Ctrl-C at the terminal reaches only the
+sweep, which passes each SIGINT or SIGTERM on, once, to its running workers: the first lets their
+runs save a checkpoint and stop, a second stops them at once, and no queued point starts. A
+worker dies with its parent: on Linux it asks for SIGTERM when the parent dies (PR_SET_PDEATHSIG),
+so a running point saves a checkpoint first; an idle worker sees its pipe close and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+
+from gdtrain.errors import UserError
+from gdtrain.sweep import Result, Task, attempt, point_runs, recorded_result
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class Guard:
+    """SIGINT and SIGTERM in a sweep's process. The first signal is kept in `signal`; every one is
+    passed to `forward` (the parent's running workers). While `busy`, a point runs here without
+    its run's own handlers in place (being set up, or writing its results): the guard then
+    raises KeyboardInterrupt, so the point stops at once instead of training to its end."""
+
+    def __init__(self, message: str = "", forward: Callable[[int], None] = lambda signum: None) -> None:
+        """A guard that prints `message` on the first signal (nothing when empty)."""
+        self.signal: int | None = None
+        self.busy = False
+        self.message = message
+        self.forward = forward
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        """The handler of SIGINT and SIGTERM."""
+        if self.signal is None and self.message:
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: {self.message}\n")
+        self.stop(signum)
+        if self.busy:
+            raise KeyboardInterrupt
+
+    def stop(self, signum: int) -> None:
+        """Stop the sweep as `signum` asks: keep the first signal, pass this one on."""
+        if self.signal is None:
+            self.signal = signum
+        self.forward(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGINT and SIGTERM with this guard, then put the previous handlers back."""
+        if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Mark a point running in this process."""
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+
+
+def die_with_parent(parent: int) -> None:
+    """Have Linux send this process SIGTERM when `parent` dies; exit now if it died already."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before the request: no signal will come
+        sys.exit(128 + signal.SIGTERM)
+
+
+def _serve(conn: Connection, threads: int, parent: int) -> None:
+    """A worker's life: run each task the parent sends and send back its result, until the parent
+    sends None or is gone. Starts with SIGINT and SIGTERM blocked (the parent's mask at the spawn)."""
+    die_with_parent(parent)
+    os.setpgid(0, 0)  # out of the terminal's group: Ctrl-C reaches the sweep, which passes it on once
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may still write to the terminal
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(threads)
+    # tqdm's default lock is a named semaphore, which os._exit below would leave for multiprocessing's
+    # resource tracker to clean up, with a warning; a worker's runs are quiet and need no shared lock.
+    tqdm.set_lock(threading.RLock())
+    guard = Guard()
+    with guard.installed():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a signal that came meanwhile lands now
+        while True:
+            try:
+                task = conn.recv()
+            except EOFError:  # the parent is gone
+                break
+            if task is None:
+                break
+            try:
+                reply: Result | UserError = (attempt(task, guard) if guard.signal is None
+                                             else Result(task.name, "not started"))
+            except UserError as err:  # a problem of the whole sweep: the parent reports it
+                reply = err
+            try:
+                conn.send(reply)
+            except OSError:  # the parent is gone
+                break
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the interpreter's teardown with torch loaded takes seconds, and the runs closed their files
+
+
+@dataclass
+class Worker:
+    """A worker process, the parent's end of its pipe, and the task it holds."""
+
+    process: BaseProcess
+    conn: Connection
+    task: Task | None = None
+    before: frozenset[Path] = frozenset()  # the task's run folders when it was sent
+
+    def send(self, task: Task) -> None:
+        """Hand the worker a task."""
+        self.task = task
+        self.before = frozenset(point_runs(Path(task.runs_dir), task.experiment, task.name))
+        with contextlib.suppress(OSError):  # already dead: its pipe reads as closed, handled there
+            self.conn.send(task)
+
+    def tell(self, signum: int) -> None:
+        """Pass a signal on to the worker."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signum)
+
+    def died(self) -> Result:
+        """The result of the task this worker held when it died: its run's, when that finished on disk."""
+        self.process.join()
+        task, code = self.task, self.process.exitcode or 0
+        try:
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+        made = sorted(set(point_runs(Path(task.runs_dir), task.experiment, task.name)) - self.before)
+        made = ([Path(task.resume)] if task.resume is not None else []) + made  # the run it continued, if any
+        for run_dir in made:
+            recorded = recorded_result(task.name, run_dir)
+            if recorded is not None:
+                return recorded
+        hint = f"; its run folder keeps its last checkpoint: gdtrain resume {made[-1]}" if made else ""
+        return Result(task.name, "failed", str(made[-1]) if made else None,
+                      error=f"its worker process {self.process.pid} {how} while it ran{hint}")
+
+
+def run_parallel(tasks: list[Task], jobs: int, guard: Guard) -> Iterator[Result]:
+    """Run the tasks `jobs` at a time in worker processes, replacing any that dies; yield each
+    result as it comes. Once `guard` has a signal no task is sent."""
+    context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can hang
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # jobs × threads ≤ cores: no oversubscription
+    queue, workers = deque(tasks), []
+    failure: UserError | None = None
+
+    def forward(signum: int) -> None:
+        for worker in list(workers):
+            if worker.task is not None:
+                worker.tell(signum)
+
+    guard.forward = forward
+    resource_tracker.ensure_running()  # its first start unblocks SIGINT and SIGTERM: have it start here
+    try:
+        while True:
+            with _held():  # a signal now would miss the worker being handed a task
+                if guard.signal is None and failure is None:
+                    _hand_out(queue, workers, jobs, lambda: _start(context, threads))
+            busy = [w for w in workers if w.task is not None]
+            if not busy:
+                break
+            ready = wait([w.conn for w in busy])  # a dead worker's pipe reads as closed
+            for worker in busy:
+                if worker.conn not in ready:
+                    continue
+                try:
+                    reply = worker.conn.recv()
+                except (EOFError, OSError):
+                    reply = worker.died()
+                    workers.remove(worker)
+                worker.task = None
+                if isinstance(reply, UserError):
+                    failure = reply
+                else:
+                    yield reply
+    finally:
+        for worker in workers:
+            if worker.task is not None:  # the sweep itself failed: its runs stop too
+                worker.tell(signal.SIGTERM)
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in workers:
+            worker.process.join()
+            worker.conn.close()
+    if failure is not None:
+        raise failure
+
+
+@contextlib.contextmanager
+def _held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then their handler runs. A worker started
+    meanwhile inherits the mask: a signal waits for its guard instead of killing it in its start-up."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _hand_out(queue: deque[Task], workers: list[Worker], jobs: int, start: Callable[[], Worker]) -> None:
+    """Give queued tasks to idle workers, starting new ones, until `jobs` are busy."""
+    workers[:] = [w for w in workers if w.task is not None or w.process.is_alive()]  # an idle one may have died
+    while queue and sum(w.task is not None for w in workers) < jobs:
+        worker = next((w for w in workers if w.task is None), None)
+        if worker is None:
+            worker = start()
+            workers.append(worker)
+        worker.send(queue.popleft())
+
+
+def _start(context: multiprocessing.context.SpawnContext, threads: int) -> Worker:
+    """A new worker process. Called from the sweep's main thread: Linux sends the parent-death
+    signal when the thread that started a process ends, not only when the process does."""
+    mine, theirs = context.Pipe()
+    process = context.Process(target=_serve, args=(theirs, threads, os.getpid()), name="gdtrain-sweep-worker")
+    process.start()
+    theirs.close()  # its end lives in the worker only, so the worker's death closes the pipe here
+    return Worker(process, mine)
