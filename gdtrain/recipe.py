@@ -7,6 +7,7 @@ before the run folder exists, and summary.json is written last.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import random
 import signal
@@ -221,6 +222,24 @@ def stop_on_signals(stop: engine.Stop) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, saved: Checkpoints | None,
+            progress: engine.Progress | None, stop: engine.Stop, quiet: bool) -> engine.Outcome:
+    """engine.train on the model, wrapped in DistributedDataParallel with several processes."""
+    world = parts.world
+    model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
+    if world.size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
+    with stop_on_signals(stop):
+        outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker, config.train,
+                               parts.steps, parts.order, quiet or not world.main, saved, progress, stop, parts.scaler, world)
+    # The wrapper is freed here, before leave() destroys the process group: its Reducer, freed
+    # after that, joins gloo's worker thread while holding the GIL and the rank hangs at exit
+    # (pytorch/pytorch#56297). The collect frees it even if a reference cycle holds it.
+    del model
+    gc.collect()
+    return outcome
+
+
 def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullTracker, progress: engine.Progress | None,
            meta: dict[str, Any], quiet: bool) -> engine.Outcome:
     """Run the engine with checkpoints and signal handling; write model.pt and summary.json."""
@@ -229,13 +248,7 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
     stop, started = engine.Stop(), time.perf_counter()
     try:
         try:
-            model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
-            if world.size > 1:
-                model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
-            with stop_on_signals(stop):
-                outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker,
-                                       config.train, parts.steps, parts.order, quiet or not world.main, saved, progress,
-                                       stop, parts.scaler, world)
+            outcome = _engine(config, parts, tracker, saved, progress, stop, quiet)
         finally:
             tracker.close()
         distributed.leave(world)

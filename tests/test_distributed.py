@@ -1,12 +1,25 @@
-"""Several processes, one run: DistributedDataParallel through torchrun, with gloo on this CPU."""
+"""Several processes, one run: DistributedDataParallel through torchrun, with gloo on this CPU.
+
+Every process a test starts has a session of its own and a tag in its environment, which torchrun's
+workers inherit (they sit in sessions of their own); when the test ends, the launcher's group and
+the group of every tagged process are killed, so no rank outlives its test.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -23,15 +36,97 @@ optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
 schedule: {name: step, step_size: 1, gamma: 0.5, warmup_steps: 4}
 train: {epochs: 3, batch_size: 25, loss: cross_entropy, log_every: 3, checkpoint_every: 10}
 """
+PROBE = Path(__file__).with_name("ddp_probe.py")
+TAG = "GDTRAIN_TEST_TAG"
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2")
+
+
+def tagged(tag: str) -> dict[int, dict[str, str]]:
+    """The live processes whose environment carries `TAG=tag`: pid → environment."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                env = dict(v.split("=", 1) for v in (entry / "environ").read_text(errors="replace").split("\0") if "=" in v)
+            except OSError:  # gone, or a zombie
+                continue
+            if env.get(TAG) == tag:
+                found[int(entry.name)] = env
+    return found
+
+
+@dataclass
+class Launch:
+    """A started `python ...` process, its output files and the tag its children inherit."""
+
+    process: subprocess.Popen
+    tag: str
+    out: IO[str]
+    err: IO[str]
+
+    def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Wait for the exit; its status and output."""
+        code = self.process.wait(timeout)
+        return subprocess.CompletedProcess(self.process.args, code, *(self.output(f) for f in (self.out, self.err)))
+
+    @staticmethod
+    def output(file: IO[str]) -> str:
+        file.seek(0)
+        return file.read()
+
+    def ranks(self) -> dict[int, int]:
+        """The workers' pids by rank."""
+        return {int(env["RANK"]): pid for pid, env in tagged(self.tag).items() if "RANK" in env}
+
+    def kill(self) -> None:
+        """SIGKILL the launcher's group and every tagged process's group."""
+        for pid in [self.process.pid, *tagged(self.tag)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@contextlib.contextmanager
+def launched(*args: str | Path, env: dict[str, str] | None = None) -> Iterator[Launch]:
+    """`python *args` in a session of its own; killed with everything it started when the block ends."""
+    tag = uuid.uuid4().hex
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        full_env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", TAG: tag} | (env or {})
+        process = subprocess.Popen([sys.executable, *map(str, args)], stdout=out, stderr=err, text=True, env=full_env,
+                                   start_new_session=True)
+        launch = Launch(process, tag, out, err)
+        try:
+            yield launch
+        finally:
+            launch.kill()
 
 
 def gdtrain(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "gdtrain", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    with launched("-m", "gdtrain", *args) as launch:
+        done = launch.finish()
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def wait_until(ready: Callable[[], bool], launch: Launch, what: str, timeout: float = 300) -> None:
+    """Poll until `ready()`; fail with the launcher's output if it exits first or it never comes."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if launch.process.poll() is not None:
+            done = launch.finish()
+            pytest.fail(f"exited {done.returncode} before {what}:\n{done.stderr[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout} s")
+        time.sleep(0.2)
+
+
+def summary(runs_dir: Path) -> dict:
+    """summary.json of the one run under runs_dir."""
+    (run_dir,) = (p.parent for p in runs_dir.glob("*/*/config.yaml"))
+    return json.loads((run_dir / "summary.json").read_text()) | {"run_dir": str(run_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +194,13 @@ def test_two_gpus_with_nccl(runs, tmp_path):
     run_dir = next((tmp_path / "ddp").iterdir())
     for name, value in weights(run_dir).items():
         torch.testing.assert_close(value, weights(runs["one"])[name], rtol=1e-4, atol=1e-5)
+
+
+def test_no_ddp_wrapper_outlives_the_process_group(runs, tmp_path):
+    # Freed after destroy_process_group(), DDP's Reducer can hang the rank at exit (pytorch#56297).
+    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
+                  env={"PROBE": "teardown"}) as launch:
+        done = launch.finish()
+    reports = sorted(line for line in done.stdout.splitlines() if "alive at destroy_process_group" in line)
+    assert reports == [f"rank {r}: DDP wrappers alive at destroy_process_group: 0" for r in (0, 1)], done.stdout
+
