@@ -204,3 +204,23 @@ def test_no_ddp_wrapper_outlives_the_process_group(runs, tmp_path):
     reports = sorted(line for line in done.stdout.splitlines() if "alive at destroy_process_group" in line)
     assert reports == [f"rank {r}: DDP wrappers alive at destroy_process_group: 0" for r in (0, 1)], done.stdout
 
+
+def test_a_signal_during_the_stop_agreement_is_kept_for_the_next(runs, tmp_path):
+    # Rank 0's SIGINT lands while the ranks agree at step 3, after its "no signal" went out.
+    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
+                  env={"PROBE": "late-signal"}) as launch:
+        done = launch.finish()
+    result = summary(tmp_path)
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGINT, done.stderr[-3000:]
+    assert result["steps"] == 6  # the next agreement
+
+
+def test_a_signal_at_an_epoch_end_checkpoint_waits_for_the_next_agreement(runs, tmp_path):
+    # Rank 1's SIGTERM lands during the epoch-end checkpoint (step 8), after the ranks agreed to go
+    # on: rank 1 alone must not stop there, or rank 0 trains into a collective rank 1 never joins.
+    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
+                  env={"PROBE": "checkpoint-signal"}) as launch:
+        done = launch.finish(timeout=240)
+    result = summary(tmp_path)
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, done.stderr[-3000:]
+    assert result["steps"] == 11  # the next log point: 8 + log_every
