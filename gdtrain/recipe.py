@@ -201,8 +201,9 @@ def _log_hparams(tracker: Tracker, config: Config, parts: Parts) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: engine.Stop) -> Iterator[None]:
-    """SIGINT or SIGTERM asks the loop to stop after its step; a second one stops at once."""
+def stop_on_signals(stop: engine.Stop, world: World = World()) -> Iterator[None]:
+    """SIGINT or SIGTERM asks the loop to stop after its step (several processes: at the next log
+    point, together); a second one stops at once."""
     if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
         yield
         return
@@ -211,8 +212,10 @@ def stop_on_signals(stop: engine.Stop) -> Iterator[None]:
         if stop.signal is not None:
             raise KeyboardInterrupt
         stop.signal = signum
-        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
-                         "(again to stop at once)\n")
+        if world.main:  # one line for the run, not one per process
+            when = "after this step" if world.size == 1 else "at the next log point"
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping {when} to save a checkpoint "
+                             "(again to stop at once)\n")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -229,7 +232,7 @@ def _engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, saved:
     model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
     if world.size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
-    with stop_on_signals(stop):
+    with stop_on_signals(stop, world):
         outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker, config.train,
                                parts.steps, parts.order, quiet or not world.main, saved, progress, stop, parts.scaler, world)
     # The wrapper is freed here, before leave() destroys the process group: its Reducer, freed
@@ -257,29 +260,35 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
         if outcome.status != "interrupted":
             torch.save(parts.model.state_dict(), run_dir / "model.pt")
     except OSError as err:  # disk full, folder removed or made read-only while training
-        _record_failure(run_dir, err, meta)
+        if world.main:
+            _record_failure(run_dir, err, meta, resume_command(run_dir, world.size))
         raise UserError(
             f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far are "
-            f"kept; fix it, then gdtrain resume {run_dir}") from None
+            f"kept; fix it, then {resume_command(run_dir, world.size)}") from None
     except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
-        _record_failure(run_dir, err, meta)
+        if world.main:
+            _record_failure(run_dir, err, meta, resume_command(run_dir, world.size))
         raise
     summary = summarise(outcome, parts.steps, time.perf_counter() - started, meta)
     if outcome.status == "interrupted":
-        nproc = f"--nproc {world.size} " if world.size > 1 else ""
-        summary |= {"checkpoint": str(saved.latest()), "resume": f"gdtrain resume {nproc}{run_dir}"}
+        summary |= {"checkpoint": str(saved.latest()), "resume": resume_command(run_dir, world.size)}
     if world.size > 1:
         summary["processes"] = world.size
     write_json_atomic(run_dir / "summary.json", summary)
     return outcome
 
 
-def _record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any]) -> None:
+def resume_command(run_dir: Path, nproc: int) -> str:
+    """`gdtrain resume [--nproc N] RUN`: a run resumes with the processes it was started with."""
+    return f"gdtrain resume {f'--nproc {nproc} ' if nproc > 1 else ''}{run_dir}"
+
+
+def _record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any], resume: str) -> None:
     """summary.json with status failed, when the disk still takes it."""
     status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
     try:
         write_json_atomic(run_dir / "summary.json", {"status": status, "error": f"{type(err).__name__}: {err}",
-                                                      "resume": f"gdtrain resume {run_dir}", "environment": meta})
+                                                      "resume": resume, "environment": meta})
     except OSError:
         pass
 

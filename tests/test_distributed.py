@@ -36,6 +36,14 @@ optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
 schedule: {name: step, step_size: 1, gamma: 0.5, warmup_steps: 4}
 train: {epochs: 3, batch_size: 25, loss: cross_entropy, log_every: 3, checkpoint_every: 10}
 """
+# 125,000 steps: still training long after any test has given up waiting for it to stop.
+LONG = """\
+experiment: {name: long, seed: 0}
+data: {name: blobs, n_samples: 2000, n_classes: 3, n_features: 2}
+model: {name: mlp, hidden_sizes: [16]}
+optimizer: {name: adam, lr: 0.01}
+train: {epochs: 1000, batch_size: 16, loss: cross_entropy, log_every: 5}
+"""
 PROBE = Path(__file__).with_name("ddp_probe.py")
 TAG = "GDTRAIN_TEST_TAG"
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2")
@@ -224,3 +232,56 @@ def test_a_signal_at_an_epoch_end_checkpoint_waits_for_the_next_agreement(runs, 
     result = summary(tmp_path)
     assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, done.stderr[-3000:]
     assert result["steps"] == 11  # the next log point: 8 + log_every
+
+
+def training(runs_dir: Path) -> Callable[[], bool]:
+    """True once the run under runs_dir has logged its first point."""
+    return lambda: any(p.stat().st_size for p in runs_dir.glob("*/*/metrics.jsonl"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path, sig):
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG)
+    with launched("-m", "gdtrain", "run", config, "--nproc", "2", "--runs-dir", tmp_path / "runs", "--quiet") as launch:
+        wait_until(training(tmp_path / "runs"), launch, "first log point")
+        os.kill(launch.process.pid, sig)
+        done = launch.finish(timeout=180)
+        left = tagged(launch.tag)  # the launcher waits for its workers before it exits
+    result = summary(tmp_path / "runs")
+    assert done.returncode == 128 + sig, done.stderr[-3000:]
+    assert not left
+    assert result["status"] == "interrupted" and result["signal"] == sig
+    assert f"continue with: gdtrain resume --nproc 2 {result['run_dir']}" in done.stderr
+    assert any((Path(result["run_dir"]) / "checkpoints").glob("step-*.pt"))
+
+
+def test_a_signal_to_one_rank_stops_the_run_and_the_launcher_says_so(tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG)
+    with launched("-m", "gdtrain", "run", config, "--nproc", "2", "--runs-dir", tmp_path / "runs", "--quiet") as launch:
+        wait_until(training(tmp_path / "runs"), launch, "first log point")
+        os.kill(launch.ranks()[1], signal.SIGTERM)  # as a scheduler would, to one process
+        done = launch.finish(timeout=180)
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert "ChildFailedError" not in done.stderr and "failed (exitcode" not in done.stderr
+    result = summary(tmp_path / "runs")
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM
+
+
+def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG)
+    with launched("-m", "gdtrain", "run", config, "--nproc", "2", "--runs-dir", tmp_path / "runs", "--quiet") as launch:
+        wait_until(training(tmp_path / "runs"), launch, "first log point")
+        assert len(launch.ranks()) == 2
+        os.kill(launch.process.pid, signal.SIGKILL)
+        launch.process.wait()
+        deadline = time.monotonic() + 180
+        while tagged(launch.tag) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not tagged(launch.tag), "the workers train on without their launcher"
+    # The kernel's SIGTERM on the parent's death is a signal like any: a checkpoint, then exit.
+    result = summary(tmp_path / "runs")
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM
+
