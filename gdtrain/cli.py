@@ -19,7 +19,7 @@ import typer
 from gdtrain import __version__
 from gdtrain.config import Config, load_config, to_dict
 from gdtrain.datasets import DATASETS
-from gdtrain.errors import UserError
+from gdtrain.errors import StoppedElsewhere, UserError
 from gdtrain.losses import LOSS_HELP
 from gdtrain.models import MODEL_HELP
 from gdtrain.optimizers import OPTIMIZER_HELP, SCHEDULE_HELP
@@ -70,6 +70,8 @@ def user_errors() -> Iterator[None]:
         for line in str(err).splitlines():
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
+    except StoppedElsewhere:  # another rank failed and says why; exit 0, see _report
+        raise typer.Exit(0) from None
 
 
 def _version(value: bool) -> None:

@@ -129,13 +129,13 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
     parts = build(config)
     run_name = run_name or config.experiment.run_name or default_run_name(config)
     meta = _meta(config, parts)
-    if parts.world.main:
-        run_dir = new_run_dir(runs_dir, config.experiment.name, run_name)
-        write_config(run_dir, dump_yaml(to_dict(config)), meta)
-        tracker: Tracker | NullTracker = Tracker(run_dir)
-        _log_hparams(tracker, config, parts)
-    else:
-        tracker = NullTracker()
+    tracker: Tracker | NullTracker = NullTracker()
+    with distributed.together(parts.world):  # a folder rank 0 cannot make stops every rank
+        if parts.world.main:
+            run_dir = new_run_dir(runs_dir, config.experiment.name, run_name)
+            write_config(run_dir, dump_yaml(to_dict(config)), meta)
+            tracker = Tracker(run_dir)
+            _log_hparams(tracker, config, parts)
     run_dir = Path(distributed.gather(str(run_dir) if parts.world.main else "", parts.world)[0]
                    if parts.world.size > 1 else run_dir)
     return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
@@ -173,12 +173,12 @@ def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
                         f"(gdtrain resume --nproc {saved_by}), not {world.size}")
     checkpoints.restore_rng(rng[world.rank] if world.size > 1 else rng, parts.order)
     progress = engine.Progress.from_state(state["progress"], parts.device)
-    if world.main:
-        (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
-        tracker: Tracker | NullTracker = Tracker(run_dir, resume_at=state["metrics_offset"])
-        _log_hparams(tracker, config, parts)
-    else:
-        tracker = NullTracker()
+    tracker: Tracker | NullTracker = NullTracker()
+    with distributed.together(world):
+        if world.main:
+            (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
+            tracker = Tracker(run_dir, resume_at=state["metrics_offset"])
+            _log_hparams(tracker, config, parts)
     meta = _meta(config, parts) | {"resumed_from": str(latest)}
     return _train(config, parts, run_dir, tracker, progress, meta, quiet)
 

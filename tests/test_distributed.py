@@ -285,3 +285,12 @@ def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
     result = summary(tmp_path / "runs")
     assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM
 
+
+def test_a_runs_folder_that_is_a_file_is_one_error_line_under_two_processes(runs, tmp_path):
+    (tmp_path / "file").write_text("")
+    done = gdtrain("run", runs["config"], "--runs-dir", tmp_path / "file", "--nproc", "2", check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if "error" in line.lower()] == [
+        f"error: {tmp_path / 'file' / 'ddp'}: cannot create the run folder (Not a directory); "
+        "choose a writable folder with --runs-dir"]
