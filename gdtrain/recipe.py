@@ -225,16 +225,15 @@ def stop_on_signals(stop: engine.Stop, world: World = World()) -> Iterator[None]
             signal.signal(sig, old)
 
 
-def _engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, saved: Checkpoints | None,
-            progress: engine.Progress | None, stop: engine.Stop, quiet: bool) -> engine.Outcome:
+def _run_engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, saved: Checkpoints | None,
+                progress: engine.Progress | None, stop: engine.Stop, quiet: bool) -> engine.Outcome:
     """engine.train on the model, wrapped in DistributedDataParallel with several processes."""
     world = parts.world
     model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
     if world.size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
-    with stop_on_signals(stop, world):
-        outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker, config.train,
-                               parts.steps, parts.order, quiet or not world.main, saved, progress, stop, parts.scaler, world)
+    outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker, config.train,
+                           parts.steps, parts.order, quiet or not world.main, saved, progress, stop, parts.scaler, world)
     # The wrapper is freed here, before leave() destroys the process group: its Reducer, freed
     # after that, joins gloo's worker thread while holding the GIL and the rank hangs at exit
     # (pytorch/pytorch#56297). The collect frees it even if a reference cycle holds it.
@@ -249,32 +248,36 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
     world = parts.world
     saved = Checkpoints(run_dir, config.train.keep_last, to_dict(config)) if world.main else None
     stop, started = engine.Stop(), time.perf_counter()
-    try:
+    # The handlers stay until summary.json is written: a second signal while the processes leave
+    # the group or rank 0 writes (torchrun turns a second Ctrl-C into SIGTERM) is then recorded
+    # as an interruption instead of killing the process before it has said so.
+    with stop_on_signals(stop, world):
         try:
-            outcome = _engine(config, parts, tracker, saved, progress, stop, quiet)
-        finally:
-            tracker.close()
-        distributed.leave(world)
-        if not world.main:
-            return outcome
-        if outcome.status != "interrupted":
-            torch.save(parts.model.state_dict(), run_dir / "model.pt")
-    except OSError as err:  # disk full, folder removed or made read-only while training
-        if world.main:
-            _record_failure(run_dir, err, meta, resume_command(run_dir, world.size))
-        raise UserError(
-            f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far are "
-            f"kept; fix it, then {resume_command(run_dir, world.size)}") from None
-    except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
-        if world.main:
-            _record_failure(run_dir, err, meta, resume_command(run_dir, world.size))
-        raise
-    summary = summarise(outcome, parts.steps, time.perf_counter() - started, meta)
-    if outcome.status == "interrupted":
-        summary |= {"checkpoint": str(saved.latest()), "resume": resume_command(run_dir, world.size)}
-    if world.size > 1:
-        summary["processes"] = world.size
-    write_json_atomic(run_dir / "summary.json", summary)
+            try:
+                outcome = _run_engine(config, parts, tracker, saved, progress, stop, quiet)
+            finally:
+                tracker.close()
+            distributed.leave(world)
+            if not world.main:
+                return outcome
+            if outcome.status != "interrupted":
+                torch.save(parts.model.state_dict(), run_dir / "model.pt")
+        except OSError as err:  # disk full, folder removed or made read-only while training
+            if world.main:
+                _record_failure(run_dir, err, meta, resume_command(run_dir, world.size))
+            raise UserError(
+                f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far are "
+                f"kept; fix it, then {resume_command(run_dir, world.size)}") from None
+        except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
+            if world.main:
+                _record_failure(run_dir, err, meta, resume_command(run_dir, world.size))
+            raise
+        summary = summarise(outcome, parts.steps, time.perf_counter() - started, meta)
+        if outcome.status == "interrupted":
+            summary |= {"checkpoint": str(saved.latest()), "resume": resume_command(run_dir, world.size)}
+        if world.size > 1:
+            summary["processes"] = world.size
+        write_json_atomic(run_dir / "summary.json", summary)
     return outcome
 
 

@@ -234,6 +234,16 @@ def test_a_signal_at_an_epoch_end_checkpoint_waits_for_the_next_agreement(runs, 
     assert result["steps"] == 11  # the next log point: 8 + log_every
 
 
+
+def test_a_second_signal_while_the_ranks_leave_is_recorded(runs, tmp_path):
+    # Training has stopped on SIGINT; rank 0 gets SIGTERM on its way out, before summary.json.
+    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
+                  env={"PROBE": "second-signal"}) as launch:
+        done = launch.finish()
+    assert "error: stopped at once by a second interrupt" in done.stderr, done.stderr[-3000:]
+    result = summary(tmp_path)
+    assert result["status"] == "interrupted" and result["resume"] == f"gdtrain resume --nproc 2 {result['run_dir']}"
+
 def training(runs_dir: Path) -> Callable[[], bool]:
     """True once the run under runs_dir has logged its first point."""
     return lambda: any(p.stat().st_size for p in runs_dir.glob("*/*/metrics.jsonl"))
