@@ -5,7 +5,8 @@ and never sees YAML. Per step it does forward, backward, optimizer step and keep
 the losses are read back to the host every `log_every` steps, which is also where a NaN or an
 infinite loss is caught, at the exact step where it appeared. It checkpoints at the end of every
 epoch and every `checkpoint_every` steps, and stops after the step in progress when a signal
-handler sets `Stop.signal`; given a `Progress` from a checkpoint it continues where that stopped,
+handler sets `Stop.signal` (several processes stop together, at a log point or an epoch end where
+they all agree: see `agree`); given a `Progress` from a checkpoint it continues where that stopped,
 redrawing the epoch's permutation from its saved RNG state and skipping the batches already done.
 """
 
