@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import shlex
+import tempfile
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -61,14 +62,20 @@ SetOpt = Annotated[
 ]
 
 
+ERRORS = "GDTRAIN_ERRORS"  # set by the --nproc launcher: a folder where the workers leave their errors
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Print a UserError as `error: ...` on stderr and exit 2, with no traceback."""
     try:
         yield
     except UserError as err:
-        for line in str(err).splitlines():
-            typer.echo(f"error: {line}", err=True)
+        if ERRORS in os.environ and "RANK" in os.environ:  # every rank may meet the same error: one prints it
+            Path(os.environ[ERRORS], f"rank-{int(os.environ['RANK']):05d}").write_text(str(err))
+        else:
+            for line in str(err).splitlines():
+                typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
     except StoppedElsewhere:  # another rank failed and says why; exit 0, see _report
         raise typer.Exit(0) from None
@@ -145,18 +152,25 @@ def _torchrun(nproc: int, args: list[str]) -> NoReturn:
     os.environ[AGENT] = str(os.getpid())  # the workers' parent: they stop when it dies (distributed.die_with_parent)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun gives each worker, without its 4-line banner
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_unexplained)
-    try:
-        launch(parse_args(argv))
-    except SignalException as err:  # the workers have stopped (or been killed after the timeout)
-        raise typer.Exit(128 + err.sigval) from None
-    except KeyboardInterrupt:  # Ctrl-C before torchrun's handler was in place: no worker yet
-        raise typer.Exit(130) from None
-    except ChildFailedError as err:
-        raise typer.Exit(_failure_status(err.failures)) from None
+    with tempfile.TemporaryDirectory(prefix="gdtrain-errors-") as errors:
+        os.environ[ERRORS] = errors
+        try:
+            launch(parse_args(argv))
+        except SignalException as err:  # the workers have stopped (or been killed after the timeout)
+            raise typer.Exit(128 + err.sigval) from None
+        except KeyboardInterrupt:  # Ctrl-C before torchrun's handler was in place: no worker yet
+            raise typer.Exit(130) from None
+        except ChildFailedError as err:
+            # The lowest rank's UserError, once: often every rank met the same one, and the
+            # first to exit 2 made torchrun stop the others, perhaps before they could say it.
+            reported = sorted(Path(errors).iterdir())
+            for line in (reported[0].read_text() if reported else "").splitlines():
+                typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(2 if reported else _failure_status(err.failures)) from None
     raise typer.Exit(0)
 
 
-CHOSEN = (1, 2, 130, 143)  # what rank 0 exits with after printing why: diverged or a crash, bad input, a signal
+CHOSEN = (1, 2, 130, 143)  # rank 0's status once it has said why: diverged or a crash, bad input, a signal
 
 
 def _unexplained(record: logging.LogRecord) -> bool:

@@ -304,3 +304,11 @@ def test_a_runs_folder_that_is_a_file_is_one_error_line_under_two_processes(runs
     assert [line for line in done.stderr.splitlines() if "error" in line.lower()] == [
         f"error: {tmp_path / 'file' / 'ddp'}: cannot create the run folder (Not a directory); "
         "choose a writable folder with --runs-dir"]
+
+
+def test_an_error_every_rank_meets_is_one_error_line(runs):
+    done = gdtrain("resume", runs["two"], "--nproc", "2", check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert [line for line in done.stderr.splitlines() if "error" in line.lower()] == [
+        f"error: {runs['two']}: already finished; nothing to resume "
+        f"(gdtrain run {runs['two'] / 'config.yaml'} starts anew)"]
