@@ -71,14 +71,24 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as err:
-        if ERRORS in os.environ and "RANK" in os.environ:  # every rank may meet the same error: one prints it
-            Path(os.environ[ERRORS], f"rank-{int(os.environ['RANK']):05d}").write_text(str(err))
-        else:
+        if not _left_for_launcher(str(err)):
             for line in str(err).splitlines():
                 typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
     except StoppedElsewhere:  # another rank failed and says why; exit 0, see _report
         raise typer.Exit(0) from None
+
+
+def _left_for_launcher(message: str) -> bool:
+    """Under the --nproc launcher, leave a worker's error for it to print once for all ranks (they
+    often all meet the same one); False when there is no launcher, or its folder is gone."""
+    if ERRORS not in os.environ or "RANK" not in os.environ:
+        return False
+    try:
+        Path(os.environ[ERRORS], f"rank-{int(os.environ['RANK']):05d}").write_text(message)
+    except OSError:
+        return False
+    return True
 
 
 def _version(value: bool) -> None:
