@@ -6,27 +6,30 @@ A UserError becomes one line on stderr and exit code 2; nothing else is caught h
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import signal
-import subprocess
-import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from gdtrain import __version__
 from gdtrain.config import Config, load_config, to_dict
 from gdtrain.datasets import DATASETS
-from gdtrain.errors import UserError
+from gdtrain.errors import StoppedElsewhere, UserError
 from gdtrain.losses import LOSS_HELP
 from gdtrain.models import MODEL_HELP
 from gdtrain.optimizers import OPTIMIZER_HELP, SCHEDULE_HELP
 from gdtrain.yamlio import dump_yaml
+
+if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 app = typer.Typer(
     help="Train and compare gradient-descent optimizers from YAML experiment configs.",
@@ -61,15 +64,33 @@ SetOpt = Annotated[
 ]
 
 
+ERRORS = "GDTRAIN_ERRORS"  # set by the --nproc launcher: a folder where the workers leave their errors
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Print a UserError as `error: ...` on stderr and exit 2, with no traceback."""
     try:
         yield
     except UserError as err:
-        for line in str(err).splitlines():
-            typer.echo(f"error: {line}", err=True)
+        if not _left_for_launcher(str(err)):
+            for line in str(err).splitlines():
+                typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
+    except StoppedElsewhere:  # another rank failed and says why; exit 0, see _report
+        raise typer.Exit(0) from None
+
+
+def _left_for_launcher(message: str) -> bool:
+    """Under the --nproc launcher, leave a worker's error for it to print once for all ranks (they
+    often all meet the same one); False when there is no launcher, or its folder is gone."""
+    if ERRORS not in os.environ or "RANK" not in os.environ:
+        return False
+    try:
+        Path(os.environ[ERRORS], f"rank-{int(os.environ['RANK']):05d}").write_text(message)
+    except OSError:
+        return False
+    return True
 
 
 def _version(value: bool) -> None:
@@ -124,12 +145,66 @@ def run(
     _report(run_dir, outcome, cfg)
 
 
-def _torchrun(nproc: int, args: list[str]) -> None:
-    """Run this gdtrain command as `torchrun --standalone --nproc-per-node N`; exit with its status."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "gdtrain", *args]
-    typer.echo(f"launching: {shlex.join(command[2:])}", err=True)
-    raise typer.Exit(subprocess.call(command))
+def _torchrun(nproc: int, args: list[str]) -> NoReturn:
+    """Be `torchrun --standalone --nproc-per-node N -m gdtrain ARGS`, in this process; exit as rank 0 did.
+
+    torchrun starts each worker in a session of its own, so a Ctrl-C at the terminal reaches this
+    process only. Its handler passes SIGINT or SIGTERM on to every worker's process group, once,
+    and waits for them (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s, then SIGKILL): they stop together
+    at their next agreement with a checkpoint, and rank 0 prints the resume line.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run as launch
+
+    from gdtrain.distributed import AGENT
+
+    argv = ["--standalone", f"--nproc-per-node={nproc}", "-m", "gdtrain", *args]
+    typer.echo(f"launching: torchrun {shlex.join(argv)}", err=True)
+    os.environ[AGENT] = str(os.getpid())  # the workers' parent: they stop when it dies (distributed.die_with_parent)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun gives each worker, without its 4-line banner
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_unexplained)
+    with tempfile.TemporaryDirectory(prefix="gdtrain-errors-") as errors:
+        os.environ[ERRORS] = errors
+        try:
+            launch(parse_args(argv))
+        except SignalException as err:  # the workers have stopped (or been killed after the timeout)
+            raise typer.Exit(128 + err.sigval) from None
+        except KeyboardInterrupt:  # Ctrl-C before torchrun's handler was in place: no worker yet
+            raise typer.Exit(130) from None
+        except ChildFailedError as err:
+            # The lowest rank's UserError, once: often every rank met the same one, and the
+            # first to exit 2 made torchrun stop the others, perhaps before they could say it.
+            reported = sorted(Path(errors).iterdir())
+            for line in (reported[0].read_text() if reported else "").splitlines():
+                typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(2 if reported else _failure_status(err.failures)) from None
+    raise typer.Exit(0)
+
+
+CHOSEN = (1, 2, 130, 143)  # rank 0's status once it has said why: diverged or a crash, bad input, a signal
+
+
+def _unexplained(record: logging.LogRecord) -> bool:
+    """False for torchrun's "failed (exitcode: N) local_rank: 0" when rank 0 chose N and has said why."""
+    return not (str(record.msg).startswith("failed (exitcode") and tuple(record.args or ())[:2] in {(c, 0) for c in CHOSEN})
+
+
+def _failure_status(failures: dict[int, ProcessFailure]) -> int:
+    """The launcher's exit status when a worker exited non-zero: rank 0's own status when it chose
+    it (it has printed why); else 1, with a line per failed worker (killed by a signal, say)."""
+    main = failures.get(0)
+    if main is not None and main.exitcode in CHOSEN:
+        return main.exitcode
+    for rank, failure in sorted(failures.items()):
+        how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
+        typer.echo(f"error: rank {rank} (pid {failure.pid}) stopped: {how}", err=True)
+    return 1
+
+
+def _world() -> tuple[int, int]:
+    """(rank, processes) of this process, from torchrun's environment; (0, 1) alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _interruptible(train, where: Path):
@@ -137,18 +212,28 @@ def _interruptible(train, where: Path):
     try:
         return train()
     except KeyboardInterrupt:
+        rank, size = _world()
+        if rank != 0:  # rank 0 says it; exit 0, see _report
+            raise typer.Exit(0) from None
+        nproc = f"--nproc {size} " if size > 1 else ""
         typer.echo(f"error: stopped at once by a second interrupt; the run under {where} keeps its last "
-                   "checkpoint: gdtrain resume <run folder>", err=True)
+                   f"checkpoint: gdtrain resume {nproc}<run folder>", err=True)
         raise typer.Exit(130) from None
 
 
 def _report(run_dir: Path, outcome, cfg: Config) -> None:
     """The closing lines of run and resume (from rank 0 only), and their exit code."""
-    if os.environ.get("RANK", "0") != "0":
-        raise typer.Exit(0 if outcome.status == "finished" else 1)
+    from gdtrain.recipe import resume_command
+
+    rank, size = _world()
+    if rank != 0:
+        # Rank 0 reports the run and exits with its status. The others exit 0 once they have
+        # stopped with it: torchrun stops every worker as soon as one exits non-zero, which could
+        # cut rank 0 short while it writes summary.json or prints why it stopped.
+        raise typer.Exit(0)
     if outcome.status == "interrupted":
-        typer.echo(f"interrupted at step {outcome.steps}, checkpoint saved; continue with: gdtrain resume {run_dir}",
-                   err=True)
+        typer.echo(f"interrupted at step {outcome.steps}, checkpoint saved; continue with: "
+                   f"{resume_command(run_dir, size)}", err=True)
         raise typer.Exit(128 + (outcome.signal or 2))
     if outcome.status == "diverged":
         typer.echo(

@@ -7,14 +7,22 @@ Only rank 0 writes the run folder. With one process none of this does anything.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from gdtrain.errors import UserError
+from gdtrain.errors import StoppedElsewhere, UserError
+
+AGENT = "GDTRAIN_AGENT_PID"  # set by `gdtrain run --nproc`: the pid of the workers' parent
+PR_SET_PDEATHSIG = 1  # prctl(2), <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,40 @@ def join(cuda: bool) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
+    die_with_parent()
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if cuda:
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return world
+
+
+def die_with_parent() -> None:
+    """On Linux, have the kernel send this process SIGTERM when torchrun (its parent) dies, even by
+    SIGKILL, so no rank trains on without it; SIGTERM stops the ranks together, with a checkpoint."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    agent = os.environ.get(AGENT)
+    if agent is not None and os.getppid() != int(agent):  # it died before the prctl, while we started
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def together(world: World) -> Iterator[None]:
+    """Run a block that may fail on one rank only (rank 0 making the run folder); then every rank
+    learns whether it failed anywhere. The failing rank raises its own error, which it reports;
+    the others raise StoppedElsewhere instead of waiting in a collective the failed one never joins."""
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as err:
+        if world.size == 1:
+            raise
+        error = err
+    if world.size > 1 and any(gather(error is not None, world)):
+        raise error if error is not None else StoppedElsewhere()
 
 
 def check_batch(world: World, batch_size: int) -> None:

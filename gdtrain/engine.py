@@ -5,7 +5,8 @@ and never sees YAML. Per step it does forward, backward, optimizer step and keep
 the losses are read back to the host every `log_every` steps, which is also where a NaN or an
 infinite loss is caught, at the exact step where it appeared. It checkpoints at the end of every
 epoch and every `checkpoint_every` steps, and stops after the step in progress when a signal
-handler sets `Stop.signal`; given a `Progress` from a checkpoint it continues where that stopped,
+handler sets `Stop.signal` (several processes stop together, at a log point or an epoch end where
+they all agree: see `agree`); given a `Progress` from a checkpoint it continues where that stopped,
 redrawing the epoch's permutation from its saved RNG state and skipping the batches already done.
 """
 
@@ -95,6 +96,17 @@ class Stop:
     """Set by a SIGINT/SIGTERM handler; the loop stops after the step in progress."""
 
     signal: int | None = None
+
+
+def agree(stop: Stop, world: World) -> int | None:
+    """The signal to stop on: the first any rank has seen, decided by all ranks at the same point.
+
+    Every rank acts on this answer, never on its own `stop.signal`, which a handler may set while
+    the ranks are gathering (or just after): that late signal stays set for the next agreement.
+    """
+    if world.size == 1:
+        return stop.signal
+    return next((sig for sig in gather(stop.signal, world) if sig is not None), None)
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str, batch_size: int,
@@ -235,13 +247,12 @@ def train(
             at.pending.append(loss.detach())
             outcome.steps, at.step_in_epoch, at.seen = outcome.steps + 1, at.step_in_epoch + 1, at.seen + n
             last = outcome.steps == steps.max_steps or at.seen == len(data.x_train)
-            halting = stop.signal is not None and world.size == 1  # several processes agree at log points
+            halt = stop.signal if world.size == 1 else None  # several processes agree at log points only
             if len(at.pending) == settings.log_every or last:
                 stacked = torch.stack(at.pending)
                 if world.size > 1:  # the global batch's mean loss; and does any rank want to stop?
                     stacked = all_sum(stacked, world) / world.size
-                    stop.signal = next((sig for sig in gather(stop.signal, world) if sig), None)
-                    halting = stop.signal is not None
+                    halt = agree(stop, world)
                 losses = stacked.tolist()  # the one host sync per log_every steps
                 bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
                 if bad is not None:
@@ -257,12 +268,12 @@ def train(
                 at.pending.clear()
             if last:
                 break
-            if halting or (settings.checkpoint_every and outcome.steps % settings.checkpoint_every == 0):
+            if halt is not None or (settings.checkpoint_every and outcome.steps % settings.checkpoint_every == 0):
                 outcome.train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 save_checkpoint()
-                if halting:
-                    outcome.status, outcome.epochs, outcome.signal = "interrupted", epoch - 1, stop.signal
+                if halt is not None:
+                    outcome.status, outcome.epochs, outcome.signal = "interrupted", epoch - 1, halt
                     break
         bar.close()
         outcome.train_seconds += time.perf_counter() - started
@@ -298,11 +309,10 @@ def train(
             outcome.stopped_early = True
             break
         if epoch < steps.epochs:
-            if world.size > 1:  # the ranks stop together or not at all
-                stop.signal = next((sig for sig in gather(stop.signal, world) if sig), None)
+            halt = agree(stop, world)
             save_checkpoint()
-            if stop.signal is not None:
-                outcome.status, outcome.signal = "interrupted", stop.signal
+            if halt is not None:
+                outcome.status, outcome.signal = "interrupted", halt
                 break
 
     if best is not None and outcome.status == "finished":

@@ -7,6 +7,7 @@ before the run folder exists, and summary.json is written last.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import random
@@ -133,10 +134,14 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
     run_name = run_name or config.experiment.run_name or default_run_name(config)
     meta = _meta(config, parts)
     owned: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # other ranks write nothing
-    if parts.world.main:
-        run_dir, owned = create_run(runs_dir, config.experiment.name, run_name, dump_yaml(to_dict(config)), meta)
+    tracker: Tracker | NullTracker = NullTracker()
+    with distributed.together(parts.world):  # a folder rank 0 cannot make stops every rank
+        if parts.world.main:
+            run_dir, owned = create_run(runs_dir, config.experiment.name, run_name, dump_yaml(to_dict(config)), meta)
     with owned:  # the folder is this process's from its first file to its last
-        tracker = _tracker(run_dir, config, parts, meta) if parts.world.main else NullTracker()
+        with distributed.together(parts.world):
+            if parts.world.main:
+                tracker = _tracker(run_dir, config, parts, meta)
         run_dir = Path(distributed.gather(str(run_dir) if parts.world.main else "", parts.world)[0]
                        if parts.world.size > 1 else run_dir)
         return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
@@ -192,7 +197,10 @@ def _continue(run_dir: Path, config: Config, quiet: bool) -> engine.Outcome:
     checkpoints.restore_rng(rng[world.rank] if world.size > 1 else rng, parts.order)
     progress = engine.Progress.from_state(state["progress"], parts.device)
     meta = _meta(config, parts) | {"resumed_from": str(latest)}
-    tracker = _tracker(run_dir, config, parts, meta, state["metrics_offset"]) if world.main else NullTracker()
+    tracker: Tracker | NullTracker = NullTracker()
+    with distributed.together(world):
+        if world.main:
+            tracker = _tracker(run_dir, config, parts, meta, state["metrics_offset"])
     return _train(config, parts, run_dir, tracker, progress, meta, quiet)
 
 
@@ -218,13 +226,14 @@ def _tracker(run_dir: Path, config: Config, parts: Parts, meta: dict[str, Any],
         metric_tags = ["loss/train", "loss/val"] + ([] if config.train.loss == "mse" else ["accuracy/val"])
         tracker.log_hparams(flatten(to_dict(config)) | {"train.batch_size": parts.steps.batch_size}, metric_tags)
     except OSError as err:
-        raise _disk_error(run_dir, err, meta) from None
+        raise _disk_error(run_dir, err, meta, parts.world.size) from None
     return tracker
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: engine.Stop) -> Iterator[None]:
-    """SIGINT or SIGTERM asks the loop to stop after its step; a second one stops at once."""
+def stop_on_signals(stop: engine.Stop, world: World = World()) -> Iterator[None]:
+    """SIGINT or SIGTERM asks the loop to stop after its step (several processes: at the next log
+    point, together); a second one stops at once."""
     if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
         yield
         return
@@ -233,8 +242,10 @@ def stop_on_signals(stop: engine.Stop) -> Iterator[None]:
         if stop.signal is not None:
             raise KeyboardInterrupt
         stop.signal = signum
-        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
-                         "(again to stop at once)\n")
+        if world.main:  # one line for the run, not one per process
+            when = "after this step" if world.size == 1 else "at the next log point"
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping {when} to save a checkpoint "
+                             "(again to stop at once)\n")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -244,56 +255,77 @@ def stop_on_signals(stop: engine.Stop) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _run_engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, saved: Checkpoints | None,
+                progress: engine.Progress | None, stop: engine.Stop, quiet: bool) -> engine.Outcome:
+    """engine.train on the model, wrapped in DistributedDataParallel with several processes."""
+    world = parts.world
+    model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
+    if world.size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
+    outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker, config.train,
+                           parts.steps, parts.order, quiet or not world.main, saved, progress, stop, parts.scaler, world)
+    # The wrapper is freed here, before leave() destroys the process group: its Reducer, freed
+    # after that, joins gloo's worker thread while holding the GIL and the rank hangs at exit
+    # (pytorch/pytorch#56297). The collect frees it even if a reference cycle holds it.
+    del model
+    gc.collect()
+    return outcome
+
+
 def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullTracker, progress: engine.Progress | None,
            meta: dict[str, Any], quiet: bool) -> engine.Outcome:
     """Run the engine with checkpoints and signal handling; write model.pt and summary.json."""
     world = parts.world
     saved = Checkpoints(run_dir, config.train.keep_last, to_dict(config)) if world.main else None
     stop, started = engine.Stop(), time.perf_counter()
-    try:
+    # The handlers stay until summary.json is written: a second signal while the processes leave
+    # the group or rank 0 writes (torchrun turns a second Ctrl-C into SIGTERM) is then recorded
+    # as an interruption instead of killing the process before it has said so.
+    with stop_on_signals(stop, world):
         try:
-            model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
-            if world.size > 1:
-                model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
-            with stop_on_signals(stop):
-                outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker,
-                                       config.train, parts.steps, parts.order, quiet or not world.main, saved, progress,
-                                       stop, parts.scaler, world)
-        finally:
-            tracker.close()
-        distributed.leave(world)
-        if not world.main:
-            return outcome
-        if outcome.status != "interrupted":
-            checkpoints.save_atomic(parts.model.state_dict(), run_dir / "model.pt")
-    except OSError as err:  # disk full, folder removed or made read-only while training
-        raise _disk_error(run_dir, err, meta) from None
-    except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
-        _record_failure(run_dir, err, meta)
-        raise
-    summary = summarise(outcome, parts.steps, time.perf_counter() - started, meta)
-    if outcome.status == "interrupted":
-        nproc = f"--nproc {world.size} " if world.size > 1 else ""
-        summary |= {"checkpoint": str(saved.latest()), "resume": f"gdtrain resume {nproc}{run_dir}"}
-    if world.size > 1:
-        summary["processes"] = world.size
-    write_json_atomic(run_dir / "summary.json", summary)
+            try:
+                outcome = _run_engine(config, parts, tracker, saved, progress, stop, quiet)
+            finally:
+                tracker.close()
+            distributed.leave(world)
+            if not world.main:
+                return outcome
+            if outcome.status != "interrupted":
+                checkpoints.save_atomic(parts.model.state_dict(), run_dir / "model.pt")
+        except OSError as err:  # disk full, folder removed or made read-only while training
+            raise _disk_error(run_dir, err, meta, world.size) if world.main else UserError(
+                f"{run_dir}: cannot write ({err.strerror or err}); {resume_command(run_dir, world.size)} once fixed") from None
+        except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
+            if world.main:
+                _record_failure(run_dir, err, meta, resume_command(run_dir, world.size))
+            raise
+        summary = summarise(outcome, parts.steps, time.perf_counter() - started, meta)
+        if outcome.status == "interrupted":
+            summary |= {"checkpoint": str(saved.latest()), "resume": resume_command(run_dir, world.size)}
+        if world.size > 1:
+            summary["processes"] = world.size
+        write_json_atomic(run_dir / "summary.json", summary)
     return outcome
 
 
-def _disk_error(run_dir: Path, err: OSError, meta: dict[str, Any]) -> UserError:
+def _disk_error(run_dir: Path, err: OSError, meta: dict[str, Any], nproc: int) -> UserError:
     """The one line for a write that failed (summary.json records it, when the disk still takes it)."""
-    _record_failure(run_dir, err, meta)
+    _record_failure(run_dir, err, meta, resume_command(run_dir, nproc))
     return UserError(f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far "
-                     f"are kept; fix it, then gdtrain resume {run_dir}")
+                     f"are kept; fix it, then {resume_command(run_dir, nproc)}")
 
 
-def _record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any]) -> None:
+def resume_command(run_dir: Path, nproc: int) -> str:
+    """`gdtrain resume [--nproc N] RUN`: a run resumes with the processes it was started with."""
+    return f"gdtrain resume {f'--nproc {nproc} ' if nproc > 1 else ''}{run_dir}"
+
+
+def _record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any], resume: str) -> None:
     """summary.json with status failed, when the disk still takes it."""
     status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
     try:
         write_json_atomic(run_dir / "summary.json", {"status": status, "error": f"{type(err).__name__}: {err}",
-                                                      "resume": f"gdtrain resume {run_dir}", "environment": meta})
+                                                      "resume": resume, "environment": meta})
     except OSError:
         pass
 

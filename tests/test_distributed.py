@@ -1,12 +1,25 @@
-"""Several processes, one run: DistributedDataParallel through torchrun, with gloo on this CPU."""
+"""Several processes, one run: DistributedDataParallel through torchrun, with gloo on this CPU.
+
+Every process a test starts has a session of its own and a tag in its environment, which torchrun's
+workers inherit (they sit in sessions of their own); when the test ends, the launcher's group and
+the group of every tagged process are killed, so no rank outlives its test.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -23,15 +36,105 @@ optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
 schedule: {name: step, step_size: 1, gamma: 0.5, warmup_steps: 4}
 train: {epochs: 3, batch_size: 25, loss: cross_entropy, log_every: 3, checkpoint_every: 10}
 """
+# 125,000 steps: still training long after any test has given up waiting for it to stop.
+LONG = """\
+experiment: {name: long, seed: 0}
+data: {name: blobs, n_samples: 2000, n_classes: 3, n_features: 2}
+model: {name: mlp, hidden_sizes: [16]}
+optimizer: {name: adam, lr: 0.01}
+train: {epochs: 1000, batch_size: 16, loss: cross_entropy, log_every: 5}
+"""
+PROBE = Path(__file__).with_name("ddp_probe.py")
+TAG = "GDTRAIN_TEST_TAG"
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2")
+
+
+def tagged(tag: str) -> dict[int, dict[str, str]]:
+    """The live processes whose environment carries `TAG=tag`: pid → environment."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                env = dict(v.split("=", 1) for v in (entry / "environ").read_text(errors="replace").split("\0") if "=" in v)
+            except OSError:  # gone, or a zombie
+                continue
+            if env.get(TAG) == tag:
+                found[int(entry.name)] = env
+    return found
+
+
+@dataclass
+class Launch:
+    """A started `python ...` process, its output files and the tag its children inherit."""
+
+    process: subprocess.Popen
+    tag: str
+    out: IO[str]
+    err: IO[str]
+
+    def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Wait for the exit; its status and output."""
+        code = self.process.wait(timeout)
+        return subprocess.CompletedProcess(self.process.args, code, *(self.output(f) for f in (self.out, self.err)))
+
+    @staticmethod
+    def output(file: IO[str]) -> str:
+        file.seek(0)
+        return file.read()
+
+    def ranks(self) -> dict[int, int]:
+        """The workers' pids by rank."""
+        return {int(env["RANK"]): pid for pid, env in tagged(self.tag).items() if "RANK" in env}
+
+    def kill(self) -> None:
+        """SIGKILL the launcher's group and every tagged process's group."""
+        for pid in [self.process.pid, *tagged(self.tag)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@contextlib.contextmanager
+def launched(*args: str | Path, env: dict[str, str] | None = None) -> Iterator[Launch]:
+    """`python *args` in a session of its own; killed with everything it started when the block ends."""
+    tag = uuid.uuid4().hex
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        full_env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", TAG: tag} | (env or {})
+        process = subprocess.Popen([sys.executable, *map(str, args)], stdout=out, stderr=err, text=True, env=full_env,
+                                   start_new_session=True)
+        launch = Launch(process, tag, out, err)
+        try:
+            yield launch
+        finally:
+            launch.kill()
 
 
 def gdtrain(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "gdtrain", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    with launched("-m", "gdtrain", *args) as launch:
+        done = launch.finish()
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def wait_until(ready: Callable[[], bool], launch: Launch, what: str, timeout: float = 300) -> None:
+    """Poll until `ready()`; fail with the launcher's output if it exits first or it never comes."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if launch.process.poll() is not None:
+            done = launch.finish()
+            pytest.fail(f"exited {done.returncode} before {what}:\n{done.stderr[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout} s")
+        time.sleep(0.2)
+
+
+def summary(runs_dir: Path) -> dict:
+    """summary.json of the one run under runs_dir."""
+    (run_dir,) = (p.parent for p in runs_dir.glob("*/*/config.yaml"))
+    return json.loads((run_dir / "summary.json").read_text()) | {"run_dir": str(run_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +202,113 @@ def test_two_gpus_with_nccl(runs, tmp_path):
     run_dir = next((tmp_path / "ddp").iterdir())
     for name, value in weights(run_dir).items():
         torch.testing.assert_close(value, weights(runs["one"])[name], rtol=1e-4, atol=1e-5)
+
+
+def test_no_ddp_wrapper_outlives_the_process_group(runs, tmp_path):
+    # Freed after destroy_process_group(), DDP's Reducer can hang the rank at exit (pytorch#56297).
+    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
+                  env={"PROBE": "teardown"}) as launch:
+        done = launch.finish()
+    reports = sorted(line for line in done.stdout.splitlines() if "alive at destroy_process_group" in line)
+    assert reports == [f"rank {r}: DDP wrappers alive at destroy_process_group: 0" for r in (0, 1)], done.stdout
+
+
+def test_a_signal_during_the_stop_agreement_is_kept_for_the_next(runs, tmp_path):
+    # Rank 0's SIGINT lands while the ranks agree at step 3, after its "no signal" went out.
+    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
+                  env={"PROBE": "late-signal"}) as launch:
+        done = launch.finish()
+    result = summary(tmp_path)
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGINT, done.stderr[-3000:]
+    assert result["steps"] == 6  # the next agreement
+
+
+def test_a_signal_at_an_epoch_end_checkpoint_waits_for_the_next_agreement(runs, tmp_path):
+    # Rank 1's SIGTERM lands during the epoch-end checkpoint (step 8), after the ranks agreed to go
+    # on: rank 1 alone must not stop there, or rank 0 trains into a collective rank 1 never joins.
+    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
+                  env={"PROBE": "checkpoint-signal"}) as launch:
+        done = launch.finish(timeout=240)
+    result = summary(tmp_path)
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, done.stderr[-3000:]
+    assert result["steps"] == 11  # the next log point: 8 + log_every
+
+
+
+def test_a_second_signal_while_the_ranks_leave_is_recorded(runs, tmp_path):
+    # Training has stopped on SIGINT; rank 0 gets SIGTERM on its way out, before summary.json.
+    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
+                  env={"PROBE": "second-signal"}) as launch:
+        done = launch.finish()
+    assert "error: stopped at once by a second interrupt" in done.stderr, done.stderr[-3000:]
+    result = summary(tmp_path)
+    assert result["status"] == "interrupted" and result["resume"] == f"gdtrain resume --nproc 2 {result['run_dir']}"
+
+def training(runs_dir: Path) -> Callable[[], bool]:
+    """True once the run under runs_dir has logged its first point."""
+    return lambda: any(p.stat().st_size for p in runs_dir.glob("*/*/metrics.jsonl"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path, sig):
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG)
+    with launched("-m", "gdtrain", "run", config, "--nproc", "2", "--runs-dir", tmp_path / "runs", "--quiet") as launch:
+        wait_until(training(tmp_path / "runs"), launch, "first log point")
+        os.kill(launch.process.pid, sig)
+        done = launch.finish(timeout=180)
+        left = tagged(launch.tag)  # the launcher waits for its workers before it exits
+    result = summary(tmp_path / "runs")
+    assert done.returncode == 128 + sig, done.stderr[-3000:]
+    assert not left
+    assert result["status"] == "interrupted" and result["signal"] == sig
+    assert f"continue with: gdtrain resume --nproc 2 {result['run_dir']}" in done.stderr
+    assert any((Path(result["run_dir"]) / "checkpoints").glob("step-*.pt"))
+
+
+def test_a_signal_to_one_rank_stops_the_run_and_the_launcher_says_so(tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG)
+    with launched("-m", "gdtrain", "run", config, "--nproc", "2", "--runs-dir", tmp_path / "runs", "--quiet") as launch:
+        wait_until(training(tmp_path / "runs"), launch, "first log point")
+        os.kill(launch.ranks()[1], signal.SIGTERM)  # as a scheduler would, to one process
+        done = launch.finish(timeout=180)
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert "ChildFailedError" not in done.stderr and "failed (exitcode" not in done.stderr
+    result = summary(tmp_path / "runs")
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM
+
+
+def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG)
+    with launched("-m", "gdtrain", "run", config, "--nproc", "2", "--runs-dir", tmp_path / "runs", "--quiet") as launch:
+        wait_until(training(tmp_path / "runs"), launch, "first log point")
+        assert len(launch.ranks()) == 2
+        os.kill(launch.process.pid, signal.SIGKILL)
+        launch.process.wait()
+        deadline = time.monotonic() + 180
+        while tagged(launch.tag) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not tagged(launch.tag), "the workers train on without their launcher"
+    # The kernel's SIGTERM on the parent's death is a signal like any: a checkpoint, then exit.
+    result = summary(tmp_path / "runs")
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM
+
+
+def test_a_runs_folder_that_is_a_file_is_one_error_line_under_two_processes(runs, tmp_path):
+    (tmp_path / "file").write_text("")
+    done = gdtrain("run", runs["config"], "--runs-dir", tmp_path / "file", "--nproc", "2", check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if "error" in line.lower()] == [
+        f"error: {tmp_path / 'file' / 'ddp'}: cannot create the run folder (Not a directory); "
+        "choose a writable folder with --runs-dir"]
+
+
+def test_an_error_every_rank_meets_is_one_error_line(runs):
+    done = gdtrain("resume", runs["two"], "--nproc", "2", check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert [line for line in done.stderr.splitlines() if "error" in line.lower()] == [
+        f"error: {runs['two']}: already finished; nothing to resume "
+        f"(gdtrain run {runs['two'] / 'config.yaml'} starts anew)"]
