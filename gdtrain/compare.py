@@ -144,6 +144,8 @@ class Row:
     runs: list[Run]
     figures: list[Figures]
     status: str
+    group: int | None = None  # tie group from rank(): 1 = no other row beats it; None: not compared
+    ci: tuple[float, float] | None = None  # 95% bootstrap CI of the mean final metric over seeds
 
 
 def _varies(runs: list[Run], key: str) -> bool:
@@ -234,6 +236,30 @@ COLUMNS = ("run", "optimizer", "lr", "batch", "seeds", "final", "best", "best ep
 STATS = ("final", "best", "best epoch", "steps to target", "wall s", "samples/s")  # a value per seed
 
 
+def rank(rows: list[Row], metric: str) -> list[Row]:
+    """With two or more seeds per configuration, what stats says instead of a bare ranking: each
+    finished row's tie group (1: no other row beats it) and the 95% CI of its mean, set on the
+    row; rows reordered by group, then mean. Rows with one seed are not compared (group None)."""
+    from gdtrain import stats  # scipy: only when there are seeds to compare
+
+    compared = [row for row in rows if row.status == "finished" and len(_known(row)) >= 2]
+    if not compared:
+        return rows
+    up = not lower_is_better(metric)
+    pairs = [stats.compare_pair(a.label, _known(a), b.label, _known(b), up)
+             for i, a in enumerate(compared) for b in compared[i + 1:]]
+    for number, labels in enumerate(stats.tie_groups([row.label for row in compared], pairs), 1):
+        for row in compared:
+            if row.label in labels:
+                row.group, row.ci = number, stats.summarise(_known(row)).ci
+    ordered = sorted(compared, key=lambda row: (row.group, (-1 if up else 1) * statistics.fmean(_known(row))))
+    return ordered + [row for row in rows if row not in compared]
+
+
+def _known(row: Row) -> list[float]:
+    return [f.final for f in row.figures if f.final is not None]
+
+
 def table(rows: list[Row]) -> list[dict[str, Any]]:
     """One record per row with COLUMNS for keys; the STATS columns hold one value per run (None: none)."""
     records = []
@@ -253,12 +279,25 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
             "wall s": [_number(summary.get("wall_seconds")) for summary in timed],
             "samples/s": [_number(summary.get("samples_per_second")) for summary in timed],
             "status": row.status,
+            "group": row.group,
+            "95% CI": row.ci,
         })
     return records
 
 
+def columns(records: list[dict[str, Any]]) -> list[str]:
+    """COLUMNS, with `group` first and `95% CI` after `final` when rank() compared seeds."""
+    if not any(r["group"] is not None for r in records):
+        return list(COLUMNS)
+    shown = ["group", *COLUMNS]
+    shown.insert(shown.index("final") + 1, "95% CI")
+    return shown
+
+
 def _cell(record: dict[str, Any], column: str, target: float | None) -> str:
     value = record[column]
+    if column == "95% CI":
+        return "-" if value is None else f"{value[0]:.4g}-{value[1]:.4g}"
     if column == "steps to target":
         hits = [v for v in value if v is not None]
         if target is None:
@@ -275,7 +314,7 @@ def _cell(record: dict[str, Any], column: str, target: float | None) -> str:
 def _numbers(record: dict[str, Any]) -> dict[str, Any]:
     """For csv and json: each STATS column as its mean, plus `<column> std` when there are seeds."""
     flat: dict[str, Any] = {}
-    for column in COLUMNS:
+    for column in (*COLUMNS, "group", "95% CI"):
         value = record[column]
         if column not in STATS:
             flat[column] = value
@@ -298,10 +337,11 @@ def render(records: list[dict[str, Any]], fmt: str, target: float | None) -> str
         writer.writeheader()
         writer.writerows(flat)
         return out.getvalue().rstrip("\n")
-    cells = [list(COLUMNS)] + [[_cell(r, c, target) for c in COLUMNS] for r in records]
+    shown = columns(records)
+    cells = [shown] + [[_cell(r, c, target) for c in shown] for r in records]
     if fmt == "markdown":
         lines = ["| " + " | ".join(row) + " |" for row in cells]
-        lines.insert(1, "|" + "|".join("---" for _ in COLUMNS) + "|")
+        lines.insert(1, "|" + "|".join("---" for _ in shown) + "|")
         return "\n".join(lines)
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(shown))]
     return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells)

@@ -96,3 +96,15 @@ def test_summary_of_reruns() -> None:
     assert stats.summarise(values) == s  # seeded: the same numbers every time
     same = stats.summarise([0.5, 0.5, 0.5])
     assert same.ci == (0.5, 0.5) and same.std == 0.0
+
+
+def test_the_bootstraps_u_statistic_is_mannwhitneyus() -> None:
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(1)
+    for n, m in ((3, 5), (5, 5), (10, 7)):
+        x, y = rng.integers(0, 4, n).astype(float), rng.integers(0, 4, m).astype(float)  # ties on purpose
+        assert stats.u_fraction(x, y) == pytest.approx(mannwhitneyu(x, y).statistic / (n * m))
+        batch_x, batch_y = rng.normal(size=(6, n)), rng.normal(size=(6, m))  # as the bootstrap calls it
+        expected = [mannwhitneyu(a, b).statistic / (n * m) for a, b in zip(batch_x, batch_y)]
+        assert stats.u_fraction(batch_x, batch_y, axis=-1) == pytest.approx(expected)

@@ -254,3 +254,17 @@ def test_shipped_studies_load() -> None:
     for path in sorted((ROOT / "studies").glob("*.yaml")):
         study = studying.load_study(path)
         assert study.spec.seeds >= 2 and len(studying.tuning_points(study)) == study.spec.budget * len(study.arms)
+
+
+def test_compare_of_seeded_runs_shows_groups_and_intervals_not_a_bare_ranking(finished: tuple[Path, dict, str]) -> None:
+    folder, results, _ = finished
+    result = gdtrain("compare", folder)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "higher is better" in lines[0] and "group 1" in lines[0]
+    header = lines[1].split()
+    assert header[0] == "group" and "CI" in header
+    for label, entry in results["optimizers"].items():  # the reruns (and the chosen trial) pooled per configuration
+        row = next(line for line in lines[2:] if f"name={entry['chosen']['name']}, lr={entry['chosen']['lr']:g}" in line
+                   and " 3 " in line)
+        assert row.split()[0] == "1"  # 3 seeds each cannot separate them: one group
