@@ -2,6 +2,7 @@
 
 A run folder holds config.yaml (resolved config with provenance), TensorBoard event files,
 metrics.jsonl and, written last and atomically, summary.json: a folder without it is unfinished.
+One process at a time writes it: the one holding the flock on its .lock file, which names it.
 """
 
 from __future__ import annotations
