@@ -6,6 +6,7 @@ it started (torchrun's workers included) when its test ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -226,6 +227,24 @@ def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
     assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, output[-3000:]
 
 
+
+def test_the_parent_death_signal_twice_is_still_one_stop_with_a_checkpoint(tmp_path):
+    # The kernel may send it once per dying thread of the launcher (see distributed.die_with_parent).
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG)
+    with launched("-m", "gdtrain", "run", config, "--nproc", "2", "--runs-dir", tmp_path / "runs", "--quiet") as launch:
+        wait_until(training(tmp_path / "runs"), launch, "first log point")
+        ranks = launch.ranks()
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGHUP)
+        time.sleep(0.2)  # two deliveries, not one pending signal
+        for pid in ranks.values():
+            with contextlib.suppress(ProcessLookupError):  # stopped already
+                os.kill(pid, signal.SIGHUP)
+        done = launch.finish(timeout=180)
+    assert done.returncode == 143, done.stderr[-3000:]
+    result = summary(tmp_path / "runs")
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, done.stderr[-3000:]
 
 def test_a_runs_folder_that_is_a_file_is_one_error_line_under_two_processes(runs, tmp_path):
     (tmp_path / "file").write_text("")
