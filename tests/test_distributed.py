@@ -1,8 +1,7 @@
 """Several processes, one run: DistributedDataParallel through torchrun, with gloo on this CPU.
 
-Every process a test starts has a session of its own and a tag in its environment, which torchrun's
-workers inherit (they sit in sessions of their own); when the test ends, the launcher's group and
-the group of every tagged process are killed, so no rank outlives its test.
+Processes are started with tests/prochelp.py: each in a session of its own, killed with everything
+it started (torchrun's workers included) when its test ends.
 """
 
 from __future__ import annotations
@@ -12,20 +11,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from gdtrain.cli import app
+from prochelp import Launch, launched, tagged
 
 # 192 training samples in batches of 25: the last batch of each epoch (17) splits 8 / 9.
 EXPERIMENT = """\
@@ -45,72 +40,7 @@ optimizer: {name: adam, lr: 0.01}
 train: {epochs: 1000, batch_size: 16, loss: cross_entropy, log_every: 5}
 """
 PROBE = Path(__file__).with_name("ddp_probe.py")
-TAG = "GDTRAIN_TEST_TAG"
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2")
-
-
-def tagged(tag: str) -> dict[int, dict[str, str]]:
-    """The live processes whose environment carries `TAG=tag`: pid → environment."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                env = dict(v.split("=", 1) for v in (entry / "environ").read_text(errors="replace").split("\0") if "=" in v)
-            except OSError:  # gone, or a zombie
-                continue
-            if env.get(TAG) == tag:
-                found[int(entry.name)] = env
-    return found
-
-
-@dataclass
-class Launch:
-    """A started `python ...` process, its output files and the tag its children inherit."""
-
-    process: subprocess.Popen
-    tag: str
-    out: IO[str]
-    err: IO[str]
-
-    def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
-        """Wait for the exit; its status and output."""
-        code = self.process.wait(timeout)
-        return subprocess.CompletedProcess(self.process.args, code, *(self.output(f) for f in (self.out, self.err)))
-
-    @staticmethod
-    def output(file: IO[str]) -> str:
-        file.seek(0)
-        return file.read()
-
-    def ranks(self) -> dict[int, int]:
-        """The workers' pids by rank."""
-        return {int(env["RANK"]): pid for pid, env in tagged(self.tag).items() if "RANK" in env}
-
-    def kill(self) -> None:
-        """SIGKILL the launcher's group and every tagged process's group."""
-        for pid in [self.process.pid, *tagged(self.tag)]:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait()
-
-
-@contextlib.contextmanager
-def launched(*args: str | Path, env: dict[str, str] | None = None) -> Iterator[Launch]:
-    """`python *args` in a session of its own; killed with everything it started when the block ends."""
-    tag = uuid.uuid4().hex
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        full_env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", TAG: tag} | (env or {})
-        process = subprocess.Popen([sys.executable, *map(str, args)], stdout=out, stderr=err, text=True, env=full_env,
-                                   start_new_session=True)
-        launch = Launch(process, tag, out, err)
-        try:
-            yield launch
-        finally:
-            launch.kill()
-
-
 def gdtrain(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
     with launched("-m", "gdtrain", *args) as launch:
         done = launch.finish()
@@ -291,10 +221,30 @@ def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
         while tagged(launch.tag) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not tagged(launch.tag), "the workers train on without their launcher"
+        output = launch.output(launch.err)  # the workers' too: they inherited the launcher's stderr
     # The kernel's SIGTERM on the parent's death is a signal like any: a checkpoint, then exit.
     result = summary(tmp_path / "runs")
-    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, output[-3000:]
 
+
+
+def test_the_parent_death_signal_twice_is_still_one_stop_with_a_checkpoint(tmp_path):
+    # The kernel may send it once per dying thread of the launcher (see distributed.die_with_parent).
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG)
+    with launched("-m", "gdtrain", "run", config, "--nproc", "2", "--runs-dir", tmp_path / "runs", "--quiet") as launch:
+        wait_until(training(tmp_path / "runs"), launch, "first log point")
+        ranks = launch.ranks()
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGHUP)
+        time.sleep(0.2)  # two deliveries, not one pending signal
+        for pid in ranks.values():
+            with contextlib.suppress(ProcessLookupError):  # stopped already
+                os.kill(pid, signal.SIGHUP)
+        done = launch.finish(timeout=180)
+    assert done.returncode == 143, done.stderr[-3000:]
+    result = summary(tmp_path / "runs")
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, done.stderr[-3000:]
 
 def test_a_runs_folder_that_is_a_file_is_one_error_line_under_two_processes(runs, tmp_path):
     (tmp_path / "file").write_text("")
