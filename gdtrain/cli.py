@@ -427,7 +427,8 @@ def compare(
             direction = "lower" if comparing.lower_is_better(metric) else "higher"
             typer.echo(f"{metric}, final value ({direction} is better)" + (
                 "; group 1: no other configuration beats it (P(A beats B) 95% CI above 0.5 and Mann-Whitney "
-                "p < 0.05 over seeds); one group: no detectable difference" if "group" in comparing.columns(records) else ""))
+                "p < 0.05 over seeds); one group: no detectable difference" if "group" in comparing.columns(records) else ""),
+                err=True)  # stdout stays the table alone, for pipes and markdown files
         typer.echo(comparing.render(records, fmt.value, target))
         if plot is not None:
             from gdtrain.curveplot import plot as draw

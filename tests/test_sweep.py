@@ -155,7 +155,7 @@ def test_steps_to_target_come_from_the_logged_curve(swept):
 
 def test_markdown_table_has_a_header_and_a_row_per_configuration(swept):
     lines = gdtrain("compare", swept, "--format", "markdown").stdout.splitlines()
-    assert lines[0].startswith("| run | optimizer | lr | batch | seeds | final")
+    assert lines[0].startswith("| group | run | optimizer | lr | batch | seeds | final | 95% CI |")  # 2 seeds each: judged
     assert lines[1].startswith("|---|") and len(lines) == 4
     assert " ± " in lines[2]
 
