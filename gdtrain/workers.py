@@ -90,10 +90,19 @@ class Guard:
 
 
 def die_with_parent(parent: int) -> None:
-    """Have Linux send this process SIGTERM when `parent` dies; exit now if it died already."""
+    """Have Linux send this process one SIGTERM when `parent` dies; exit now if it died already."""
+    # The kernel sends the parent-death signal again each time it hands the worker from a dying
+    # thread of the parent to another (a multi-threaded parent), and a second SIGTERM means "stop
+    # at once, no checkpoint". So the signal is SIGHUP, turned here into one SIGTERM
+    # (as distributed.die_with_parent does for torchrun's workers).
+    def parent_died(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     if sys.platform.startswith("linux"):
+        signal.signal(signal.SIGHUP, parent_died)
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # it died before the request: no signal will come
         sys.exit(128 + signal.SIGTERM)
