@@ -6,8 +6,14 @@ A run that is still alive at its timeout counts as a hang: its launcher and ever
 inherited the run's tag (torchrun's workers sit in sessions of their own, so killing the
 launcher's group alone would leave them) are killed with their whole process groups. A run that
 exits non-zero, or exits leaving a tagged process behind, is counted too. Before the teardown fix
-(issue 10: the DDP wrapper freed after `destroy_process_group()`, pytorch/pytorch#56297) about
-one run in eight hung at exit on a 2-core CPU.
+(issue 10: the DDP wrapper freed after `destroy_process_group()`, pytorch/pytorch#56297) the
+issue saw 10 hangs in 77 runs.
+
+Measured on a 2-core AMD EPYC VM shared with other jobs, torch 2.13.0 CPU, configs/smoke.yaml:
+after the fix, 100 runs, 0 hangs, 0 failures, 0 processes left behind, 3604 s (36 s a run,
+timeout 180 s). Before it, 30 runs showed no hang either (1102 s, timeout 90 s): the hang is
+rare here; tests/test_distributed.py checks its cause directly (no DDP wrapper alive at
+destroy_process_group).
 """
 
 from __future__ import annotations
