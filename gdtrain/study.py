@@ -304,16 +304,17 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) 
     if not resume and folder.is_dir() and any(folder.iterdir()):
         raise UserError(f"{folder}: already holds a study's runs; continue it with --resume, or give it a new "
                         f"name: --set study.name=<name>")
-    trials, code = _execute(study, tuning_points(study), runs_dir, jobs, echo, "tuning")
+    points = tuning_points(study)
+    trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning")
     if trials is None:
         return folder, None, code
     arms, chosen = [], {}
     for arm in study.arms:
         records = [verdict.trial_record(arm.label, name, _searched(arm, doc), Path(trials[name]), study.select)
-                   for label, name, doc in tuning_points(study) if label == arm.label]
+                   for label, name, doc in points if label == arm.label]
         best = verdict.choose(records, study.higher_is_better(study.select))
         if best is not None:
-            chosen[arm.label] = next(doc["optimizer"] for label, name, doc in tuning_points(study) if name == best["name"])
+            chosen[arm.label] = next(doc["optimizer"] for _, name, doc in points if name == best["name"])
         arms.append({"label": arm.label, "trials": records, "chosen": chosen.get(arm.label),
                      "chosen_trial": best["name"] if best else None})
     reruns, code = _execute(study, rerun_points(study, chosen), runs_dir, jobs, echo, "reruns")
