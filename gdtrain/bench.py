@@ -31,7 +31,7 @@ from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer
 from gdtrain.recipe import compiled
-from gdtrain.runs import Tracker
+from gdtrain.tracker import Tracker
 
 
 def mnist_or_random(root: Path | None) -> tuple[Tensor, Tensor, str]:

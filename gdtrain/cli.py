@@ -21,11 +21,8 @@ import typer
 
 from gdtrain import __version__
 from gdtrain.config import Config, load_config, to_dict
-from gdtrain.datasets import DATASETS
+from gdtrain.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
 from gdtrain.errors import StoppedElsewhere, UserError
-from gdtrain.losses import LOSS_HELP
-from gdtrain.models import MODEL_HELP
-from gdtrain.optimizers import OPTIMIZER_HELP, SCHEDULE_HELP
 from gdtrain.yamlio import dump_yaml
 
 if TYPE_CHECKING:
@@ -123,8 +120,7 @@ def run(
     nproc: NprocOpt = 1,
 ) -> None:
     """Train one experiment into runs/<experiment>/<name>-<timestamp>/ and log it to TensorBoard."""
-    from gdtrain import recipe  # torch is imported only by the commands that train
-    from gdtrain.sweep import finished_run
+    from gdtrain import recipe, runs  # torch: only the commands that train import it
 
     if nproc > 1:
         with user_errors():  # what one process can check, before torchrun starts several
@@ -137,7 +133,7 @@ def run(
                           *(["--device", device.value] if device else []), *(["--quiet"] if quiet else [])])
     with user_errors():
         cfg = _load(config, overrides, device)
-        done = finished_run(runs_dir, cfg, name or cfg.experiment.run_name or recipe.default_run_name(cfg)) if skip_finished else None
+        done = runs.finished_run(runs_dir, cfg, runs.run_name(cfg, name)) if skip_finished else None
         if done is not None:
             typer.echo(f"already finished, skipped: {done}")
             return
@@ -223,7 +219,7 @@ def _interruptible(train, where: Path):
 
 def _report(run_dir: Path, outcome, cfg: Config) -> None:
     """The closing lines of run and resume (from rank 0 only), and their exit code."""
-    from gdtrain.recipe import resume_command
+    from gdtrain.runs import resume_command
 
     rank, size = _world()
     if rank != 0:
@@ -260,7 +256,7 @@ def paths(
     device: Annotated[Optional[Device], typer.Option("--device", help="Overrides train.device.", case_sensitive=False)] = None,
 ) -> None:
     """Run each optimizer on a `data: {name: function}` config and draw all their paths in one figure."""
-    from gdtrain import paths as descent
+    from gdtrain import descent
 
     with user_errors():
         cfg = _load(config, overrides, device)
@@ -458,10 +454,8 @@ def download(
 ) -> None:
     """Download the four IDX files from the public mirrors, md5-checked, into <root>/<Folder>/raw/."""
     from gdtrain import idx
-    from gdtrain.config import ImageData
-    from gdtrain.datasets import data_root
 
-    folder = data_root(ImageData(name=dataset.value, root=None if root is None else str(root)))
+    folder = idx.data_root(None if root is None else str(root))
     with user_errors():
         paths = idx.download(dataset.value, folder, timeout=timeout)
     typer.echo(f"{dataset.value}: {len(paths)} files in {paths[0].parent}")
@@ -477,22 +471,21 @@ def bench(
 ) -> None:
     """Seconds per epoch of the seeds' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor."""
     from gdtrain import bench as benchmark
-    from gdtrain.config import ImageData
-    from gdtrain.datasets import data_root as default_root
-    from gdtrain.recipe import resolve_device
+    from gdtrain.idx import data_root as default_root
+    from gdtrain.device import resolve_device
 
     with user_errors():
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip().isdigit() and int(b) > 0]
         if not sizes or len(sizes) != len(batch_sizes.split(",")):
             raise UserError(f"--batch-sizes: expected whole numbers >= 1 separated by commas, got {batch_sizes!r}")
-        root = data_root or default_root(ImageData())
+        root = data_root or default_root(None)
         benchmark.run_bench(root, sizes, resolve_device(device.value), typer.echo, samples, variants)
 
 
 @app.command("list")
 def list_components() -> None:
     """List the models, datasets, optimizers, schedules and losses gdtrain knows."""
-    for title, table in [("models", MODEL_HELP), ("datasets", DATASETS), ("optimizers", OPTIMIZER_HELP),
+    for title, table in [("models", MODEL_HELP), ("datasets", DATASET_HELP), ("optimizers", OPTIMIZER_HELP),
                          ("schedules", SCHEDULE_HELP), ("losses", LOSS_HELP)]:
         typer.echo(f"{title}:")
         for key, text in table.items():

@@ -14,18 +14,17 @@ import csv
 import io
 import json
 import math
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gdtrain.errors import UserError
-from gdtrain.runs import flatten
+from gdtrain.runs import RESULTS, RUN_FOLDER, flatten, read_summary, status
 from gdtrain.yamlio import load_yaml
 
 PER_RUN_KEYS = ("experiment.seed", "experiment.run_name")  # differ between seeds of one configuration
-RANKED = ("finished", "diverged")  # runs whose figures are results; diverging is one
+RANKED = RESULTS  # runs whose figures are results; diverging is one
 
 
 @dataclass
@@ -71,21 +70,7 @@ def read_run(path: Path) -> Run:
         config = flatten(load_yaml(path / "config.yaml") or {})
     except (UserError, AttributeError):
         return Run(path, "corrupt")
-    rows = read_rows(path / "metrics.jsonl")
-    summary_path = path / "summary.json"
-    if not summary_path.exists():
-        return Run(path, "unfinished", config, {}, rows)
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        status = summary["status"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return Run(path, "corrupt", config, {}, rows)
-    if not isinstance(status, str):  # `"status": null` is no status
-        return Run(path, "corrupt", config, {}, rows)
-    return Run(path, status, config, summary, rows)
-
-
-RUN_FOLDER = re.compile(r".+-\d{8}-\d{6}(-\d+)?")  # runs.new_run_dir's <name>-YYYYmmdd-HHMMSS[-k]
+    return Run(path, status(path), config, read_summary(path) or {}, read_rows(path / "metrics.jsonl"))
 
 
 def read_runs(root: Path) -> list[Run]:

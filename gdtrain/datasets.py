@@ -7,10 +7,8 @@ so a step costs no per-sample Python, no collate and no host-to-device copy.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -88,23 +86,8 @@ SYNTHETIC: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "moons": _moons,
     "xor": _xor,
 }
-DATASETS = {
-    "linear_regression": "y = w·x + b + noise (regression; the classic y = 2x + 3)",
-    "blobs": "Gaussian blobs, k classes in d dimensions (linearly separable)",
-    "moons": "two interleaved half-moons, 2 classes (not linearly separable)",
-    "xor": "XOR of the signs of two uniform features, 2 classes (linear models stay at chance)",
-    "mnist": "handwritten digits, 28x28 greyscale, 60k train + 10k test (IDX files)",
-    "fashion_mnist": "Zalando clothing images, same format as MNIST",
-    "kmnist": "Kuzushiji (cursive Japanese) characters, same format as MNIST",
-    "function": "no data: x descends a test function (quadratic, ill_conditioned, rosenbrock, rastrigin, beale)",
-}
 # Mean and std of the training pixels in [0, 1], for `normalize: standard`.
 PIXEL_STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530), "kmnist": (0.1918, 0.3483)}
-
-
-def data_root(cfg: ImageData) -> Path:
-    """Where the IDX folders live: data.root, else $GDTRAIN_DATA, else ./data."""
-    return Path(cfg.root or os.environ.get("GDTRAIN_DATA") or "data")
 
 
 def _pixels(images: Tensor, cfg: ImageData) -> Tensor:
@@ -131,7 +114,7 @@ def _images(config: Config, g: torch.Generator) -> Dataset:
     from gdtrain import idx  # the IDX reader is needed only for image sets
 
     cfg = config.data
-    root = data_root(cfg)
+    root = idx.data_root(cfg.root)
     if cfg.download:
         idx.download(cfg.name, root)
     train_images, train_labels, test_images, test_labels = idx.load(cfg.name, root)

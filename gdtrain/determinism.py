@@ -1,6 +1,6 @@
-"""`train.deterministic`: make torch pick deterministic kernels, or fail loudly where it has none.
+"""Reproducible runs: every RNG seeded, and (`train.deterministic`) deterministic kernels.
 
-Seeding (recipe.seed_everything) fixes the random numbers; this fixes the arithmetic. On the CPU
+Seeding (seed_everything) fixes the random numbers; set_determinism fixes the arithmetic. On the CPU
 the kernels gdtrain uses are already deterministic, so it changes nothing there; on a GPU it
 avoids atomic-add kernels and cuDNN's autotuner. PyTorch's notes: docs.pytorch.org/docs/stable/notes/randomness.html
 """
@@ -8,7 +8,9 @@ avoids atomic-add kernels and cuDNN's autotuner. PyTorch's notes: docs.pytorch.o
 from __future__ import annotations
 
 import os
+import random
 
+import numpy as np
 import torch
 
 
@@ -21,3 +23,10 @@ def set_determinism(on: bool) -> None:
     torch.use_deterministic_algorithms(on, warn_only=False)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: a run-to-run difference
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run touches: Python, NumPy, torch (CPU and all CUDA devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

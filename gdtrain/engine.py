@@ -28,7 +28,7 @@ from gdtrain.config import TrainConfig
 from gdtrain.datasets import Dataset, shuffled_batches
 from gdtrain.distributed import World, all_sum, gather
 from gdtrain.losses import LOSSES, count_correct
-from gdtrain.runs import Tracker
+from gdtrain.tracker import Tracker
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, BinaryIO
 
 from gdtrain.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported by read_idx alone: `check` and `data download` stay quick
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,11 @@ FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 IMAGES_MAGIC, LABELS_MAGIC = 0x0803, 0x0801  # unsigned bytes; 3 and 1 dimensions
 N_CLASSES = 10
 CHUNK = 1 << 24  # bytes read at a time: memory grows only with the bytes really there
+
+
+def data_root(root: str | None) -> Path:
+    """Where the IDX folders live: data.root (or --root) when given, else $GDTRAIN_DATA, else ./data."""
+    return Path(root or os.environ.get("GDTRAIN_DATA") or "data")
 
 
 def raw_folder(name: str, root: Path) -> Path:
@@ -150,6 +155,8 @@ def header(path: Path, magic: int) -> tuple[int, ...]:
 
 def read_idx(path: Path, magic: int) -> Tensor:
     """One IDX file as a uint8 tensor: (N, rows, cols) for images, (N,) for labels."""
+    import torch
+
     with _reading(path), _open(path) as f:
         shape = _read_header(f, path, magic)
         data = _read_payload(f, path, shape)

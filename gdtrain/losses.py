@@ -24,11 +24,6 @@ def bce(out: Tensor, y: Tensor) -> Tensor:
 
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mse": mse, "cross_entropy": cross_entropy, "bce": bce}
-LOSS_HELP = {
-    "mse": "mean squared error (regression)",
-    "cross_entropy": "softmax cross-entropy on logits (classification, any number of classes)",
-    "bce": "binary cross-entropy on one logit (two classes)",
-}
 
 
 def count_correct(loss: str, out: Tensor, y: Tensor) -> Tensor:

@@ -56,10 +56,9 @@ def data_sizes(config: Config) -> Sizes:
     """The sizes build_dataset will make: from the config, or from the IDX headers (read nothing else)."""
     cfg = config.data
     if isinstance(cfg, ImageData):
-        from gdtrain import idx  # imports torch; only image sets need it
-        from gdtrain.datasets import data_root
+        from gdtrain import idx
 
-        root = data_root(cfg)
+        root = idx.data_root(cfg.root)
         if cfg.download:
             idx.download(cfg.name, root)
         train, test, paths = idx.shapes(cfg.name, root)

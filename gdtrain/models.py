@@ -50,10 +50,6 @@ def build_mlp(cfg: MLPModel, in_features: int, out_features: int) -> nn.Module:
 
 
 MODELS = {"linear": build_linear, "mlp": build_mlp}
-MODEL_HELP = {
-    "linear": "one affine layer: linear / logistic / softmax regression by the loss",
-    "mlp": "fully connected layers (hidden_sizes, activation, init, dropout)",
-}
 
 
 def build_model(cfg: LinearModel | MLPModel, in_features: int, out_features: int) -> nn.Module:

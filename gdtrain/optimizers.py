@@ -15,13 +15,6 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
 }
-OPTIMIZER_HELP = {
-    "sgd": "gradient descent; momentum, dampening, nesterov, weight_decay",
-    "adagrad": "per-parameter lr scaled by accumulated squared gradients",
-    "rmsprop": "lr scaled by a moving average of squared gradients; alpha, momentum, centered",
-    "adam": "momentum + RMSprop scaling with bias correction; betas, eps, amsgrad",
-    "adamw": "Adam with decoupled weight decay",
-}
 IMPLEMENTATIONS = {"for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 # Device types with a fused kernel (one kernel for all parameters, the fastest) for each optimizer;
 # torch has none for RMSprop, and Adagrad's is CPU-only. Measured on this 2-core CPU, MNIST MLP at
@@ -43,13 +36,6 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optim
     return OPTIMIZERS[cfg.name](model.parameters(), **kwargs, **IMPLEMENTATIONS[kernel])
 
 
-SCHEDULE_HELP = {
-    "constant": "the optimizer's lr throughout",
-    "step": "lr × gamma every step_size epochs (StepLR)",
-    "exponential": "lr × gamma every epoch (ExponentialLR)",
-    "cosine": "cosine from lr to eta_min over t_max epochs (CosineAnnealingLR)",
-    "plateau": "lr × factor when the validation loss stalls for patience epochs (ReduceLROnPlateau)",
-}
 
 
 def build_schedule(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, epochs: int) -> lr_scheduler.LRScheduler | None:

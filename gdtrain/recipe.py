@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
-import random
 import signal
 import sys
 import threading
@@ -20,43 +18,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from gdtrain import checkpoints, distributed, engine, memory
+from gdtrain import checkpoints, descent, distributed, engine, memory, runs
 from gdtrain.checkpoints import Checkpoints
-from gdtrain.config import Config, FunctionData, check_name, load_config, to_dict
+from gdtrain.config import Config, FunctionData, load_config, to_dict
 from gdtrain.datasets import Dataset, build_dataset
-from gdtrain.determinism import set_determinism
+from gdtrain.determinism import seed_everything, set_determinism
+from gdtrain.device import resolve_device
+from gdtrain.distributed import World
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
-from gdtrain.distributed import World
-from gdtrain.runs import NullTracker, Tracker, create_run, flatten, lock_run, provenance, write_json_atomic
-from gdtrain.yamlio import dump_yaml
-
-
-def resolve_device(setting: str) -> torch.device:
-    """auto → CUDA when present, else CPU; asking for CUDA without a GPU is a user error."""
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device: cuda requested but no CUDA GPU is available; use --device auto or cpu")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every RNG a run touches: Python, NumPy, torch (CPU and all CUDA devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def default_run_name(config: Config) -> str:
-    """`<optimizer>-lr<lr>`, so runs of one experiment tell themselves apart in TensorBoard."""
-    return f"{config.optimizer.name}-lr{config.optimizer.lr:g}"
+from gdtrain.tracker import NullTracker, Tracker
 
 
 @dataclass
@@ -120,24 +96,17 @@ def compiled(model: nn.Module, data: Dataset, config: Config, batch_size: int) -
 
 def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool = False) -> tuple[Path, engine.Outcome]:
     """Train the configured experiment into a new run folder; return the folder and the outcome."""
-    if run_name is not None:
-        try:
-            check_name(run_name)
-        except ValueError as err:
-            raise UserError(f"--name: {err}") from None
-    if isinstance(config.data, FunctionData):  # no data or model: x itself descends f (gdtrain/paths.py)
-        from gdtrain import paths  # it imports this module's helpers
-
-        descent = paths.run_function(config, runs_dir, run_name)
-        return descent.run_dir, descent.outcome
+    name = runs.run_name(config, run_name)
+    if isinstance(config.data, FunctionData):  # no data or model: x itself descends f (gdtrain/descent.py)
+        done = descent.run_function(config, runs_dir, name)
+        return done.run_dir, done.outcome
     parts = build(config)
-    run_name = run_name or config.experiment.run_name or default_run_name(config)
     meta = _meta(config, parts)
     owned: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # other ranks write nothing
     tracker: Tracker | NullTracker = NullTracker()
     with distributed.together(parts.world):  # a folder rank 0 cannot make stops every rank
         if parts.world.main:
-            run_dir, owned = create_run(runs_dir, config.experiment.name, run_name, dump_yaml(to_dict(config)), meta)
+            run_dir, owned = runs.create_run(runs_dir, config, name, meta)
     with owned:  # the folder is this process's from its first file to its last
         with distributed.together(parts.world):
             if parts.world.main:
@@ -152,8 +121,8 @@ def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
     config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if config is None:
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run>")
-    status = _status(run_dir)
-    if status in ("finished", "diverged"):
+    status = runs.status(run_dir)
+    if status in runs.RESULTS:
         raise UserError(f"{run_dir}: already {status}; nothing to resume (gdtrain run {run_dir / 'config.yaml'} starts anew)")
     if isinstance(config.data, FunctionData):
         raise UserError(f"{run_dir}: function runs keep no checkpoints; run again: gdtrain run {run_dir / 'config.yaml'}")
@@ -167,7 +136,7 @@ def own(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
     if os.environ.get("RANK", "0") != "0":  # torchrun's rank, known before joining its group
         return contextlib.nullcontext()
     try:
-        return lock_run(run_dir)
+        return runs.lock_run(run_dir)
     except OSError as err:
         raise UserError(f"{run_dir}: cannot write in it ({err.strerror or err})") from None
 
@@ -204,15 +173,8 @@ def _continue(run_dir: Path, config: Config, quiet: bool) -> engine.Outcome:
     return _train(config, parts, run_dir, tracker, progress, meta, quiet)
 
 
-def _status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())["status"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _meta(config: Config, parts: Parts) -> dict[str, Any]:
-    return provenance(parts.device, config.experiment.seed) | {
+    return runs.provenance(parts.device, config.experiment.seed) | {
         "optimizer_kernel": implementation(config.optimizer, parts.device)}
 
 
@@ -224,7 +186,7 @@ def _tracker(run_dir: Path, config: Config, parts: Parts, meta: dict[str, Any],
             (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
         tracker = Tracker(run_dir, resume_at)
         metric_tags = ["loss/train", "loss/val"] + ([] if config.train.loss == "mse" else ["accuracy/val"])
-        tracker.log_hparams(flatten(to_dict(config)) | {"train.batch_size": parts.steps.batch_size}, metric_tags)
+        tracker.log_hparams(runs.flatten(to_dict(config)) | {"train.batch_size": parts.steps.batch_size}, metric_tags)
     except OSError as err:
         raise _disk_error(run_dir, err, meta, parts.world.size) from None
     return tracker
@@ -294,40 +256,25 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
                 checkpoints.save_atomic(parts.model.state_dict(), run_dir / "model.pt")
         except OSError as err:  # disk full, folder removed or made read-only while training
             raise _disk_error(run_dir, err, meta, world.size) if world.main else UserError(
-                f"{run_dir}: cannot write ({err.strerror or err}); {resume_command(run_dir, world.size)} once fixed") from None
+                f"{run_dir}: cannot write ({err.strerror or err}); {runs.resume_command(run_dir, world.size)} once fixed") from None
         except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
             if world.main:
-                _record_failure(run_dir, err, meta, resume_command(run_dir, world.size))
+                runs.record_failure(run_dir, err, meta, runs.resume_command(run_dir, world.size))
             raise
         summary = summarise(outcome, parts.steps, time.perf_counter() - started, meta)
         if outcome.status == "interrupted":
-            summary |= {"checkpoint": str(saved.latest()), "resume": resume_command(run_dir, world.size)}
+            summary |= {"checkpoint": str(saved.latest()), "resume": runs.resume_command(run_dir, world.size)}
         if world.size > 1:
             summary["processes"] = world.size
-        write_json_atomic(run_dir / "summary.json", summary)
+        runs.write_json_atomic(run_dir / "summary.json", summary)
     return outcome
 
 
 def _disk_error(run_dir: Path, err: OSError, meta: dict[str, Any], nproc: int) -> UserError:
     """The one line for a write that failed (summary.json records it, when the disk still takes it)."""
-    _record_failure(run_dir, err, meta, resume_command(run_dir, nproc))
+    runs.record_failure(run_dir, err, meta, runs.resume_command(run_dir, nproc))
     return UserError(f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far "
-                     f"are kept; fix it, then {resume_command(run_dir, nproc)}")
-
-
-def resume_command(run_dir: Path, nproc: int) -> str:
-    """`gdtrain resume [--nproc N] RUN`: a run resumes with the processes it was started with."""
-    return f"gdtrain resume {f'--nproc {nproc} ' if nproc > 1 else ''}{run_dir}"
-
-
-def _record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any], resume: str) -> None:
-    """summary.json with status failed, when the disk still takes it."""
-    status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-    try:
-        write_json_atomic(run_dir / "summary.json", {"status": status, "error": f"{type(err).__name__}: {err}",
-                                                      "resume": resume, "environment": meta})
-    except OSError:
-        pass
+                     f"are kept; fix it, then {runs.resume_command(run_dir, nproc)}")
 
 
 def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:

@@ -1,30 +1,50 @@
-"""Run folders: where a run writes, what it records about itself, and how it says it is done.
+"""Run folders: the one place that knows their name, how one is opened, and how one says it is done.
 
-A run folder holds config.yaml (resolved config with provenance), TensorBoard event files,
-metrics.jsonl and, written last and atomically, summary.json: a folder without it is unfinished.
+A run folder, `<runs-dir>/<experiment>/<run name>-YYYYmmdd-HHMMSS[-k]`, holds config.yaml (the
+resolved config with provenance), TensorBoard event files, metrics.jsonl and, written last and
+atomically, summary.json, whose `status` says how it ended: a folder without it is unfinished.
 One process at a time writes it: the one holding the flock on its .lock file, which names it.
+Everything here is torch-free, so the commands that only read runs start at once.
 """
 
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import torch
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from gdtrain import __version__
+from gdtrain.config import Config, check_name, load_config, to_dict
 from gdtrain.errors import UserError
+from gdtrain.yamlio import dump_yaml
+
+if TYPE_CHECKING:
+    import torch
+
+STAMP = r"-\d{8}-\d{6}(-\d+)?"  # what new_run_dir adds to a run's name: -YYYYmmdd-HHMMSS[-k]
+RUN_FOLDER = re.compile(".+" + STAMP)
+RESULTS = ("finished", "diverged")  # statuses whose figures are results: rerunning gives the same
+STATUSES = (*RESULTS, "interrupted", "failed")  # what summary.json can say; no summary: unfinished
+
+
+def run_name(config: Config, given: str | None = None) -> str:
+    """The name a run's folder starts with: --name, else experiment.run_name, else `<optimizer>-lr<lr>`."""
+    if given is not None:
+        try:
+            check_name(given)
+        except ValueError as err:
+            raise UserError(f"--name: {err}") from None
+    return given or config.experiment.run_name or f"{config.optimizer.name}-lr{config.optimizer.lr:g}"
 
 
 def new_run_dir(runs_dir: Path, experiment: str, run_name: str) -> Path:
@@ -63,6 +83,8 @@ def _git_commit() -> tuple[str | None, bool]:
 
 def provenance(device: torch.device, seed: int) -> dict[str, Any]:
     """What is needed to reproduce a run besides its config: versions, device, commit, command."""
+    import torch  # only a run that trains asks, and it has torch loaded already
+
     commit, dirty = _git_commit()
     return {
         "seed": seed,
@@ -108,12 +130,13 @@ def lock_run(run_dir: Path) -> BinaryIO:
     return lock
 
 
-def create_run(runs_dir: Path, experiment: str, run_name: str, config_yaml: str,
-               meta: dict[str, Any]) -> tuple[Path, BinaryIO]:
-    """A new run folder, owned by this process (lock_run), with its config.yaml; no folder if that fails."""
+def create_run(runs_dir: Path, config: Config, name: str, meta: dict[str, Any]) -> tuple[Path, BinaryIO]:
+    """A new folder for a run of `config` named `name` (see run_name), owned by this process
+    (lock_run), with its config.yaml; no folder is left if that cannot be written."""
     # A folder left with an empty config.yaml would read as a run: an empty config is valid, and
     # resume would train the default experiment in it.
-    run_dir = new_run_dir(runs_dir, experiment, run_name)
+    config_yaml = dump_yaml(to_dict(config))
+    run_dir = new_run_dir(runs_dir, config.experiment.name, name)
     lock = None
     try:
         lock = lock_run(run_dir)  # a new folder: nobody else can own it
@@ -154,87 +177,64 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode("utf-8"), fsync=True)
 
 
-def _hparam_value(value: Any) -> int | float | str | bool:
-    """HParams take numbers, strings and booleans only."""
-    return value if isinstance(value, (int, float, str, bool)) else str(value)
+def resume_command(run_dir: Path, nproc: int = 1) -> str:
+    """`gdtrain resume [--nproc N] RUN`: a run resumes with the processes it was started with."""
+    return f"gdtrain resume {f'--nproc {nproc} ' if nproc > 1 else ''}{run_dir}"
 
 
-EPOCH_TAG_SUFFIXES = ("/val", "/test")  # evaluation tags: one point per epoch, x = epoch
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """summary.json as a dict with a string `status`; None when there is none or it does not read as one."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
 
 
-class Tracker:
-    """Sends each logged point to TensorBoard and to metrics.jsonl in the run folder."""
-
-    def __init__(self, run_dir: Path, resume_at: int | None = None) -> None:
-        """A new tracker; with `resume_at` (a checkpoint's metrics.jsonl length) one that continues
-        it: points logged after the checkpoint are dropped and the event files are rebuilt from
-        metrics.jsonl, so TensorBoard shows each step once (only the points' wall times change)."""
-        metrics = run_dir / "metrics.jsonl"
-        replay: list[dict[str, Any]] = []
-        if resume_at is not None:
-            with open(metrics, "r+b") as f:
-                f.truncate(resume_at)
-            replay = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line]
-            for old in run_dir.glob("events.out.tfevents.*"):
-                old.unlink()
-        self.writer = SummaryWriter(log_dir=str(run_dir))
-        for line in replay:
-            step, epoch = line.pop("step"), line.pop("epoch")
-            for tag, value in line.items():
-                self.writer.add_scalar(tag, value, epoch if tag.endswith(EPOCH_TAG_SUFFIXES) else step)
-        self.lines = open(metrics, "a", encoding="utf-8")
-
-    def log_step(self, values: dict[str, float], step: int, epoch: int) -> None:
-        """Per-step values; TensorBoard's x axis is the optimizer step."""
-        assert not any(tag.endswith(EPOCH_TAG_SUFFIXES) for tag in values), values
-        self._log(values, step, step, epoch)
-
-    def log_epoch(self, values: dict[str, float], step: int, epoch: int) -> None:
-        """Per-epoch values (…/val, …/test); TensorBoard's x axis is the epoch, so batch sizes compare."""
-        assert all(tag.endswith(EPOCH_TAG_SUFFIXES) for tag in values), values
-        self._log(values, epoch, step, epoch)
-
-    def _log(self, values: dict[str, float], x: int, step: int, epoch: int) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, x)
-        self.lines.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
-
-    def log_hparams(self, flat_config: dict[str, Any], metric_tags: list[str]) -> None:
-        """HParams in this run's own event file (add_hparams would make a sub-run)."""
-        values = {key: _hparam_value(v) for key, v in flat_config.items()}
-        for summary in hparams(values, {tag: 0.0 for tag in metric_tags}):
-            self.writer.file_writer.add_summary(summary)
-
-    def flush(self) -> int:
-        """Push everything logged so far to disk; the byte length of metrics.jsonl."""
-        self.writer.flush()
-        self.lines.flush()
-        return self.lines.tell()
-
-    def close(self) -> None:
-        """Flush and close both outputs."""
-        self.writer.close()
-        self.lines.close()
+def status(run_dir: Path) -> str:
+    """How the run ended (STATUSES), from summary.json; `unfinished` without one, `corrupt` when it
+    does not read."""
+    summary = read_summary(run_dir)
+    if summary is not None:
+        return summary["status"]
+    return "corrupt" if (run_dir / "summary.json").exists() else "unfinished"
 
 
-class NullTracker:
-    """What ranks other than 0 log to: nothing (rank 0 writes the run folder)."""
+def record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any], resume: str | None = None) -> None:
+    """summary.json for a run stopped by an exception (a Ctrl-C: interrupted; else failed), when the
+    disk still takes it; `resume` is the command that continues it."""
+    status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    record = {"status": status, "error": f"{type(err).__name__}: {err}"} | ({"resume": resume} if resume else {})
+    try:
+        write_json_atomic(run_dir / "summary.json", record | {"environment": meta})
+    except OSError:  # a full disk: the error the caller raises says why
+        pass
 
-    def log_step(self, values: dict[str, float], step: int, epoch: int) -> None:
-        """Nothing."""
 
-    def log_epoch(self, values: dict[str, float], step: int, epoch: int) -> None:
-        """Nothing."""
+def runs_named(runs_dir: Path, experiment: str, name: str) -> list[Path]:
+    """The run folders of `experiment` made for the run name `name`, oldest first."""
+    folder = runs_dir / experiment
+    found = folder.glob(f"{glob.escape(name)}-*") if folder.is_dir() else []
+    return sorted(p for p in found if re.fullmatch(re.escape(name) + STAMP, p.name))
 
-    def log_hparams(self, flat_config: dict[str, Any], metric_tags: list[str]) -> None:
-        """Nothing."""
 
-    def flush(self) -> int:
-        """Nothing to flush."""
-        return 0
+def previous_runs(runs_dir: Path, config: Config, name: str) -> list[tuple[Path, str]]:
+    """The runs named `name` with this very resolved config that have a summary, and its status; oldest first."""
+    runs = []
+    for run_dir in runs_named(runs_dir, config.experiment.name, name):
+        summary = read_summary(run_dir)
+        try:
+            same = summary is not None and load_config(run_dir / "config.yaml") == config
+        except UserError:  # a config.yaml that no longer reads: not this config
+            continue
+        if same:
+            runs.append((run_dir, summary["status"]))
+    return runs
 
-    def close(self) -> None:
-        """Nothing to close."""
+
+def finished_run(runs_dir: Path, config: Config, name: str) -> Path | None:
+    """A run named `name` with this resolved config whose result is in (RESULTS); None if there is none."""
+    return next((run_dir for run_dir, status in previous_runs(runs_dir, config, name) if status in RESULTS), None)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

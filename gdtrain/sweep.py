@@ -12,7 +12,6 @@ and `--resume` continues the interrupted points from their checkpoints and runs 
 from __future__ import annotations
 
 import copy
-import glob
 import itertools
 import json
 import re
@@ -24,16 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gdtrain.config import Config, apply_overrides, load_config, read_config, validate
+from gdtrain import runs
+from gdtrain.config import Config, apply_overrides, read_config, validate
 from gdtrain.errors import UserError
 from gdtrain.yamlio import parse_value
 
 if TYPE_CHECKING:
     from gdtrain.engine import Outcome
     from gdtrain.workers import Guard
-
-DONE = ("finished", "diverged")  # statuses --resume keeps: rerunning gives the same result
-
 
 @dataclass(frozen=True)
 class Point:
@@ -82,7 +79,7 @@ def _label(value: Any) -> str:
         parts = [_label(value["name"])] if "name" in value else []
         return "+".join(parts + [f"{_label(k)}={_label(v)}" for k, v in value.items() if k != "name"])
     text = format(value, "g") if isinstance(value, float) else json.dumps(value) if isinstance(value, list) else str(value)
-    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._=+-]+", "-", text))  # '..' would fail runs.check_name mid-sweep
+    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._=+-]+", "-", text))  # '..' would fail config.check_name mid-sweep
     return text.strip("-") or "x"
 
 
@@ -119,39 +116,12 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
     return section
 
 
-def point_runs(runs_dir: Path, experiment: str, name: str) -> list[Path]:
-    """The run folders made for the point named `name` (`<name>-YYYYmmdd-HHMMSS[-k]`), oldest first."""
-    folder = runs_dir / experiment
-    pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
-    found = folder.glob(f"{glob.escape(name)}-*") if folder.is_dir() else []
-    return sorted(run_dir for run_dir in found if pattern.fullmatch(run_dir.name))
-
-
-def previous_runs(runs_dir: Path, config: Config, name: str) -> list[tuple[Path, str]]:
-    """The point's run folders with this resolved config and a readable status, oldest first."""
-    runs = []
-    for run_dir in point_runs(runs_dir, config.experiment.name, name):
-        try:
-            status = json.loads((run_dir / "summary.json").read_text())["status"]
-            same = load_config(run_dir / "config.yaml") == config
-        except (OSError, ValueError, KeyError, TypeError, UserError):
-            continue
-        if same:
-            runs.append((run_dir, status))
-    return runs
-
-
-def finished_run(runs_dir: Path, config: Config, name: str) -> Path | None:
-    """A run folder named `name` with this resolved config whose summary says it is done."""
-    return next((run_dir for run_dir, status in previous_runs(runs_dir, config, name) if status in DONE), None)
-
-
 @dataclass
 class Result:
     """What became of one point."""
 
     name: str
-    status: str  # finished | diverged | failed | interrupted | skipped | not started
+    status: str  # runs.STATUSES, or skipped (done before, with --resume) or not started (a signal came first)
     run_dir: str | None = None
     final: dict[str, float] | None = None
     error: str | None = None
@@ -215,12 +185,12 @@ def attempt(task: Task, guard: Guard) -> Result:
 
 def recorded_result(name: str, run_dir: Path) -> Result | None:
     """The result a finished or diverged run folder records in its summary.json; None for any other."""
+    summary = runs.read_summary(run_dir)
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        status, final, seconds = summary["status"], summary["final"], float(summary["wall_seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+        final, seconds = summary["final"], float(summary["wall_seconds"])
+    except (TypeError, KeyError, ValueError):
         return None
-    return Result(name, status, str(run_dir), final, seconds=seconds) if status in DONE else None
+    return Result(name, summary["status"], str(run_dir), final, seconds=seconds) if summary["status"] in runs.RESULTS else None
 
 
 def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool,
@@ -232,13 +202,13 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool,
     results: list[Result] = []
     tasks = []
     for point in points:
-        runs = previous_runs(runs_dir, point.config, point.name) if resume else []
-        done = next((run_dir for run_dir, status in runs if status in DONE), None)
+        before = runs.previous_runs(runs_dir, point.config, point.name) if resume else []
+        done = next((run_dir for run_dir, status in before if status in runs.RESULTS), None)
         if done is not None:
             results.append(Result(point.name, "skipped", str(done)))
             report(results[-1])
             continue
-        paused = next((str(run_dir) for run_dir, status in reversed(runs) if status == "interrupted"), None)
+        paused = next((str(run_dir) for run_dir, status in reversed(before) if status == "interrupted"), None)
         tasks.append(Task(point.raw, point.name, str(runs_dir), point.config.experiment.name, paused))
     parallel = jobs > 1 and len(tasks) > 1
     guard = Guard(message="stopping the sweep: the running points save a checkpoint and stop, no other point "

@@ -33,7 +33,8 @@ from pathlib import Path
 from types import FrameType
 
 from gdtrain.errors import UserError
-from gdtrain.sweep import Result, Task, attempt, point_runs, recorded_result
+from gdtrain.runs import runs_named
+from gdtrain.sweep import Result, Task, attempt, recorded_result
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -157,7 +158,7 @@ class Worker:
     def send(self, task: Task) -> None:
         """Hand the worker a task."""
         self.task = task
-        self.before = frozenset(point_runs(Path(task.runs_dir), task.experiment, task.name))
+        self.before = frozenset(runs_named(Path(task.runs_dir), task.experiment, task.name))
         with contextlib.suppress(OSError):  # already dead: its pipe reads as closed, handled there
             self.conn.send(task)
 
@@ -174,7 +175,7 @@ class Worker:
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         except ValueError:
             how = f"was killed by signal {-code}"
-        made = sorted(set(point_runs(Path(task.runs_dir), task.experiment, task.name)) - self.before)
+        made = sorted(set(runs_named(Path(task.runs_dir), task.experiment, task.name)) - self.before)
         made = ([Path(task.resume)] if task.resume is not None else []) + made  # the run it continued, if any
         for run_dir in made:
             recorded = recorded_result(task.name, run_dir)

@@ -20,10 +20,10 @@ import yaml
 from clihelp import gdtrain, write
 from gdtrain import __version__
 from gdtrain.config import Config, load_config
-from gdtrain.datasets import DATASETS
+from gdtrain.catalog import DATASET_HELP, SCHEDULE_HELP
 from gdtrain.losses import LOSSES
 from gdtrain.models import MODELS
-from gdtrain.optimizers import OPTIMIZERS, SCHEDULE_HELP
+from gdtrain.optimizers import OPTIMIZERS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -61,7 +61,7 @@ BAD_CONFIGS = [
     ("zero-batch", "train: {batch_size: 0}\n", [], ["train.batch_size: must be 'full' or a whole number >= 1, got 0"]),
     ("unknown-optimizer", "optimizer: {name: adamm}\n", [], ["optimizer.name: unknown optimizer 'adamm'", *OPTIMIZERS]),
     ("unknown-model", "model: {name: cnn}\n", [], ["model.name: unknown model 'cnn'", *MODELS]),
-    ("unknown-dataset", "data: {name: cifar10}\n", [], ["data.name: unknown dataset 'cifar10'", *DATASETS]),
+    ("unknown-dataset", "data: {name: cifar10}\n", [], ["data.name: unknown dataset 'cifar10'", *DATASET_HELP]),
     ("set-unknown-key", "optimizer: {lr: 0.1}\n", ["optimizer.momentun=0.9"],
      ["optimizer.momentun: unknown key", "did you mean 'momentum'?"]),
     ("set-unknown-section", "", ["trian.epochs=3"], ["trian: unknown section", "did you mean 'train'?"]),
@@ -165,7 +165,7 @@ def test_list_shows_every_component_under_its_heading():
     result = gdtrain("list")
     assert result.exit_code == 0
     assert listed(result.stdout) == {
-        "models": set(MODELS), "datasets": set(DATASETS), "optimizers": set(OPTIMIZERS),
+        "models": set(MODELS), "datasets": set(DATASET_HELP), "optimizers": set(OPTIMIZERS),
         "schedules": set(SCHEDULE_HELP), "losses": set(LOSSES),
     }
 

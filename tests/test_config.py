@@ -15,11 +15,12 @@ from pydantic import BaseModel
 
 from gdtrain import cli
 from gdtrain.config import LOSS_TASKS, Config, ImageData, MLPModel, TrainConfig, load_config, to_dict, validate
-from gdtrain.datasets import DATASETS, SYNTHETIC
+from gdtrain.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
+from gdtrain.datasets import SYNTHETIC
 from gdtrain.errors import UserError
-from gdtrain.losses import LOSS_HELP, LOSSES
-from gdtrain.models import ACTIVATIONS, MODEL_HELP, MODELS, build_model
-from gdtrain.optimizers import FUSED, IMPLEMENTATIONS, OPTIMIZER_HELP, OPTIMIZERS, SCHEDULE_HELP, build_optimizer, build_schedule
+from gdtrain.losses import LOSSES
+from gdtrain.models import ACTIVATIONS, MODELS, build_model
+from gdtrain.optimizers import FUSED, IMPLEMENTATIONS, OPTIMIZERS, build_optimizer, build_schedule
 from gdtrain.yamlio import dump_yaml, parse_value
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -234,7 +235,7 @@ def test_the_schema_helpers_see_the_schema():
 
 
 @pytest.mark.parametrize(("section", "registries"), [
-    ("data", [DATASETS]),
+    ("data", [DATASET_HELP]),
     ("model", [MODELS, MODEL_HELP]),
     ("optimizer", [OPTIMIZERS, OPTIMIZER_HELP]),
     ("schedule", [SCHEDULE_HELP]),

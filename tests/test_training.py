@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gdtrain import engine, recipe
 from gdtrain.config import load_config, validate
+from gdtrain.determinism import seed_everything
 from gdtrain.models import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -138,7 +139,7 @@ def test_gradient_clipping_bounds_each_step(tmp_path):
     cfg_free = validate(tiny(max_steps=1, batch_size="full"), "test")
     moved = []
     for c in (cfg, cfg_free):
-        recipe.seed_everything(c.experiment.seed)
+        seed_everything(c.experiment.seed)
         before = build_model(c.model, 1, 1).state_dict()
         run_dir, _ = recipe.run(c, tmp_path, quiet=True)
         after = torch.load(run_dir / "model.pt", weights_only=True)

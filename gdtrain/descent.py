@@ -9,12 +9,11 @@ Logged per step s: loss/train = f(x_s) (s = 0 is the start), lr and grad_norm = 
 torch's SGD with momentum = dampening = β follows the seeds' v = βv + (1 − β)g except on its first
 step, where it takes v₁ = g₁ instead of (1 − β)g₁ (the seeds start from v = 0), so its first step is
 1/(1 − β) times longer and the paths differ from there on. Set the optimizer's momentum buffer to
-zero before the first step and torch takes the seeds' path exactly (tests/test_paths.py checks both).
+zero before the first step and torch takes the seeds' path exactly (tests/test_descent.py checks both).
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import math
 import time
@@ -26,16 +25,15 @@ import torch
 from torch import Tensor, nn
 from torch.optim import lr_scheduler
 
-from gdtrain import pathplot
-from gdtrain.config import (Config, FunctionData, OptimizerConfig, ScheduleConfig, TrainConfig, check_name, to_dict,
-                            validate)
+from gdtrain import pathplot, runs
+from gdtrain.config import Config, FunctionData, OptimizerConfig, ScheduleConfig, TrainConfig, to_dict, validate
+from gdtrain.determinism import seed_everything
+from gdtrain.device import resolve_device
 from gdtrain.engine import Outcome
 from gdtrain.errors import UserError
 from gdtrain.functions import FUNCTIONS, Objective
 from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
-from gdtrain.recipe import default_run_name, resolve_device, seed_everything
-from gdtrain.runs import Tracker, create_run, flatten, provenance, write_json_atomic
-from gdtrain.yamlio import dump_yaml
+from gdtrain.tracker import Tracker
 
 # What each `gdtrain paths --optimizers` name means: the optimizer's schema defaults plus these.
 ALIASES: dict[str, dict[str, Any]] = {
@@ -120,9 +118,8 @@ def run_function(config: Config, runs_dir: Path, run_name: str | None = None, la
     device = resolve_device(config.train.device)
     seed_everything(config.experiment.seed)
     objective, label = FUNCTIONS[config.data.function], label or config.optimizer.name
-    run_name = run_name or config.experiment.run_name or default_run_name(config)
-    meta = provenance(device, config.experiment.seed) | {"optimizer_kernel": implementation(config.optimizer, device)}
-    run_dir, lock = create_run(runs_dir, config.experiment.name, run_name, dump_yaml(to_dict(config)), meta)
+    meta = runs.provenance(device, config.experiment.seed) | {"optimizer_kernel": implementation(config.optimizer, device)}
+    run_dir, lock = runs.create_run(runs_dir, config, runs.run_name(config, run_name), meta)
     with lock:  # the folder is this process's until its summary is written
         try:
             return _record(objective, label, config, device, run_dir, meta)
@@ -135,7 +132,7 @@ def _record(objective: Objective, label: str, config: Config, device: torch.devi
             meta: dict[str, Any]) -> Descent:
     """run_function's descent, logged into `run_dir`: metrics, path.png, then summary.json."""
     tracker = Tracker(run_dir)
-    tracker.log_hparams(flatten(to_dict(config)), ["loss/train"])
+    tracker.log_hparams(runs.flatten(to_dict(config)), ["loss/train"])
     started = time.perf_counter()
     try:
         outcome, points = descend(objective, config.data.start, config.optimizer, config.schedule, config.train,
@@ -147,9 +144,7 @@ def _record(objective: Objective, label: str, config: Config, device: torch.devi
         pathplot.save_png(image, run_dir / "path.png")
         tracker.writer.add_image("path", image, outcome.steps, dataformats="HWC")
     except Exception as err:  # a bug or an environment failure: record it, then let it surface
-        with contextlib.suppress(OSError):  # on a full disk the summary fails too; the error says why
-            write_json_atomic(run_dir / "summary.json", {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                                                         "environment": meta})
+        runs.record_failure(run_dir, err, meta)
         raise
     finally:
         tracker.close()
@@ -160,7 +155,7 @@ def _record(objective: Objective, label: str, config: Config, device: torch.devi
         "distance_to_minimum": float((points[-1] - torch.tensor(objective.minimum[: points.shape[1]])).norm()),
         "wall_seconds": round(time.perf_counter() - started, 3), "environment": meta,
     }
-    write_json_atomic(run_dir / "summary.json", summary)
+    runs.write_json_atomic(run_dir / "summary.json", summary)
     return Descent(run_dir, outcome, points, values)
 
 
@@ -169,7 +164,7 @@ def parse_optimizers(text: str, config: Config) -> list[tuple[str, Config]]:
     entries = [entry.strip() for entry in text.split(",")]
     if not all(entries):
         raise UserError(f"--optimizers: expected names separated by commas, got {text!r}")
-    runs, base = [], to_dict(config)
+    chosen, base = [], to_dict(config)
     for entry in entries:
         name, sep, lr_text = entry.partition(":")
         if name not in ALIASES:
@@ -183,12 +178,12 @@ def parse_optimizers(text: str, config: Config) -> list[tuple[str, Config]]:
             raise UserError(f"--optimizers {entry}: the lr after ':' must be a number, got {lr_text!r}") from None
         optimizer = {**ALIASES[name], "lr": lr, "implementation": config.optimizer.implementation}
         try:
-            runs.append((name, validate({**base, "optimizer": optimizer}, f"--optimizers {entry}")))
+            chosen.append((name, validate({**base, "optimizer": optimizer}, f"--optimizers {entry}")))
         except UserError as err:
             raise UserError(str(err).replace("\n", "; ")) from None
-    if len({(label, cfg.optimizer.lr) for label, cfg in runs}) != len(runs):
+    if len({(label, cfg.optimizer.lr) for label, cfg in chosen}) != len(chosen):
         raise UserError(f"--optimizers: each name and lr once, got {text!r}")
-    return runs
+    return chosen
 
 
 def run_paths(config: Config, optimizers: str, runs_dir: Path,
@@ -196,19 +191,16 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
     """One run per optimizer, then all their paths in one figure in a `paths` run folder."""
     if not isinstance(config.data, FunctionData):
         raise UserError(f"data.name: gdtrain paths needs data: {{name: function, ...}}, got '{config.data.name}'")
-    try:
-        check_name(run_name or "paths")
-    except ValueError as err:
-        raise UserError(f"--name: {err}") from None
+    name = runs.run_name(config, run_name or "paths")
     pathplot.require_matplotlib()
-    runs = parse_optimizers(optimizers, config)
+    chosen = parse_optimizers(optimizers, config)
     device = resolve_device(config.train.device)  # a user error before any folder exists
-    descents = [run_function(cfg, runs_dir, f"{label}-lr{cfg.optimizer.lr:g}", label) for label, cfg in runs]
+    descents = [run_function(cfg, runs_dir, f"{label}-lr{cfg.optimizer.lr:g}", label) for label, cfg in chosen]
     objective = FUNCTIONS[config.data.function]
     traces = [pathplot.Trace(f"{label} lr {cfg.optimizer.lr:g}", d.points, d.values, _note(d.outcome))
-              for (label, cfg), d in zip(runs, descents)]
-    lrs = {cfg.optimizer.lr for _, cfg in runs}
-    names = ", ".join(dict.fromkeys(label for label, _ in runs))
+              for (label, cfg), d in zip(chosen, descents)]
+    lrs = {cfg.optimizer.lr for _, cfg in chosen}
+    names = ", ".join(dict.fromkeys(label for label, _ in chosen))
     names += f", lr {lrs.pop():g}" if len(lrs) == 1 else ", lr as in the legend"
     steps = config.train.max_steps
     figure = pathplot.draw(objective, traces, subtitle(names, config, steps))
@@ -218,17 +210,17 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
         "function": config.data.function, "start": config.data.start, "steps": steps, "picture": "paths.png",
         "runs": [{"label": label, "optimizer": to_dict(cfg)["optimizer"], "status": d.outcome.status,
                   "diverged_at_step": d.outcome.diverged_at_step, "x": d.points[-1].tolist(),
-                  "f": float(d.values[-1]), "run_dir": str(d.run_dir)} for (label, cfg), d in zip(runs, descents)],
+                  "f": float(d.values[-1]), "run_dir": str(d.run_dir)} for (label, cfg), d in zip(chosen, descents)],
     }
-    meta = provenance(device, config.experiment.seed) | {"optimizers": optimizers}
-    run_dir, lock = create_run(runs_dir, config.experiment.name, run_name or "paths", dump_yaml(to_dict(config)), meta)
+    meta = runs.provenance(device, config.experiment.seed) | {"optimizers": optimizers}
+    run_dir, lock = runs.create_run(runs_dir, config, name, meta)
     with lock:
         try:
             pathplot.save_png(image, run_dir / "paths.png")
             tracker = Tracker(run_dir)
             tracker.writer.add_image("paths", image, steps, dataformats="HWC")
             tracker.close()
-            write_json_atomic(run_dir / "summary.json", summary)
+            runs.write_json_atomic(run_dir / "summary.json", summary)
         except OSError as err:  # a full disk, or the folder made read-only
             raise UserError(f"{run_dir}: cannot write ({err.strerror or err}); the runs it draws are kept") from None
     return run_dir, descents

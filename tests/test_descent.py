@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from clihelp import gdtrain, write
-from gdtrain import paths, recipe
+from gdtrain import descent, recipe
 from gdtrain.config import FunctionData, load_config, validate
 from gdtrain.functions import FUNCTIONS
 from gdtrain.optimizers import OPTIMIZERS
@@ -145,7 +145,7 @@ def test_the_function_registries_match_the_schema():
     for name, objective in FUNCTIONS.items():
         assert tuple(objective.formulas) == FunctionData.DIMENSIONS[name]
         assert len(FunctionData.STARTS[name]) in FunctionData.DIMENSIONS[name]
-    assert {alias["name"] for alias in paths.ALIASES.values()} == set(OPTIMIZERS)
+    assert {alias["name"] for alias in descent.ALIASES.values()} == set(OPTIMIZERS)
 
 
 def test_a_function_config_resolves_without_model_and_reads_back(tmp_path):
