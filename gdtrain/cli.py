@@ -1,5 +1,9 @@
-"""The command line: `gdtrain run | check | list`. Only this module reads argv.
+"""The command line. Only this module reads argv.
 
+Train: run, resume, sweep, study, paths, evaluate, bench. Read and explain: check, compare, list,
+data download. Each command is a thin function; the work is in the module it imports. This module
+and what it imports at the top are torch-free, so the commands that do not train start at once
+(tests/test_startup.py): the others import their modules, and torch with them, when they run.
 A UserError becomes one line on stderr and exit code 2; nothing else is caught here.
 """
 
@@ -448,7 +452,7 @@ def check(config: ConfigArg, overrides: SetOpt = None) -> None:
 
 @data_app.command("download")
 def download(
-    dataset: Annotated[ImageSet, typer.Argument(help="Which dataset.")],
+    dataset: Annotated[ImageSet, typer.Argument(metavar="DATASET", help="mnist, fashion_mnist or kmnist.", show_default=False)],
     root: Annotated[Optional[Path], typer.Option("--root", help="Folder for <Folder>/raw/ (default: $GDTRAIN_DATA, else ./data).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on each mirror.")] = 10.0,
 ) -> None:

@@ -149,6 +149,18 @@ def test_help_on_every_command(command, fragments, flag):
         assert fragment in result.stdout
 
 
+@pytest.mark.parametrize("command", [[], *[[name] for name in
+                                      ("run", "paths", "resume", "evaluate", "sweep", "study", "compare", "check",
+                                       "bench", "list")], ["data", "download"]])
+def test_help_shows_no_value_after_a_flag_and_plain_argument_names(command):
+    """`--quiet  No progress bars`, not `--quiet <bool>`; `Usage: gdtrain run [OPTIONS] CONFIG`, not `{config}`."""
+    result = gdtrain(*command, "--help")
+    assert result.exit_code == 0
+    usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "<" not in usage, usage
+    assert "<bool>" not in result.stdout and "BOOLEAN" not in result.stdout, result.stdout
+
+
 def listed(stdout: str) -> dict[str, set[str]]:
     """`gdtrain list` output as {heading: names under it}."""
     sections: dict[str, set[str]] = {}
