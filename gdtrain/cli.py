@@ -407,9 +407,9 @@ def compare(
 
     with user_errors():
         if plot is not None:
-            from gdtrain.curveplot import require_matplotlib
+            from gdtrain.plotting import require_matplotlib
 
-            require_matplotlib()
+            require_matplotlib("--plot")
         runs = comparing.read_runs(folder)
         metric = metric or comparing.default_metric(runs)
         logged = {tag for run in runs for row in run.rows for tag in row} - {"step", "epoch"}

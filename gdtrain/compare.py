@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from gdtrain.errors import UserError
-from gdtrain.runs import RESULTS, RUN_FOLDER, flatten, read_summary, status
+from gdtrain.runs import RESULTS, RUN_FOLDER, flatten, read_summary
+from gdtrain.runs import status as run_status
 from gdtrain.yamlio import load_yaml
 
 PER_RUN_KEYS = ("experiment.seed", "experiment.run_name")  # differ between seeds of one configuration
@@ -70,7 +71,7 @@ def read_run(path: Path) -> Run:
         config = flatten(load_yaml(path / "config.yaml") or {})
     except (UserError, AttributeError):
         return Run(path, "corrupt")
-    return Run(path, status(path), config, read_summary(path) or {}, read_rows(path / "metrics.jsonl"))
+    return Run(path, run_status(path), config, read_summary(path) or {}, read_rows(path / "metrics.jsonl"))
 
 
 def read_runs(root: Path) -> list[Run]:

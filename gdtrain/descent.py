@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import lr_scheduler
 
-from gdtrain import pathplot, runs
+from gdtrain import pathplot, plotting, runs
 from gdtrain.config import Config, FunctionData, OptimizerConfig, ScheduleConfig, TrainConfig, to_dict, validate
 from gdtrain.determinism import seed_everything
 from gdtrain.device import resolve_device
@@ -114,7 +114,7 @@ def subtitle(label: str, config: Config, steps: int) -> str:
 
 def run_function(config: Config, runs_dir: Path, run_name: str | None = None, label: str | None = None) -> Descent:
     """Minimise the configured test function into a new run folder with path.png; never raises on divergence."""
-    pathplot.require_matplotlib()
+    plotting.require_matplotlib("drawing optimizer paths")
     device = resolve_device(config.train.device)
     seed_everything(config.experiment.seed)
     objective, label = FUNCTIONS[config.data.function], label or config.optimizer.name
@@ -140,8 +140,8 @@ def _record(objective: Objective, label: str, config: Config, device: torch.devi
         values = objective.f(points.T)  # (S + 1,)
         trace = pathplot.Trace(f"{label} lr {config.optimizer.lr:g}", points, values, _note(outcome))
         figure = pathplot.draw(objective, [trace], subtitle(trace.label, config, outcome.steps))
-        image = pathplot.render(figure)  # (H, W, 3)
-        pathplot.save_png(image, run_dir / "path.png")
+        image = plotting.render(figure)  # (H, W, 3)
+        plotting.save_pixels(image, run_dir / "path.png")
         tracker.writer.add_image("path", image, outcome.steps, dataformats="HWC")
     except Exception as err:  # a bug or an environment failure: record it, then let it surface
         runs.record_failure(run_dir, err, meta)
@@ -192,7 +192,7 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
     if not isinstance(config.data, FunctionData):
         raise UserError(f"data.name: gdtrain paths needs data: {{name: function, ...}}, got '{config.data.name}'")
     name = runs.run_name(config, run_name or "paths")
-    pathplot.require_matplotlib()
+    plotting.require_matplotlib("drawing optimizer paths")
     chosen = parse_optimizers(optimizers, config)
     device = resolve_device(config.train.device)  # a user error before any folder exists
     descents = [run_function(cfg, runs_dir, f"{label}-lr{cfg.optimizer.lr:g}", label) for label, cfg in chosen]
@@ -204,7 +204,7 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
     names += f", lr {lrs.pop():g}" if len(lrs) == 1 else ", lr as in the legend"
     steps = config.train.max_steps
     figure = pathplot.draw(objective, traces, subtitle(names, config, steps))
-    image = pathplot.render(figure)  # (H, W, 3)
+    image = plotting.render(figure)  # (H, W, 3)
     summary = {
         "status": "finished" if all(d.outcome.status == "finished" for d in descents) else "diverged",
         "function": config.data.function, "start": config.data.start, "steps": steps, "picture": "paths.png",
@@ -216,7 +216,7 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
     run_dir, lock = runs.create_run(runs_dir, config, name, meta)
     with lock:
         try:
-            pathplot.save_png(image, run_dir / "paths.png")
+            plotting.save_pixels(image, run_dir / "paths.png")
             tracker = Tracker(run_dir)
             tracker.writer.add_image("paths", image, steps, dataformats="HWC")
             tracker.close()

@@ -1,34 +1,23 @@
 """Pictures of optimizer paths: each path over the function's contour (its curve, in 1-D), beside f per step.
 
-matplotlib is an optional extra, imported only here; the commands call `require_matplotlib` before
-they create a run folder, so a missing extra is one `error:` line and no run.
+matplotlib is the optional `plot` extra (gdtrain/plotting.py); descent.py checks for it before it
+creates a run folder, then renders the figure with plotting.render.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gdtrain.errors import UserError
 from gdtrain.functions import Objective
 
 GRID = 300  # contour samples per axis
 MARKED_STEPS = 60  # paths with at most this many steps show a dot per step
 WIDEST = 3.0  # the window widens to show the path, up to this many times its size (divergence leaves it)
-
-
-def require_matplotlib() -> None:
-    """Raise a UserError naming the extra to install when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UserError("drawing optimizer paths needs matplotlib, which is not installed; "
-                        "pip install 'gdtrain[plot]'") from None
 
 
 @dataclass(frozen=True)
@@ -133,19 +122,3 @@ def draw(objective: Objective, traces: list[Trace], subtitle: str) -> Any:
                   ncols=min(len(traces) + 3, 4))
     figure.suptitle(f"{objective.title}: {objective.formulas[dim]}\n{subtitle}", fontsize=12)
     return figure
-
-
-def render(figure: Any) -> np.ndarray:
-    """The figure's pixels, (H, W, 3) uint8, drawn once for both the PNG and TensorBoard."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def save_png(image: np.ndarray, path: Path) -> None:
-    """Write (H, W, 3) uint8 pixels as a PNG."""
-    from matplotlib.image import imsave
-
-    imsave(path, image)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator
 
-from gdtrain.config import (Config, ExperimentConfig, ImageData, OptimizerConfig, Section, apply_overrides, check_name,
+from gdtrain.config import (Config, ImageData, OptimizerConfig, Section, apply_overrides, check_name,
                             read_config, validate)
 from gdtrain.errors import UserError
 from gdtrain.yamlio import format_validation_error, load_yaml

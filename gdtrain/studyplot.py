@@ -1,4 +1,4 @@
-"""A study's four figures (matplotlib, the optional `plot` extra, imported only here).
+"""A study's four figures (matplotlib, the optional `plot` extra: gdtrain/plotting.py).
 
 One colour per optimizer in every figure, in the order of the study file, so a reader matches
 them at a glance; diverged trials are drawn as crosses at the bottom of the lr plot.
@@ -9,18 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from gdtrain.compare import read_run  # noqa: E402
-from gdtrain.curveplot import _band  # noqa: E402
+from gdtrain.compare import read_run
+from gdtrain.plotting import colour, draw_band, figure, save
 
 
 def _colours(results: dict[str, Any]) -> dict[str, Any]:
-    palette = plt.get_cmap("tab10").colors
-    return {label: palette[i % len(palette)] for i, label in enumerate(results["optimizers"])}
+    return {label: colour(i) for i, label in enumerate(results["optimizers"])}
 
 
 def draw_all(folder: Path, results: dict[str, Any]) -> list[str]:
@@ -29,15 +23,14 @@ def draw_all(folder: Path, results: dict[str, Any]) -> list[str]:
     drawn = []
     for name, draw in (("lr_sensitivity.png", _lr), ("budget_curve.png", _budget), ("reruns.png", _reruns),
                        ("final_per_seed.png", _per_seed)):
-        fig = draw(results, colours)
-        fig.savefig(folder / name, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        save(draw(results, colours), folder / name, "free some space, then gdtrain study --resume")
         drawn.append(name)
     return drawn
 
 
 def _lr(results: dict[str, Any], colours: dict[str, Any]) -> Any:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = figure(7, 4.2)
+    ax = fig.subplots()
     values = [t["select_value"] for e in results["optimizers"].values() for t in e["trials"] if t["select_value"] is not None]
     floor = (min(values) if results["select"].startswith("accuracy") else max(values)) if values else 0.0
     for label, e in results["optimizers"].items():
@@ -62,7 +55,8 @@ def _lr(results: dict[str, Any], colours: dict[str, Any]) -> Any:
 
 
 def _budget(results: dict[str, Any], colours: dict[str, Any]) -> Any:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = figure(7, 4.2)
+    ax = fig.subplots()
     for label, e in results["optimizers"].items():
         curve = e["budget_curve"]
         if curve:
@@ -75,16 +69,13 @@ def _budget(results: dict[str, Any], colours: dict[str, Any]) -> Any:
 
 
 def _reruns(results: dict[str, Any], colours: dict[str, Any]) -> Any:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig = figure(12, 4.2)
+    left, right = fig.subplots(1, 2)
     for label, e in results["optimizers"].items():
         runs = [read_run(Path(p)) for p in e["reruns"]["run_dirs"]]
         for ax, tag, x_of in ((left, "loss/train", 0), (right, results["select"], 1)):
-            curves = [[(point[x_of], point[2]) for point in run.curve(tag)] for run in runs]
-            curves = [c for c in curves if c]
-            if curves:
-                x, mean, low, high = _band(curves)
-                ax.plot(x, mean, color=colours[label], lw=1.6, label=f"{label} (n={len(curves)})")
-                ax.fill_between(x, low, high, color=colours[label], alpha=0.15, lw=0)
+            curves = [c for run in runs if (c := [(point[x_of], point[2]) for point in run.curve(tag)])]
+            draw_band(ax, curves, colours[label], f"{label} (n={len(curves)})")
     left.set(xlabel="step", ylabel="loss/train", yscale="log", title="Reruns: training loss (mean, min-max band)")
     right.set(xlabel="epoch", ylabel=results["select"], title=f"Reruns: {results['select']} (mean, min-max band)")
     for ax in (left, right):
@@ -95,7 +86,8 @@ def _reruns(results: dict[str, Any], colours: dict[str, Any]) -> Any:
 
 def _per_seed(results: dict[str, Any], colours: dict[str, Any]) -> Any:
     order = [label for group in results["groups"] for label in group] + results["unranked"]
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(order) + 2), 4.2))
+    fig = figure(max(5, 1.1 * len(order) + 2), 4.2)
+    ax = fig.subplots()
     for i, label in enumerate(order):
         r = results["optimizers"][label]["reruns"]
         n = len(r["values"])

@@ -134,7 +134,9 @@ def _write_csv(path: Path, results: dict[str, Any]) -> None:
 def _figures(folder: Path, results: dict[str, Any]) -> list[str]:
     """Draw the four figures; the names drawn ([] without matplotlib)."""
     try:
-        from gdtrain import studyplot
+        import matplotlib  # noqa: F401
     except ImportError:
         return []
+    from gdtrain import studyplot
+
     return studyplot.draw_all(folder, results)

@@ -1,0 +1,82 @@
+"""What every picture gdtrain draws shares: the optional matplotlib, a figure, its file, a seed band.
+
+matplotlib is the optional `plot` extra (`pip install 'gdtrain[plot]'`). The commands call
+`require_matplotlib` before they start, so a missing extra is one `error:` line and no run. Figures
+are matplotlib's object API (`Figure`, drawn by the Agg canvas): no pyplot, no global state, no
+display needed. curveplot (compare --plot), pathplot (optimizer paths) and studyplot (a study's
+figures) draw with these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gdtrain.errors import UserError
+
+Curve = list[tuple[float, float]]  # (x, value) points of one run
+
+
+def require_matplotlib(what: str) -> None:
+    """A UserError naming the extra to install when matplotlib is missing; `what` needs it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError(f"{what} needs matplotlib, which is not installed; pip install 'gdtrain[plot]' "
+                        "(or matplotlib)") from None
+
+
+def figure(width: float, height: float) -> Any:
+    """A new matplotlib Figure of width × height inches, laid out so labels and legends fit."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def colour(i: int) -> Any:
+    """The i-th colour of matplotlib's tab10 cycle, repeating after ten."""
+    return f"C{i % 10}"
+
+
+def save(fig: Any, path: Path, fix: str) -> None:
+    """Write the figure as a PNG; a folder that cannot take it is a UserError ending with `fix`."""
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write the picture ({err.strerror or err}); {fix}") from None
+
+
+def band(curves: list[Curve]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """x, mean, min and max over the curves, at the x values every curve has."""
+    shared = sorted(set.intersection(*(set(x for x, _ in c) for c in curves)))
+    at = [dict(c) for c in curves]
+    values = [[a[x] for a in at] for x in shared]
+    return shared, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def draw_band(ax: Any, curves: list[Curve], color: Any, label: str, marker: str | None = None) -> None:
+    """One line for one run; for seeds, their mean with a band from the lowest to the highest."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return
+    x, mean, low, high = band(curves)
+    ax.plot(x, mean, color=color, lw=1.6, marker=marker, markersize=3, label=label)
+    if len(curves) > 1:
+        ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
+
+
+def render(fig: Any) -> Any:
+    """The figure's pixels, an (H, W, 3) uint8 array, drawn once for both a PNG and TensorBoard."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_pixels(image: Any, path: Path) -> None:
+    """Write (H, W, 3) uint8 pixels as a PNG."""
+    from matplotlib.image import imsave
+
+    imsave(path, image)
