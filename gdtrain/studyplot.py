@@ -78,6 +78,7 @@ def _reruns(results: dict[str, Any], colours: dict[str, Any]) -> Any:
             draw_band(ax, curves, colours[label], f"{label} (n={len(curves)})")
     left.set(xlabel="step", ylabel="loss/train", yscale="log", title="Reruns: training loss (mean, min-max band)")
     right.set(xlabel="epoch", ylabel=results["select"], title=f"Reruns: {results['select']} (mean, min-max band)")
+    right.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
