@@ -34,7 +34,7 @@ from types import FrameType
 
 from gdtrain.errors import UserError
 from gdtrain.runs import runs_named
-from gdtrain.sweep import Result, Task, attempt, recorded_result
+from gdtrain.tasks import Result, Task, attempt, recorded_result
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

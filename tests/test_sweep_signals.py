@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain
-from gdtrain import checkpoints, recipe, sweep
+from gdtrain import checkpoints, recipe, tasks
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 LONG = ["--set", "train.epochs=5000"]  # minutes of training: every test stops it long before
@@ -211,7 +211,7 @@ def test_a_killed_worker_fails_its_own_point_only_and_the_sweep_goes_on(start):
 
 def test_a_dead_worker_whose_run_finished_on_disk_reports_it_finished(tmp_path):
     runs = tmp_path / "runs"
-    task = sweep.Task({}, "lr=0.1", str(runs), "smoke")
+    task = tasks.Task({}, "lr=0.1", str(runs), "smoke")
     from gdtrain import workers
 
     process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
@@ -226,7 +226,7 @@ def test_a_dead_worker_whose_run_finished_on_disk_reports_it_finished(tmp_path):
                                                       "wall_seconds": 3.0}))
     finished = holder.died()
     assert (finished.status, finished.run_dir, finished.final) == ("finished", str(run_dir), {"loss/val": 0.5})
-    resumer = workers.Worker(process, conn=None, task=sweep.Task({}, "lr=0.1", str(runs), "smoke", str(run_dir)),
+    resumer = workers.Worker(process, conn=None, task=tasks.Task({}, "lr=0.1", str(runs), "smoke", str(run_dir)),
                              before=frozenset([run_dir]))  # it continued an interrupted run in its own folder
     assert resumer.died().status == "finished"
 
