@@ -155,7 +155,7 @@ def _record(objective: Objective, label: str, config: Config, device: torch.devi
         "distance_to_minimum": float((points[-1] - torch.tensor(objective.minimum[: points.shape[1]])).norm()),
         "wall_seconds": round(time.perf_counter() - started, 3), "environment": meta,
     }
-    runs.write_json_atomic(run_dir / "summary.json", summary)
+    runs.write_summary(run_dir, summary)
     return Descent(run_dir, outcome, points, values)
 
 
@@ -220,7 +220,7 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
             tracker = Tracker(run_dir)
             tracker.writer.add_image("paths", image, steps, dataformats="HWC")
             tracker.close()
-            runs.write_json_atomic(run_dir / "summary.json", summary)
+            runs.write_summary(run_dir, summary)
         except OSError as err:  # a full disk, or the folder made read-only
             raise UserError(f"{run_dir}: cannot write ({err.strerror or err}); the runs it draws are kept") from None
     return run_dir, descents

@@ -183,7 +183,7 @@ def _tracker(run_dir: Path, config: Config, parts: Parts, meta: dict[str, Any],
     """Rank 0's Tracker, HParams logged; a full disk here is the same one line as mid-run."""
     try:
         if resume_at is not None:
-            (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until the end
+            runs.reopen(run_dir)
         tracker = Tracker(run_dir, resume_at)
         metric_tags = ["loss/train", "loss/val"] + ([] if config.train.loss == "mse" else ["accuracy/val"])
         tracker.log_hparams(runs.flatten(to_dict(config)) | {"train.batch_size": parts.steps.batch_size}, metric_tags)
@@ -266,7 +266,7 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
             summary |= {"checkpoint": str(saved.latest()), "resume": runs.resume_command(run_dir, world.size)}
         if world.size > 1:
             summary["processes"] = world.size
-        runs.write_json_atomic(run_dir / "summary.json", summary)
+        runs.write_summary(run_dir, summary)
     return outcome
 
 

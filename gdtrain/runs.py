@@ -182,10 +182,23 @@ def resume_command(run_dir: Path, nproc: int = 1) -> str:
     return f"gdtrain resume {f'--nproc {nproc} ' if nproc > 1 else ''}{run_dir}"
 
 
+SUMMARY = "summary.json"  # written last, atomically: its status says how the run ended
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """summary.json, whole or not at all: from then on the run reads as ended (its `status`)."""
+    write_json_atomic(run_dir / SUMMARY, summary)
+
+
+def reopen(run_dir: Path) -> None:
+    """Remove summary.json of a run that trains on (resume): it is unfinished again until it ends."""
+    (run_dir / SUMMARY).unlink(missing_ok=True)
+
+
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """summary.json as a dict with a string `status`; None when there is none or it does not read as one."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
@@ -197,7 +210,7 @@ def status(run_dir: Path) -> str:
     summary = read_summary(run_dir)
     if summary is not None:
         return summary["status"]
-    return "corrupt" if (run_dir / "summary.json").exists() else "unfinished"
+    return "corrupt" if (run_dir / SUMMARY).exists() else "unfinished"
 
 
 def record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any], resume: str | None = None) -> None:
@@ -206,7 +219,7 @@ def record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any], resu
     status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
     record = {"status": status, "error": f"{type(err).__name__}: {err}"} | ({"resume": resume} if resume else {})
     try:
-        write_json_atomic(run_dir / "summary.json", record | {"environment": meta})
+        write_summary(run_dir, record | {"environment": meta})
     except OSError:  # a full disk: the error the caller raises says why
         pass
 
