@@ -226,11 +226,11 @@ def rank(rows: list[Row], metric: str) -> list[Row]:
     """With two or more seeds per configuration, what stats says instead of a bare ranking: each
     finished row's tie group (1: no other row beats it) and the 95% CI of its mean, set on the
     row; rows reordered by group, then mean. Rows with one seed are not compared (group None)."""
-    from gdtrain import stats  # scipy: only when there are seeds to compare
-
     compared = [row for row in rows if row.status == "finished" and len(_known(row)) >= 2]
     if not compared:
         return rows
+    from gdtrain import stats  # scipy, a second to import: only when there are seeds to compare
+
     up = not lower_is_better(metric)
     pairs = [stats.compare_pair(a.label, _known(a), b.label, _known(b), up)
              for i, a in enumerate(compared) for b in compared[i + 1:]]
