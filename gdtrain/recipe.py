@@ -16,20 +16,20 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.optim import lr_scheduler
 
 from gdtrain import checkpoints, distributed, engine, memory
 from gdtrain.checkpoints import Checkpoints
 from gdtrain.config import Config, FunctionData, check_name, load_config, to_dict
 from gdtrain.datasets import Dataset, build_dataset
 from gdtrain.determinism import set_determinism
+from gdtrain.engine import Parts
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
@@ -59,22 +59,6 @@ def default_run_name(config: Config) -> str:
     return f"{config.optimizer.name}-lr{config.optimizer.lr:g}"
 
 
-@dataclass
-class Parts:
-    """A config built into the objects the engine trains."""
-
-    device: torch.device
-    data: Dataset
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: lr_scheduler.LRScheduler | None
-    warmup: lr_scheduler.LinearLR | None
-    steps: engine.Plan
-    order: torch.Generator  # the data-order RNG
-    scaler: torch.amp.GradScaler | None  # fp16 only
-    world: World  # this process among torchrun's; World() alone
-
-
 def build(config: Config) -> Parts:
     """Seed, then build data (checked before any folder exists, and refused before anything is
     allocated when the run cannot fit in memory), model, optimizer and schedules."""
@@ -94,8 +78,8 @@ def build(config: Config) -> Parts:
     scheduler = build_schedule(config.schedule, optimizer, steps.epochs)
     warmup = build_warmup(config.schedule, optimizer)
     order = torch.Generator(device=device).manual_seed(config.experiment.seed)
-    scaler = torch.amp.GradScaler(device.type) if config.train.precision == "fp16" else None
-    return Parts(device, data, model, optimizer, scheduler, warmup, steps, order, scaler, world)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
+    return Parts(device, data, model, optimizer, scheduler, warmup, scaler, config.train, steps, order, world)
 
 
 def compiled(model: nn.Module, data: Dataset, config: Config, batch_size: int) -> nn.Module:
@@ -187,8 +171,7 @@ def _continue(run_dir: Path, config: Config, quiet: bool) -> engine.Outcome:
         parts.scheduler.load_state_dict(state["scheduler"])
     if parts.warmup is not None:
         parts.warmup.load_state_dict(state["warmup"])
-    if parts.scaler is not None:
-        parts.scaler.load_state_dict(state["scaler"])
+    parts.scaler.load_state_dict(state["scaler"])  # disabled (not fp16), it ignores what it is given
     rng, world = state["rng"], parts.world
     if isinstance(rng, list) != (world.size > 1) or (world.size > 1 and len(rng) != world.size):
         saved_by = len(rng) if isinstance(rng, list) else 1
@@ -262,8 +245,8 @@ def _run_engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, sa
     model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
     if world.size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
-    outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker, config.train,
-                           parts.steps, parts.order, quiet or not world.main, saved, progress, stop, parts.scaler, world)
+    outcome = engine.train(parts, tracker=tracker, checkpoints=saved, progress=progress, stop=stop,
+                           quiet=quiet or not world.main, model=model)
     # The wrapper is freed here, before leave() destroys the process group: its Reducer, freed
     # after that, joins gloo's worker thread while holding the GIL and the rank hangs at exit
     # (pytorch/pytorch#56297). The collect frees it even if a reference cycle holds it.
