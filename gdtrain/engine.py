@@ -179,6 +179,14 @@ def _batches(parts: Parts, at: Progress, epoch: int) -> Iterator[tuple[Tensor, T
     return itertools.islice(batches, at.step_in_epoch, None)
 
 
+def _bar(parts: Parts, at: Progress, epoch: int, quiet: bool) -> tqdm:
+    """The epoch's progress bar in samples, from where a resumed epoch stands; none when quiet or not a terminal."""
+    steps = parts.steps
+    total = min(len(parts.data.x_train), (steps.max_steps - at.outcome.steps + at.step_in_epoch) * steps.batch_size)
+    return tqdm(total=total, initial=at.seen, unit="sample", unit_scale=True, leave=False,
+                desc=f"epoch {epoch}/{steps.epochs}", disable=True if quiet else None)
+
+
 def _losses(pending: list[Tensor], world: World) -> list[float]:
     """The 0-d train losses since the last log point, on the host; with several processes, the global batch's."""
     stacked = torch.stack(pending)
@@ -235,6 +243,13 @@ def _out_of_patience(at: Progress, val_loss: float, settings: TrainConfig) -> bo
     return settings.patience is not None and at.stale_epochs >= settings.patience
 
 
+def _test(model: nn.Module, parts: Parts, tracker: Tracker | NullTracker, outcome: Outcome) -> None:
+    """Evaluate the finished model on the test split; log it at the last epoch and keep it in outcome.final."""
+    values = _metrics(model, parts.data.x_test, parts.data.y_test, "test", parts.settings, parts.world)
+    tracker.log_epoch(values, step=outcome.steps, epoch=outcome.epochs)
+    outcome.final.update(values)
+
+
 def _epoch_line(epoch: int, epochs: int, outcome: Outcome, rate: float) -> str:
     """`epoch 3/10  step 5625  loss/train 0.31  loss/val 0.29  accuracy/val 0.91  lr 0.001  51k samples/s`."""
     shown = {tag: outcome.final[tag] for tag in ("loss/train", "loss/val", "accuracy/val", "lr") if tag in outcome.final}
@@ -245,11 +260,7 @@ def _epoch_line(epoch: int, epochs: int, outcome: Outcome, rate: float) -> str:
 def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoints | None = None,
           progress: Progress | None = None, stop: Stop | None = None, quiet: bool = False,
           model: nn.Module | None = None) -> Outcome:
-    """Train `parts` for `parts.steps` (from `progress` when resuming), validating every epoch.
-
-    `model` is parts.model as the run calls it, wrapped in DistributedDataParallel or torch.compile;
-    checkpoints save parts.model itself.
-    """
+    """Train `parts` for parts.steps, from `progress` when resuming; `model`: parts.model wrapped (DDP, compile)."""
     data, optimizer, scaler, settings, steps, world = (parts.data, parts.optimizer, parts.scaler, parts.settings,
                                                        parts.steps, parts.world)
     model = parts.model if model is None else model
@@ -262,9 +273,7 @@ def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoi
 
     for epoch in range(at.epoch, steps.epochs + 1):
         model.train()
-        epoch_samples = min(len(data.x_train), (steps.max_steps - outcome.steps + at.step_in_epoch) * steps.batch_size)
-        bar = tqdm(total=epoch_samples, initial=at.seen, unit="sample", unit_scale=True, leave=False,
-                   desc=f"epoch {epoch}/{steps.epochs}", disable=True if quiet else None)
+        bar = _bar(parts, at, epoch, quiet)
         started = epoch_started = time.perf_counter()
         seen_before = at.seen
         for xb, yb in _batches(parts, at, epoch):
@@ -295,8 +304,7 @@ def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoi
                 halt = agree(stop, world)  # the same answer on every rank
                 bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
                 if bad is not None:
-                    outcome.status = "diverged"
-                    outcome.diverged_at_step = outcome.steps - len(losses) + bad + 1
+                    outcome.status, outcome.diverged_at_step = "diverged", outcome.steps - len(losses) + bad + 1
                     break
                 if settings.grad_clip is None:  # never clipped, this step's gradients are still in .grad
                     grad_norm = _grad_norm(params)
@@ -351,7 +359,5 @@ def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoi
     if best is not None and outcome.status == "finished":
         checkpoints.save_best(best)
     if outcome.status == "finished" and data.x_test is not None:
-        values = _metrics(model, data.x_test, data.y_test, "test", settings, world)
-        tracker.log_epoch(values, step=outcome.steps, epoch=outcome.epochs)
-        outcome.final.update(values)
+        _test(model, parts, tracker, outcome)
     return outcome
