@@ -27,6 +27,7 @@ from torch.utils.data import Dataset as TorchDataset
 from gdtrain import engine, idx
 from gdtrain.config import validate
 from gdtrain.datasets import Dataset
+from gdtrain.distributed import World
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer
@@ -138,13 +139,12 @@ def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.
     model = build_model(config.model, 784, 10).to(device)
     optimizer = build_optimizer(config.optimizer, model)
     steps = engine.plan(len(data.x_train), config.train)
-    model = compiled(model, data, config, batch_size)
     order = torch.Generator(device=device).manual_seed(0)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    parts = engine.Parts(device, data, model, optimizer, None, None, scaler, config.train, steps, order, World())
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(Path(tmp))
-        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-        outcome = engine.train(model, data, optimizer, None, None, tracker, config.train, steps, order, quiet=True,
-                               scaler=scaler)
+        outcome = engine.train(parts, tracker=tracker, quiet=True, model=compiled(model, data, config, batch_size))
         tracker.close()
     return outcome.train_seconds * len(images) / outcome.samples  # scaled to one epoch of all `images`
 

@@ -2,7 +2,7 @@
 
 Each `f` takes x of shape (D, ...) and sums over the first axis, so the same code scores one point
 (D,) → () in the descent loop and a grid (D, H, W) → (H, W) for the contour plot. All minima are
-f = 0 with a zero gradient (tests/test_paths.py checks both).
+f = 0 with a zero gradient (tests/test_descent.py checks both).
 """
 
 from __future__ import annotations

@@ -14,13 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.optim import lr_scheduler
 
 from gdtrain import checkpoints, descent, distributed, engine, memory, runs
 from gdtrain.checkpoints import Checkpoints
@@ -29,26 +28,11 @@ from gdtrain.datasets import Dataset, build_dataset
 from gdtrain.determinism import seed_everything, set_determinism
 from gdtrain.device import resolve_device
 from gdtrain.distributed import World
+from gdtrain.engine import Parts
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer, build_schedule, build_warmup, implementation
 from gdtrain.tracker import NullTracker, Tracker
-
-
-@dataclass
-class Parts:
-    """A config built into the objects the engine trains."""
-
-    device: torch.device
-    data: Dataset
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: lr_scheduler.LRScheduler | None
-    warmup: lr_scheduler.LinearLR | None
-    steps: engine.Plan
-    order: torch.Generator  # the data-order RNG
-    scaler: torch.amp.GradScaler | None  # fp16 only
-    world: World  # this process among torchrun's; World() alone
 
 
 def build(config: Config) -> Parts:
@@ -70,8 +54,8 @@ def build(config: Config) -> Parts:
     scheduler = build_schedule(config.schedule, optimizer, steps.epochs)
     warmup = build_warmup(config.schedule, optimizer)
     order = torch.Generator(device=device).manual_seed(config.experiment.seed)
-    scaler = torch.amp.GradScaler(device.type) if config.train.precision == "fp16" else None
-    return Parts(device, data, model, optimizer, scheduler, warmup, steps, order, scaler, world)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
+    return Parts(device, data, model, optimizer, scheduler, warmup, scaler, config.train, steps, order, world)
 
 
 def compiled(model: nn.Module, data: Dataset, config: Config, batch_size: int) -> nn.Module:
@@ -156,8 +140,7 @@ def _continue(run_dir: Path, config: Config, quiet: bool) -> engine.Outcome:
         parts.scheduler.load_state_dict(state["scheduler"])
     if parts.warmup is not None:
         parts.warmup.load_state_dict(state["warmup"])
-    if parts.scaler is not None:
-        parts.scaler.load_state_dict(state["scaler"])
+    parts.scaler.load_state_dict(state["scaler"])  # disabled (not fp16), it ignores what it is given
     rng, world = state["rng"], parts.world
     if isinstance(rng, list) != (world.size > 1) or (world.size > 1 and len(rng) != world.size):
         saved_by = len(rng) if isinstance(rng, list) else 1
@@ -224,8 +207,8 @@ def _run_engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, sa
     model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
     if world.size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
-    outcome = engine.train(model, parts.data, parts.optimizer, parts.scheduler, parts.warmup, tracker, config.train,
-                           parts.steps, parts.order, quiet or not world.main, saved, progress, stop, parts.scaler, world)
+    outcome = engine.train(parts, tracker=tracker, checkpoints=saved, progress=progress, stop=stop,
+                           quiet=quiet or not world.main, model=model)
     # The wrapper is freed here, before leave() destroys the process group: its Reducer, freed
     # after that, joins gloo's worker thread while holding the GIL and the rank hangs at exit
     # (pytorch/pytorch#56297). The collect frees it even if a reference cycle holds it.

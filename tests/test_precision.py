@@ -42,17 +42,35 @@ def test_autocast_runs_forward_in_bf16(tmp_path, monkeypatch):
     assert seen.count(torch.bfloat16) == outcome.steps  # every training step; validation stays in fp32
 
 
+def cut_after_first_checkpoint(run_dir: Path) -> Path:
+    """Leave `run_dir` as if killed right after its first checkpoint; return that checkpoint."""
+    for name in ("summary.json", "model.pt"):
+        (run_dir / name).unlink()
+    first, *newer = sorted((run_dir / "checkpoints").glob("step-*.pt"))
+    for path in newer:
+        path.unlink()
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    return first
+
+
 def test_fp16_keeps_its_grad_scaler_across_a_resume(tmp_path):
     overrides = ["train.precision=fp16", "train.checkpoint_every=4", "train.log_every=1"]
     reference, _ = smoke(tmp_path / "full", *overrides)
     cut, _ = smoke(tmp_path / "cut", *overrides)
-    state = torch.load(sorted((cut / "checkpoints").glob("step-*.pt"))[0], weights_only=True)
+    state = torch.load(cut_after_first_checkpoint(cut), weights_only=True)
     assert state["scaler"]["scale"] > 0
-    for name in ("summary.json", "model.pt"):
-        (cut / name).unlink()
-    for newer in sorted((cut / "checkpoints").glob("step-*.pt"))[1:]:
-        newer.unlink()  # as if killed right after the first checkpoint
-    (cut / "checkpoints" / "best.pt").unlink()
+    assert recipe.resume(cut, quiet=True).status == "finished"
+    assert (cut / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+
+
+def test_a_checkpoint_from_before_the_scaler_was_always_saved_resumes(tmp_path):
+    overrides = ["train.checkpoint_every=4", "train.log_every=1"]
+    reference, _ = smoke(tmp_path / "full", *overrides)
+    cut, _ = smoke(tmp_path / "cut", *overrides)
+    first = cut_after_first_checkpoint(cut)
+    state = torch.load(first, weights_only=True)
+    assert state["scaler"] == {}  # a disabled GradScaler's state
+    torch.save(state | {"scaler": None}, first)  # what fp32 and bf16 runs saved before
     assert recipe.resume(cut, quiet=True).status == "finished"
     assert (cut / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
 

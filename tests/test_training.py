@@ -123,8 +123,9 @@ def test_warmup_ramps_per_step_then_hands_over_to_the_epoch_schedule(tmp_path):
     raw = {**tiny(epochs=3, batch_size=20), "schedule": {"name": "step", "step_size": 1, "gamma": 0.5,
                                                         "warmup_steps": 4, "warmup_start_factor": 0.2}}
     raw["optimizer"]["lr"] = 0.1
-    run_dir, _ = train(tmp_path, raw)  # 4 steps per epoch; lr is logged after each step
-    assert lrs(run_dir) == pytest.approx([0.04, 0.06, 0.08, 0.1, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.025])
+    run_dir, _ = train(tmp_path, raw)  # 4 steps per epoch; lr is the lr each step used
+    # warm-up reaches 0.1 after its 4th step, where the epoch's end halves it: no step uses 0.1
+    assert lrs(run_dir) == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.025])
 
 
 def test_plateau_schedule_cuts_lr_when_val_loss_stalls(tmp_path):
