@@ -35,6 +35,7 @@ STAMP = r"-\d{8}-\d{6}(-\d+)?"  # what new_run_dir adds to a run's name: -YYYYmm
 RUN_FOLDER = re.compile(".+" + STAMP)
 RESULTS = ("finished", "diverged")  # statuses whose figures are results: rerunning gives the same
 STATUSES = (*RESULTS, "interrupted", "failed")  # what summary.json can say; no summary: unfinished
+EPOCH_TAG_SUFFIXES = ("/val", "/test")  # metrics.jsonl tags logged once per epoch: their x axis is the epoch
 
 
 def run_name(config: Config, given: str | None = None) -> str:
@@ -222,6 +223,15 @@ def record_failure(run_dir: Path, err: BaseException, meta: dict[str, Any], resu
         write_summary(run_dir, record | {"environment": meta})
     except OSError:  # a full disk: the error the caller raises says why
         pass
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """The run folders directly in an experiment folder, in name order: each folder with a config.yaml
+    or a run folder's name (what TensorBoard's aggregates beside them, gdtrain/board.py, never have)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and ((p / "config.yaml").is_file() or RUN_FOLDER.fullmatch(p.name)))
 
 
 def runs_named(runs_dir: Path, experiment: str, name: str) -> list[Path]:

@@ -15,13 +15,12 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from gdtrain.runs import EPOCH_TAG_SUFFIXES
+
 
 def _hparam_value(value: Any) -> int | float | str | bool:
     """HParams take numbers, strings and booleans only."""
     return value if isinstance(value, (int, float, str, bool)) else str(value)
-
-
-EPOCH_TAG_SUFFIXES = ("/val", "/test")  # evaluation tags: one point per epoch, x = epoch
 
 
 class Tracker:

@@ -21,6 +21,7 @@ from gdtrain import checkpoints
 from gdtrain.cli import app
 from gdtrain.compare import read_rows
 from gdtrain.errors import UserError
+from gdtrain.runs import run_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -41,7 +42,7 @@ def write(folder: Path, content: str | bytes, name: str) -> Path:
 def finished(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("finished")
     assert gdtrain("run", SMOKE, "--runs-dir", runs, "--name", "ok", "--quiet").exit_code == 0
-    (run_dir,) = (runs / "smoke").iterdir()
+    (run_dir,) = run_folders(runs / "smoke")
     return run_dir
 
 

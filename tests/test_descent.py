@@ -17,6 +17,7 @@ from gdtrain import descent, recipe
 from gdtrain.config import FunctionData, load_config, validate
 from gdtrain.functions import FUNCTIONS
 from gdtrain.optimizers import OPTIMIZERS
+from gdtrain.runs import run_folders
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUADRATIC = CONFIGS / "path_quadratic_sgd.yaml"  # the seeds': x² from 10, lr 0.1, 20 steps
@@ -117,7 +118,7 @@ def test_divergence_stops_the_run_and_exits_1(tmp_path):
     assert result.exit_code == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: diverged at step ") and "smaller learning rate" in line
-    (run_dir,) = (tmp_path / "runs" / "default").iterdir()
+    (run_dir,) = run_folders(tmp_path / "runs" / "default")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "diverged" and 100 < summary["diverged_at_step"] < 200
     assert summary["steps"] == summary["diverged_at_step"] - 1  # the last finite point
@@ -194,7 +195,7 @@ def test_paths_draws_every_optimizer_in_one_figure_and_logs_it(tmp_path):
     assert summary["runs"][1]["optimizer"]["momentum"] == 0.9  # momentum = sgd with momentum 0.9
     assert [r["optimizer"]["lr"] for r in summary["runs"]] == [0.1, 0.1, 0.5]  # the config's lr unless given
     assert summary["runs"][0]["x"] == [pytest.approx(10 * 0.8**20)]
-    assert len(list(experiment.iterdir())) == 4  # one run per optimizer, and the picture's folder
+    assert len(run_folders(experiment)) == 4  # one run per optimizer, and the picture's folder
     events = EventAccumulator(str(folder), size_guidance={"images": 0})
     events.Reload()
     assert events.Tags()["images"] == ["paths"]

@@ -15,6 +15,7 @@ from gdtrain import recipe
 from gdtrain.compare import read_rows
 from gdtrain.config import load_config
 from gdtrain.determinism import set_determinism
+from gdtrain.runs import run_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -29,7 +30,7 @@ def start_run(runs_dir: Path, *args: str) -> subprocess.Popen:
 
 
 def run_folder(runs_dir: Path) -> Path:
-    (folder,) = (runs_dir / "smoke").iterdir()
+    (folder,) = run_folders(runs_dir / "smoke")
     return folder
 
 

@@ -20,6 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from gdtrain.cli import app
+from gdtrain.runs import run_folders
 from prochelp import Launch, launched, tagged
 
 # 192 training samples in batches of 25: the last batch of each epoch (17) splits 8 / 9.
@@ -75,7 +76,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     config.write_text(EXPERIMENT)
     gdtrain("run", config, "--runs-dir", root / "one", "--quiet")
     gdtrain("run", config, "--runs-dir", root / "two", "--quiet", "--nproc", "2")
-    return {"config": config, **{n: next((root / n / "ddp").iterdir()) for n in ("one", "two")}}
+    return {"config": config, **{n: run_folders(root / n / "ddp")[0] for n in ("one", "two")}}
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -99,13 +100,13 @@ def test_validation_and_train_loss_are_the_global_figures(runs):
 
 
 def test_only_rank_zero_writes(runs):
-    assert len(list(runs["two"].parent.iterdir())) == 1
+    assert len(run_folders(runs["two"].parent)) == 1
     assert len(list(runs["two"].glob("events.out.tfevents.*"))) == 1
 
 
 def test_resume_under_ddp_continues_exactly(runs, tmp_path):
     gdtrain("run", runs["config"], "--runs-dir", tmp_path, "--quiet", "--nproc", "2")
-    run_dir = next((tmp_path / "ddp").iterdir())
+    run_dir = run_folders(tmp_path / "ddp")[0]
     for name in ("summary.json", "model.pt", "checkpoints/best.pt", "checkpoints/step-000000020.pt"):
         (run_dir / name).unlink()  # as if killed just after step 16's checkpoint
     state = torch.load(run_dir / "checkpoints" / "step-000000016.pt", weights_only=True)
@@ -129,7 +130,7 @@ def test_a_batch_too_small_to_share_is_refused_before_launching(runs, tmp_path):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_two_gpus_with_nccl(runs, tmp_path):
     gdtrain("run", runs["config"], "--runs-dir", tmp_path, "--quiet", "--nproc", "2", "--device", "cuda")
-    run_dir = next((tmp_path / "ddp").iterdir())
+    run_dir = run_folders(tmp_path / "ddp")[0]
     for name, value in weights(run_dir).items():
         torch.testing.assert_close(value, weights(runs["one"])[name], rtol=1e-4, atol=1e-5)
 

@@ -84,7 +84,7 @@ def test_disk_full_at_a_checkpoint_stops_cleanly_then_resumes_once_there_is_room
     disk = small_disk("1536k")  # best.pt and the first checkpoint fit, the second checkpoint does not
     line = one_error(gdtrain("run", write(tmp_path, BIG), "--runs-dir", disk, "--quiet"))
     assert "No space left on device" in line and "gdtrain resume" in line
-    (run_dir,) = (disk / "big").iterdir()
+    (run_dir,) = runs.run_folders(disk / "big")
     assert not [f for f in files(run_dir) if f.endswith(".tmp")]  # every temporary file removed
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
     latest = checkpoints.Checkpoints(run_dir, 2, {}).latest()
@@ -100,7 +100,7 @@ def test_disk_full_at_model_pt_leaves_no_partial_file(small_disk, tmp_path):
     config = write(tmp_path, BIG.replace("epochs: 3", "epochs: 1"))
     line = one_error(gdtrain("run", config, "--runs-dir", disk, "--quiet"))
     assert "No space left on device" in line
-    (run_dir,) = (disk / "big").iterdir()
+    (run_dir,) = runs.run_folders(disk / "big")
     assert files(run_dir) == sorted(["checkpoints/best.pt", "config.yaml", "metrics.jsonl", "summary.json", ".lock",
                                      *(p.name for p in run_dir.glob("events.out.tfevents.*"))])
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
@@ -165,7 +165,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1, done.stderr
     assert "File too large" in done.stderr and "gdtrain resume" in done.stderr
-    (run_dir,) = (tmp_path / "runs" / "big").iterdir()
+    (run_dir,) = runs.run_folders(tmp_path / "runs" / "big")
     assert not [f for f in files(run_dir) if f.endswith(".tmp") or f.startswith("checkpoints/step-")]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
@@ -181,5 +181,5 @@ def test_a_function_run_that_cannot_write_stops_with_one_line(tmp_path, limit):
     if limit == 600:
         assert list((tmp_path / "runs").glob("*/*")) == []
     else:
-        (run_dir,) = (tmp_path / "runs" / "path_quadratic").iterdir()
+        (run_dir,) = runs.run_folders(tmp_path / "runs" / "path_quadratic")
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"

@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from clihelp import gdtrain, one_error
 from gdtrain import checkpoints, recipe
 from gdtrain.config import validate
+from gdtrain.runs import run_folders
 
 # Mid-epoch checkpoints (every 70 steps, 250 steps an epoch), dropout, warm-up and a step
 # schedule: every piece of state a resume has to restore.
@@ -47,7 +48,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     path.write_text(EXPERIMENT)
     result = gdtrain("run", path, "--runs-dir", root / "runs", "--quiet")
     assert result.exit_code == 0, result.output
-    (run_dir,) = (root / "runs" / "survive").iterdir()
+    (run_dir,) = run_folders(root / "runs" / "survive")
     return run_dir
 
 
@@ -191,7 +192,7 @@ def test_disk_full_while_training_stops_cleanly_and_keeps_what_was_written(confi
     monkeypatch.setattr(checkpoints.torch, "save", fill_up)
     line = one_error(gdtrain("run", config_file, "--runs-dir", tmp_path / "runs", "--quiet"))
     assert "No space left on device" in line and "gdtrain resume" in line
-    (run_dir,) = (tmp_path / "runs" / "survive").iterdir()
+    (run_dir,) = run_folders(tmp_path / "runs" / "survive")
     monkeypatch.undo()
     kept = checkpoints.Checkpoints(run_dir, 3, {}).latest()
     assert checkpoints.load(kept)["progress"]["outcome"]["steps"] > 0  # the last good checkpoint reads

@@ -92,7 +92,7 @@ def test_a_second_resume_is_refused_and_a_killed_owner_leaves_no_lock(tmp_path, 
     config = write(tmp_path, LONG)
     trainer = processes("run", config, "--runs-dir", tmp_path / "runs", "--quiet")
     wait_until(lambda: any(tmp_path.glob("runs/owned/*/checkpoints/step-*.pt")), trainer)
-    (run_dir,) = (tmp_path / "runs" / "owned").iterdir()
+    (run_dir,) = runs.run_folders(tmp_path / "runs" / "owned")
     assert lock_pid(run_dir) == trainer.pid  # `gdtrain run` owns its folder from the start
     refused_by(trainer, run_dir, processes)
 
