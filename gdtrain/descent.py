@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import lr_scheduler
 
-from gdtrain import pathplot, plotting, runs
+from gdtrain import board, pathplot, plotting, runs
 from gdtrain.config import Config, FunctionData, OptimizerConfig, ScheduleConfig, TrainConfig, to_dict, validate
 from gdtrain.determinism import seed_everything
 from gdtrain.device import resolve_device
@@ -132,11 +132,13 @@ def _record(objective: Objective, label: str, config: Config, device: torch.devi
             meta: dict[str, Any]) -> Descent:
     """run_function's descent, logged into `run_dir`: metrics, path.png, then summary.json."""
     tracker = Tracker(run_dir)
-    tracker.log_hparams(runs.flatten(to_dict(config)), ["loss/train"])
+    tracker.log_hparams(runs.flatten(to_dict(config)))
+    board.define(run_dir.parent)
     started = time.perf_counter()
     try:
         outcome, points = descend(objective, config.data.start, config.optimizer, config.schedule, config.train,
                                   device, tracker)
+        tracker.log_end(outcome.status)
         values = objective.f(points.T)  # (S + 1,)
         trace = pathplot.Trace(f"{label} lr {config.optimizer.lr:g}", points, values, _note(outcome))
         figure = pathplot.draw(objective, [trace], subtitle(trace.label, config, outcome.steps))

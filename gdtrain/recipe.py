@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdtrain import checkpoints, descent, distributed, engine, memory, runs
+from gdtrain import board, checkpoints, descent, distributed, engine, memory, runs
 from gdtrain.checkpoints import Checkpoints
 from gdtrain.config import Config, FunctionData, load_config, to_dict
 from gdtrain.datasets import Dataset, build_dataset
@@ -163,15 +163,16 @@ def _meta(config: Config, parts: Parts) -> dict[str, Any]:
 
 def _tracker(run_dir: Path, config: Config, parts: Parts, meta: dict[str, Any],
              resume_at: int | None = None) -> Tracker:
-    """Rank 0's Tracker, HParams logged; a full disk here is the same one line as mid-run."""
+    """Rank 0's Tracker, its HParams session logged and the experiment's definition updated; a full
+    disk here is the same one line as mid-run."""
     try:
         if resume_at is not None:
             runs.reopen(run_dir)
         tracker = Tracker(run_dir, resume_at)
-        metric_tags = ["loss/train", "loss/val"] + ([] if config.train.loss == "mse" else ["accuracy/val"])
-        tracker.log_hparams(runs.flatten(to_dict(config)) | {"train.batch_size": parts.steps.batch_size}, metric_tags)
+        tracker.log_hparams(runs.flatten(to_dict(config)))
     except OSError as err:
         raise _disk_error(run_dir, err, meta, parts.world.size) from None
+    board.define(run_dir.parent)  # the experiment's HParams now list this run's settings too
     return tracker
 
 
@@ -230,6 +231,7 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
         try:
             try:
                 outcome = _run_engine(config, parts, tracker, saved, progress, stop, quiet)
+                tracker.log_end(outcome.status)
             finally:
                 tracker.close()
             distributed.leave(world)

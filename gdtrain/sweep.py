@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gdtrain import runs
+from gdtrain import board, runs
 from gdtrain.config import Config, apply_overrides, read_config, validate
 from gdtrain.errors import UserError
 from gdtrain.tasks import Result, Task, attempt
@@ -117,7 +117,8 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
 def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool,
               report: Callable[[Result], None]) -> tuple[list[Result], int | None]:
     """Run the points `jobs` at a time (with `resume`: skip finished ones, continue interrupted ones)
-    and report each result. Returns every point's result and the signal that stopped the sweep, if any."""
+    and report each result; then TensorBoard's groups (board.write_groups), also after a signal.
+    Returns every point's result and the signal that stopped the sweep, if any."""
     results: list[Result] = []
     tasks = []
     for point in points:
@@ -140,6 +141,9 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool,
                 report(result)
             if result.status == "interrupted" and guard.signal is None:  # a signal to one run stops the sweep
                 guard.stop(result.signal or signal.SIGINT)
+        for folder in sorted({runs_dir / point.config.experiment.name for point in points}):
+            if folder.is_dir():  # TensorBoard: one line per configuration, from whatever finished
+                board.write_groups(folder)
     ran = {result.name for result in results}
     return results + [Result(task.name, "not started") for task in tasks if task.name not in ran], guard.signal
 

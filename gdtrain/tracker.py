@@ -13,14 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
+from gdtrain import board
 from gdtrain.runs import EPOCH_TAG_SUFFIXES
-
-
-def _hparam_value(value: Any) -> int | float | str | bool:
-    """HParams take numbers, strings and booleans only."""
-    return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
 class Tracker:
@@ -38,6 +33,7 @@ class Tracker:
             replay = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line]
             for old in run_dir.glob("events.out.tfevents.*"):
                 old.unlink()
+        self.run_dir = run_dir
         self.writer = SummaryWriter(log_dir=str(run_dir))
         for line in replay:
             step, epoch = line.pop("step"), line.pop("epoch")
@@ -60,10 +56,16 @@ class Tracker:
             self.writer.add_scalar(tag, value, x)
         self.lines.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
 
-    def log_hparams(self, flat_config: dict[str, Any], metric_tags: list[str]) -> None:
-        """HParams in this run's own event file (add_hparams would make a sub-run)."""
-        values = {key: _hparam_value(v) for key, v in flat_config.items()}
-        for summary in hparams(values, {tag: 0.0 for tag in metric_tags}):
+    def log_hparams(self, flat_config: dict[str, Any]) -> None:
+        """This run's HParams session, named by its folder, in its own event file (add_hparams would
+        make a sub-run); the experiment that lists every run's hyper-parameters is the experiment
+        folder's (board.define)."""
+        self.writer.file_writer.add_summary(board.session_start(flat_config, self.run_dir.name))
+
+    def log_end(self, status: str) -> None:
+        """The HParams session's end: how the run ended (nothing for an interrupted run)."""
+        summary = board.session_end(status)
+        if summary is not None:
             self.writer.file_writer.add_summary(summary)
 
     def flush(self) -> int:
@@ -87,7 +89,10 @@ class NullTracker:
     def log_epoch(self, values: dict[str, float], step: int, epoch: int) -> None:
         """Nothing."""
 
-    def log_hparams(self, flat_config: dict[str, Any], metric_tags: list[str]) -> None:
+    def log_hparams(self, flat_config: dict[str, Any]) -> None:
+        """Nothing."""
+
+    def log_end(self, status: str) -> None:
         """Nothing."""
 
     def flush(self) -> int:

@@ -1,0 +1,262 @@
+"""What TensorBoard shows of an experiment folder, read from a real `tensorboard` server's HTTP API.
+
+The folder is made through the real commands: a `gdtrain paths` picture (and its one function run),
+a mixed sweep (SGD with momentum, SGD with Nesterov, Adam with its own betas; 2 seeds) and one
+MNIST-family run on tiny IDX files, so that the test metrics exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from test_mnist import make_set
+
+from clihelp import gdtrain, write
+from gdtrain import board, compare, runs
+
+ROOT = Path(__file__).resolve().parents[1]
+STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+MIXED = """\
+experiment: {name: mixed, seed: 0}
+data: {name: blobs, n_samples: 200, n_classes: 3, n_features: 2}
+model: {name: mlp, hidden_sizes: [16], activation: relu}
+optimizer: {name: adam, lr: 0.01}
+train: {epochs: 2, batch_size: 16, loss: cross_entropy, log_every: 5}
+grid:
+  optimizer:
+    - {name: sgd, lr: 0.1, momentum: 0.9}
+    - {name: sgd, lr: 0.1, momentum: 0.5, nesterov: true}
+    - {name: adam, lr: 0.01, betas: [0.8, 0.99]}
+"""
+MNIST = """\
+experiment: {{name: mixed, seed: 0}}
+data: {{name: mnist, root: {root}, val_size: 20}}
+model: {{name: linear}}
+optimizer: {{name: adam, lr: 0.01}}
+train: {{epochs: 2, batch_size: 10, loss: cross_entropy, log_every: 5}}
+"""
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    """runs/mixed: a picture folder and its function run, 6 sweep runs, 1 MNIST run, in that order."""
+    tmp = tmp_path_factory.mktemp("board")
+    runs_dir = tmp / "runs"
+    done = gdtrain("paths", ROOT / "configs" / "path_quadratic_sgd.yaml", "--optimizers", "sgd",
+                   "--set", "experiment.name=mixed", "--runs-dir", runs_dir)
+    assert done.exit_code == 0, done.output
+    done = gdtrain("sweep", write(tmp, MIXED), "--seeds", "2", "--runs-dir", runs_dir)
+    assert done.exit_code == 0, done.output
+    make_set(tmp / "data")
+    done = gdtrain("run", write(tmp, MNIST.format(root=tmp / "data"), "mnist.yaml"), "--runs-dir", runs_dir, "--quiet")
+    assert done.exit_code == 0, done.output
+    return runs_dir / "mixed"
+
+
+def sessions_of(folder: Path) -> list[str]:
+    """The run folders that are HParams sessions: every run folder but the picture."""
+    return [p.name for p in runs.run_folders(folder) if not (p / "paths.png").exists()]
+
+
+# --- a real server ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(experiment, tmp_path) -> Iterator[str]:
+    """`tensorboard --logdir runs/mixed` on a free port, in its own process group, killed with the
+    whole group at the end whatever happens; its URL once it has loaded every run."""
+    port, log = free_port(), open(tmp_path / "tensorboard.log", "wb")
+    program = Path(sys.executable).with_name("tensorboard")
+    command = [str(program)] if program.exists() else [sys.executable, "-m", "tensorboard.main"]
+    process = subprocess.Popen([*command, "--logdir", str(experiment), "--host", "127.0.0.1", "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        expected = set(sessions_of(experiment)) | {".", board.GROUPS}
+        wait_for(lambda: expected <= set(get(url, "/data/runs")), process, tmp_path / "tensorboard.log")
+        wait_for(lambda: "accuracy/test" in metric_tags(experiment_of(url)), process, tmp_path / "tensorboard.log")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()
+
+
+def wait_for(ready, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    """Poll `ready()` until it holds; fail, with the server's log, when the server exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"tensorboard exited ({process.returncode}):\n{log.read_text(errors='replace')[-2000:]}")
+        try:
+            if ready():
+                return
+        except (OSError, ValueError, KeyError):  # not listening yet, or not loaded yet
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"tensorboard did not load the folder in {timeout:.0f} s:\n{log.read_text(errors='replace')[-2000:]}")
+
+
+def get(url: str, route: str) -> object:
+    with urllib.request.urlopen(url + route, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def post(url: str, route: str, body: dict) -> dict:
+    request = urllib.request.Request(url + route, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def experiment_of(url: str) -> dict:
+    return post(url, "/data/plugin/hparams/experiment", {"experimentName": ""})
+
+
+def metric_tags(experiment: dict) -> list[str]:
+    return [info["name"]["tag"] for info in experiment.get("metricInfos", [])]
+
+
+def test_hparams_lists_every_setting_the_varying_ones_first(server):
+    infos = experiment_of(server)["hparamInfos"]
+    names, differs = [info["name"] for info in infos], [info.get("differs", False) for info in infos]
+    varying = names[:differs.count(True)]
+    assert differs == sorted(differs, reverse=True)  # the varying ones first: TensorBoard ticks the first five
+    assert {"optimizer.name", "optimizer.lr", "optimizer.momentum", "optimizer.nesterov", "optimizer.betas"} <= set(varying)
+    assert "experiment.run_name" not in names  # None is left out, not "None"
+    kinds = {info["name"]: info["type"] for info in infos}
+    assert kinds["optimizer.nesterov"] == "DATA_TYPE_BOOL" and kinds["optimizer.betas"] == "DATA_TYPE_STRING"
+    assert kinds["train.epochs"] == "DATA_TYPE_FLOAT64"
+
+
+def test_hparams_metrics_include_the_test_metrics(server):
+    tags = metric_tags(experiment_of(server))
+    assert tags[:3] == ["loss/train", "loss/val", "accuracy/val"]
+    assert {"accuracy/test", "loss/test"} <= set(tags)
+
+
+def test_one_session_per_run_and_none_for_the_picture(server, experiment):
+    groups = post(server, "/data/plugin/hparams/session_groups",
+                  {"experimentName": "", "allowedStatuses": STATUSES, "startIndex": 0, "sliceSize": 1000})["sessionGroups"]
+    sessions = [session["name"] for group in groups for session in group["sessions"]]
+    assert sorted(sessions) == sorted(sessions_of(experiment)) and len(sessions) == 8  # 6 sweep + MNIST + function
+    assert not any(name.startswith("paths-") for name in sessions)
+    nesterov = next(g for g in groups if g["hparams"].get("optimizer.nesterov") is True)["hparams"]
+    assert nesterov["optimizer.momentum"] == 0.5 and "experiment.run_name" not in nesterov
+    adam = next(g for g in groups if g["hparams"].get("optimizer.betas") == "[0.8, 0.99]")
+    assert {m["name"]["tag"] for m in adam["metricValues"]} >= {"loss/train", "loss/val", "accuracy/val"}
+    assert {s["status"] for g in groups for s in g["sessions"]} == {"STATUS_SUCCESS"}
+
+
+def test_custom_scalars_open_on_the_four_charts_with_one_band_per_configuration(server, experiment):
+    layout = get(server, "/data/plugin/custom_scalars/layout")
+    first = layout["category"][0]
+    assert [chart["title"] for chart in first["chart"]] == ["loss/train", "loss/val", "accuracy/val", "lr"]
+    assert first["chart"][0]["margin"]["series"] == [
+        {"value": "loss/train", "lower": "loss/train/min", "upper": "loss/train/max"}]
+    tags = get(server, "/data/plugin/scalars/tags")
+    grouped = {run for run in tags if run.startswith(board.GROUPS + "/")}
+    assert len(grouped) == 4  # the sweep's 3 configurations and the function run, when the sweep ended
+    assert all({"loss/train", "loss/train/min", "loss/train/max"} <= set(tags[run]) for run in grouped)
+
+
+# --- the files, without a server ----------------------------------------------------------------
+
+
+def test_groups_are_no_runs_and_a_resumed_sweep_rewrites_them(experiment, tmp_path):
+    assert {run.path for run in compare.read_runs(experiment)} == set(runs.run_folders(experiment))  # no _groups
+    copy = tmp_path / "runs" / experiment.name
+    shutil.copytree(experiment, copy)
+    groups = lambda: sorted(p.name for p in (copy / board.GROUPS).iterdir() if p.is_dir())  # noqa: E731
+    before, files = groups(), set((copy / board.GROUPS).rglob("events.out.tfevents.*"))
+    done = gdtrain("sweep", write(tmp_path, MIXED), "--seeds", "2", "--runs-dir", copy.parent, "--resume")
+    assert done.exit_code == 0 and done.output.count(": skipped") == 6, done.output
+    assert len(before) == 4 and len(groups()) == 5  # the MNIST run, made after the sweep, has its group now
+    after = set((copy / board.GROUPS).rglob("events.out.tfevents.*"))
+    assert len(after) == 6 and not after & files  # one file per group and the layout's, each replaced
+
+
+def test_a_band_is_the_mean_and_range_of_its_seeds(experiment):
+    momentum = [run for run in compare.read_runs(experiment) if run.config.get("optimizer.momentum") == 0.9]
+    finals = [run.curve("loss/val")[-1][2] for run in momentum]
+    assert len(finals) == 2
+    bands = []
+    for group in (p for p in (experiment / board.GROUPS).iterdir() if p.is_dir()):
+        events = EventAccumulator(str(group), size_guidance={"scalars": 0})
+        events.Reload()
+        if "loss/val" in events.Tags()["scalars"]:
+            bands.append({tag: events.Scalars(tag) for tag in ("loss/val", "loss/val/min", "loss/val/max")})
+    (band,) = [b for b in bands if b["loss/val"][-1].value == pytest.approx(sum(finals) / 2, rel=1e-6)]
+    assert band["loss/val/min"][-1].value == pytest.approx(min(finals), rel=1e-6)
+    assert band["loss/val/max"][-1].value == pytest.approx(max(finals), rel=1e-6)
+    assert [e.step for e in band["loss/val"]] == [1, 2]  # per epoch, as the runs log it
+
+
+def test_a_run_holds_its_session_and_no_experiment(experiment):
+    (run_dir,) = [run.path for run in compare.read_runs(experiment)
+                  if run.config.get("optimizer.nesterov") is True and run.config["experiment.seed"] == 0]
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.PluginTagToContent("hparams"))
+    assert tags == {hparams_metadata.SESSION_START_INFO_TAG, hparams_metadata.SESSION_END_INFO_TAG}
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        events.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.group_name == run_dir.name
+    assert start.hparams["optimizer.nesterov"].bool_value is True
+    assert start.hparams["train.epochs"].number_value == 2
+
+
+def test_runs_added_at_once_all_reach_the_definition(tmp_path):
+    """Four processes each add a run folder and define the experiment at the same moment: the one
+    event file left lists every run's settings, and no temporary file is left."""
+    folder = tmp_path / "together"
+    folder.mkdir()
+    code = """import sys
+from pathlib import Path
+from gdtrain import board
+run_dir = Path(sys.argv[1]) / f"run{sys.argv[2]}-20250101-000000"
+run_dir.mkdir()
+(run_dir / "config.yaml").write_text(f"experiment: {{name: together}}\\noptimizer: {{name: sgd, lr: 0.{sys.argv[2]}}}\\n")
+board.define(run_dir.parent)
+"""
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(folder), str(k)]) for k in range(1, 5)]
+    assert [w.wait(timeout=120) for w in writers] == [0] * 4
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1 and not list(folder.glob(".board-*"))
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        events.PluginTagToContent("hparams")[hparams_metadata.EXPERIMENT_TAG])
+    (lr,) = [info for info in experiment.hparam_infos if info.name == "optimizer.lr"]
+    assert sorted(v.number_value for v in lr.domain_discrete.values) == [0.1, 0.2, 0.3, 0.4]
+
+
+def test_values_are_typed_as_what_they_are():
+    values = board.hparam_values({"optimizer.nesterov": True, "train.epochs": 1000, "optimizer.lr": 0.1,
+                                  "optimizer.betas": [0.9, 0.999], "model.hidden_sizes": [64, 64],
+                                  "experiment.run_name": None, "optimizer.name": "sgd"})
+    assert values == {"optimizer.nesterov": True, "train.epochs": 1000, "optimizer.lr": 0.1,
+                      "optimizer.betas": "[0.9, 0.999]", "model.hidden_sizes": "[64, 64]", "optimizer.name": "sgd"}
