@@ -8,11 +8,14 @@
   and never a definition: TensorBoard takes one per logdir, an arbitrary one when runs carry
   several. define() rewrites it whenever a run is added.
 - Custom Scalars: per configuration (runs that differ only in experiment.seed / run_name, as in
-  compare), an aggregate run `_groups/<label>/` with `<tag>`, `<tag>/min` and `<tag>/max`: the mean
-  and the range over its seeds at the steps (epochs) all of them logged, and in `_groups/` a layout
-  of margin charts that opens on loss/train, loss/val, accuracy/val and lr. write_groups() writes
-  them when a sweep or study ends. `_groups` has no config.yaml and no run-folder name, so compare,
-  study and sweep --resume never take it for a run.
+  compare), an aggregate run `_groups/<label>/` with `seeds/<tag>/mean`, `/min` and `/max`: the
+  mean and the range over its seeds at the steps (epochs) all of them logged, and in `_groups/` a
+  layout of margin charts that opens on loss/train, loss/val, accuracy/val and lr. write_groups()
+  writes them when a sweep or study ends. `_groups` has no config.yaml and no run-folder name, so
+  compare, study and sweep --resume never take it for a run.
+  The series are not named `<tag>`, `<tag>/min`, `<tag>/max`: every run that has `<tag>` alone
+  would be listed under each chart as "Missing Tags", and each group of the Scalars dashboard
+  would get three cards more per tag. Under `seeds/` they are one group of their own there.
 
 Several processes (a sweep's workers) add runs at once: every write holds an flock on the
 experiment folder itself and replaces its event file whole (a temporary file renamed into place).
@@ -49,6 +52,8 @@ from gdtrain.errors import UserError
 
 GROUPS = "_groups"  # the aggregate runs' folder in the experiment folder
 FIRST = ("optimizer.name", "optimizer.lr")  # always marked varying: what a comparison of optimizers reads first
+TICKED = 5  # how many of the first hyper-parameters TensorBoard's HParams table shows at first
+SEEDS = "seeds/"  # the aggregates' tag prefix: seeds/loss/train/mean, .../min, .../max
 METRICS = ("loss/train", "loss/val", "accuracy/val", "loss/test", "accuracy/test")  # HParams columns, in order
 OPENING = ("loss/train", "loss/val", "accuracy/val", "lr")  # the Custom Scalars charts a user sees first
 
@@ -157,6 +162,9 @@ def _experiment(sessions: list[tuple[compare.Run, list[str]]]) -> summary_pb2.Su
     found = [run for run, _ in sessions]
     values = [hparam_values(run.config) for run in found]
     varying = set(FIRST) | {key for run in found for key in compare.label_keys(found, run, per_run=False)}
+    seeds = {run.config.get("experiment.seed") for run in found}
+    if len(seeds) > 1 and len(varying) < TICKED:  # a column to spare: each row is a run, the seed tells them apart
+        varying.add("experiment.seed")
     keys = sorted({key for value in values for key in value},
                   key=lambda k: (k not in varying, FIRST.index(k) if k in FIRST else len(FIRST), k))
     infos = []
@@ -254,26 +262,27 @@ def _aggregate(members: list[compare.Run]) -> list[event_pb2.Event]:
                  for step, epoch, value in run.curve(tag) if math.isfinite(value)} for run in members]
         for x in sorted(set.intersection(*(set(curve) for curve in by_x))):
             seen = [curve[x] for curve in by_x]
-            points.setdefault(x, []).extend(summary_pb2.Summary.Value(tag=name, simple_value=figure) for name, figure in
-                                            ((tag, statistics.fmean(seen)), (f"{tag}/min", min(seen)), (f"{tag}/max", max(seen))))
+            figures = {"mean": statistics.fmean(seen), "min": min(seen), "max": max(seen)}
+            points.setdefault(x, []).extend(summary_pb2.Summary.Value(tag=f"{SEEDS}{tag}/{stat}", simple_value=figure)
+                                            for stat, figure in figures.items())
     now = time.time()
     return [event_pb2.Event(wall_time=now, step=x, summary=summary_pb2.Summary(value=values))
             for x, values in sorted(points.items())]
 
 
 def _layout(tags: set[str]) -> summary_pb2.Summary:
-    """Margin charts of each aggregated tag: loss/train, loss/val, accuracy/val, lr open; the rest closed."""
-    means = sorted(tag for tag in tags if f"{tag}/min" in tags)
-
-    def charts(chosen: list[str]) -> list[layout_pb2.Chart]:
-        return [layout_pb2.Chart(title=tag, margin=layout_pb2.MarginChartContent(series=[
-            layout_pb2.MarginChartContent.Series(value=tag, lower=f"{tag}/min", upper=f"{tag}/max")])) for tag in chosen]
-
-    categories = [layout_pb2.Category(title="per configuration: mean over seeds, band from the lowest to the highest",
-                                      chart=charts([tag for tag in OPENING if tag in means]))]
-    rest = [tag for tag in means if tag not in OPENING]
-    if rest:
-        categories.append(layout_pb2.Category(title="per configuration: more", chart=charts(rest), closed=True))
+    """A margin chart of each aggregated tag, each in a section of its own: loss/train, loss/val,
+    accuracy/val and lr open, in that order; the others closed, below them."""
+    # One chart per section: TensorBoard 2.21 shows the charts of one section in reverse order.
+    aggregated = sorted(tag.removeprefix(SEEDS).removesuffix("/mean") for tag in tags if tag.endswith("/mean"))
+    shown = [tag for tag in OPENING if tag in aggregated] + [tag for tag in aggregated if tag not in OPENING]
+    categories = []
+    for tag in shown:
+        series = layout_pb2.MarginChartContent.Series(value=f"{SEEDS}{tag}/mean", lower=f"{SEEDS}{tag}/min",
+                                                      upper=f"{SEEDS}{tag}/max")
+        chart = layout_pb2.Chart(title=tag, margin=layout_pb2.MarginChartContent(series=[series]))
+        categories.append(layout_pb2.Category(title=f"{tag}: mean over seeds, band from the lowest to the highest seed",
+                                              chart=[chart], closed=tag not in OPENING))
     # custom_scalar.summary.pb builds the same, but needs TensorFlow: the layout as a string tensor
     tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
                                     string_val=[layout_pb2.Layout(category=categories).SerializeToString()])

@@ -174,14 +174,18 @@ def test_one_session_per_run_and_none_for_the_picture(server, experiment):
 
 def test_custom_scalars_open_on_the_four_charts_with_one_band_per_configuration(server, experiment):
     layout = get(server, "/data/plugin/custom_scalars/layout")
-    first = layout["category"][0]
-    assert [chart["title"] for chart in first["chart"]] == ["loss/train", "loss/val", "accuracy/val", "lr"]
-    assert first["chart"][0]["margin"]["series"] == [
-        {"value": "loss/train", "lower": "loss/train/min", "upper": "loss/train/max"}]
+    charts = [(chart, category.get("closed", False)) for category in layout["category"] for chart in category["chart"]]
+    assert [(chart["title"], closed) for chart, closed in charts[:4]] == [
+        ("loss/train", False), ("loss/val", False), ("accuracy/val", False), ("lr", False)]
+    assert all(closed for _, closed in charts[4:]) and "grad_norm" in [chart["title"] for chart, _ in charts]
+    assert charts[0][0]["margin"]["series"] == [
+        {"value": "seeds/loss/train/mean", "lower": "seeds/loss/train/min", "upper": "seeds/loss/train/max"}]
     tags = get(server, "/data/plugin/scalars/tags")
     grouped = {run for run in tags if run.startswith(board.GROUPS + "/")}
     assert len(grouped) == 4  # the sweep's 3 configurations and the function run, when the sweep ended
-    assert all({"loss/train", "loss/train/min", "loss/train/max"} <= set(tags[run]) for run in grouped)
+    band = {"seeds/loss/train/mean", "seeds/loss/train/min", "seeds/loss/train/max"}
+    assert all(band <= set(tags[run]) for run in grouped)
+    assert not any(band & set(tags[run]) for run in sessions_of(experiment))  # no run lacks half a band
 
 
 # --- the files, without a server ----------------------------------------------------------------
@@ -208,12 +212,12 @@ def test_a_band_is_the_mean_and_range_of_its_seeds(experiment):
     for group in (p for p in (experiment / board.GROUPS).iterdir() if p.is_dir()):
         events = EventAccumulator(str(group), size_guidance={"scalars": 0})
         events.Reload()
-        if "loss/val" in events.Tags()["scalars"]:
-            bands.append({tag: events.Scalars(tag) for tag in ("loss/val", "loss/val/min", "loss/val/max")})
-    (band,) = [b for b in bands if b["loss/val"][-1].value == pytest.approx(sum(finals) / 2, rel=1e-6)]
-    assert band["loss/val/min"][-1].value == pytest.approx(min(finals), rel=1e-6)
-    assert band["loss/val/max"][-1].value == pytest.approx(max(finals), rel=1e-6)
-    assert [e.step for e in band["loss/val"]] == [1, 2]  # per epoch, as the runs log it
+        if "seeds/loss/val/mean" in events.Tags()["scalars"]:
+            bands.append({stat: events.Scalars(f"seeds/loss/val/{stat}") for stat in ("mean", "min", "max")})
+    (band,) = [b for b in bands if b["mean"][-1].value == pytest.approx(sum(finals) / 2, rel=1e-6)]
+    assert band["min"][-1].value == pytest.approx(min(finals), rel=1e-6)
+    assert band["max"][-1].value == pytest.approx(max(finals), rel=1e-6)
+    assert [e.step for e in band["mean"]] == [1, 2]  # per epoch, as the runs log it
 
 
 def test_a_run_holds_its_session_and_no_experiment(experiment):
