@@ -26,9 +26,10 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from test_mnist import make_set
 
 from clihelp import gdtrain, write
-from gdtrain import board, compare, runs
+from gdtrain import board, checkpoints, compare, runs
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 MIXED = """\
 experiment: {name: mixed, seed: 0}
@@ -202,6 +203,26 @@ def test_groups_are_no_runs_and_a_resumed_sweep_rewrites_them(experiment, tmp_pa
     assert len(before) == 4 and len(groups()) == 5  # the MNIST run, made after the sweep, has its group now
     after = set((copy / board.GROUPS).rglob("events.out.tfevents.*"))
     assert len(after) == 6 and not after & files  # one file per group and the layout's, each replaced
+
+
+def test_a_sweep_stopped_by_a_signal_writes_the_groups_of_what_finished(tmp_path, monkeypatch):
+    real_save, folders = checkpoints.Checkpoints.save, []
+
+    def save_then_signal(self, state, step):
+        real_save(self, state, step)
+        if self.folder not in folders:
+            folders.append(self.folder)
+            if len(folders) == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the second point's run
+
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", save_then_signal)
+    args = ["sweep", SMOKE, "--grid", "optimizer.lr=0.1,0.01,0.001", "--runs-dir", tmp_path]
+    assert gdtrain(*args).exit_code == 130
+    groups = lambda: [p for p in (tmp_path / "smoke" / board.GROUPS).iterdir() if p.is_dir()]  # noqa: E731
+    assert len(groups()) == 1  # the one finished point; the interrupted one is no result yet
+    monkeypatch.undo()
+    assert gdtrain(*args, "--resume").exit_code == 0
+    assert len(groups()) == 3
 
 
 def test_a_band_is_the_mean_and_range_of_its_seeds(experiment):
