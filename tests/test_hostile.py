@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from gdtrain.cli import app
 from gdtrain.config import Config, check_name, load_config, to_dict
 from gdtrain.errors import UserError
+from gdtrain.runs import run_folders
 from gdtrain.sweep import expand
 from gdtrain.yamlio import dump_yaml
 
@@ -314,4 +315,4 @@ def test_a_sweep_names_runs_by_values_inside_its_runs_folder(tmp_path):
     assert result.exit_code == 0, result.output
     made = [p for p in listing(tmp_path) if p.parts[0] != "exp.yaml"]
     assert made and all(p.parts[0] == "runs" for p in made)
-    assert {p.parts[2].rsplit("-", 2)[0] for p in made if len(p.parts) == 3} == {"weight=1.5--2", "weight=3"}
+    assert {p.name.rsplit("-", 2)[0] for p in run_folders(tmp_path / "runs" / "default")} == {"weight=1.5--2", "weight=3"}
