@@ -300,6 +300,13 @@ def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:
 def summarise(outcome: engine.Outcome, steps: engine.Plan, wall_seconds: float, meta: dict[str, Any]) -> dict[str, Any]:
     """summary.json: status, final and best metrics, counts, times and throughput."""
     fields = asdict(outcome)
+    # samples/s of the epochs after each process's first, which pays its start (engine.Outcome);
+    # a run of one epoch has no other: its rate includes the start, and says so
+    samples = outcome.samples - outcome.first_epoch_samples
+    seconds = outcome.train_seconds - outcome.first_epoch_seconds
+    with_first = samples <= 0 or seconds <= 0
+    if with_first:
+        samples, seconds = outcome.samples, outcome.train_seconds
     return {
         "status": fields.pop("status"),
         "final": fields.pop("final"),
@@ -307,6 +314,7 @@ def summarise(outcome: engine.Outcome, steps: engine.Plan, wall_seconds: float, 
         **fields,
         "batch_size": steps.batch_size,
         "wall_seconds": round(wall_seconds, 3),
-        "samples_per_second": round(outcome.samples / outcome.train_seconds, 1) if outcome.train_seconds else None,
+        "samples_per_second": round(samples / seconds, 1) if seconds > 0 else None,
+        "samples_per_second_with_first_epoch": with_first,
         "environment": meta,
     }
