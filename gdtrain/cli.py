@@ -141,7 +141,7 @@ def run(
         if done is not None:
             typer.echo(f"already finished, skipped: {done}")
             return
-        run_dir, outcome = _interruptible(lambda: recipe.run(cfg, runs_dir, name, quiet), runs_dir)
+        run_dir, outcome = _interruptible(lambda: recipe.run(cfg, runs_dir, name, quiet, say=typer.echo), runs_dir)
     _report(run_dir, outcome, cfg)
 
 
@@ -292,7 +292,7 @@ def resume(
                 pass
         _torchrun(nproc, ["resume", str(run_dir), *(["--quiet"] if quiet else [])])
     with user_errors():
-        outcome = _interruptible(lambda: recipe.resume(run_dir, quiet), run_dir)
+        outcome = _interruptible(lambda: recipe.resume(run_dir, quiet, say=typer.echo), run_dir)
         cfg = _load(run_dir / "config.yaml", None)
     _report(run_dir, outcome, cfg)
 
