@@ -333,12 +333,13 @@ def sweep(
         folder = runs_dir / points[0].config.experiment.name
         typer.echo(f"sweep: {len(points)} runs into {folder}/" + (f", {jobs} at a time" if jobs > 1 else ""))
         counter = iter(range(1, len(points) + 1))
+        labels = {point.name: point.label for point in points}
 
         def report(result: sweeping.Result) -> None:
             shown = ", ".join(f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val"))
             kept = f"checkpoint in {result.run_dir}" if result.status == "interrupted" and result.run_dir else ""
             detail = result.error or kept or shown or result.run_dir or ""
-            typer.echo(f"[{next(counter)}/{len(points)}] {result.name}: {result.status}"
+            typer.echo(f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
                        + (f" ({result.seconds:.1f} s)" if result.seconds else "") + (f"  {detail}" if detail else ""))
 
         results, stopped_by = sweeping.run_sweep(points, runs_dir, jobs, resume, report)

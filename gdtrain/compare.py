@@ -5,7 +5,8 @@ summary.json (finished, diverged, failed, interrupted); without one, or with one
 parse, or without config.yaml, the run is `unfinished` or `corrupt`. Only finished and diverged
 runs are ranked by their figures; the others (interrupted, failed, unfinished, corrupt) are listed
 below them without figures: a run cut short is not a result. Runs whose configs differ only in
-the seed are one configuration, shown as mean ± std over its seeds.
+the seed are one configuration, labelled by gdtrain/names.py (`sgd lr=0.05 mom=0.9`), shown as
+mean ± std over its seeds.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import io
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gdtrain import names
 from gdtrain.errors import UserError
 from gdtrain.runs import RESULTS, RUN_FOLDER, flatten, read_summary
 from gdtrain.runs import status as run_status
 from gdtrain.yamlio import load_yaml
 
-PER_RUN_KEYS = ("experiment.seed", "experiment.run_name")  # differ between seeds of one configuration
 RANKED = RESULTS  # runs whose figures are results; diverging is one
 
 
@@ -134,57 +136,26 @@ class Row:
     ci: tuple[float, float] | None = None  # 95% bootstrap CI of the mean final metric over seeds
 
 
-def _varies(runs: list[Run], key: str) -> bool:
-    return len({json.dumps(run.config[key], default=str) for run in runs if key in run.config}) > 1
-
-
-def _peers(runs: list[Run], run: Run, key: str) -> list[Run]:
-    """The runs that share `run`'s section name for `key` (all runs when the section has no name)."""
-    name_key = key.rsplit(".", 1)[0] + ".name"
-    return [r for r in runs if r.config.get(name_key) == run.config.get(name_key)]
-
-
-def label_keys(runs: list[Run], run: Run, per_run: bool) -> list[str]:
-    """The config keys that tell `run` apart, `*.name` first. Where a section's name differs
-    between runs (sgd, adam), its other keys count only among runs of the same name: sgd's
-    momentum 0 vs 0.9 does, adam's default eps against adagrad's does not."""
-    keys = []
-    for key in run.config:
-        if key in PER_RUN_KEYS:
-            continue
-        if key.endswith(".name"):
-            if _varies(runs, key):
-                keys.append(key)
-        elif _varies(_peers(runs, run, key), key):
-            keys.append(key)
-    if per_run and _varies(runs, "experiment.seed"):
-        keys.append("experiment.seed")
-    return sorted(keys, key=lambda k: not k.endswith(".name"))
-
-
 def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> list[Row]:
     """Rows of finished and diverged runs sorted by the metric, best first, then the other rows
-    without figures; runs that differ only in the seed share a row."""
-    buckets: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        keys = label_keys(runs, run, per_run)
-        label = ", ".join(f"{_key(k)}={_show(run.config[k])}" for k in keys) or run.path.name
-        buckets.setdefault((run.path.name if per_run else label, run.status), []).append(run)
+    without figures; runs that differ only in the seed share a row. Labels: gdtrain/names.py,
+    over these runs (a run without a readable config: its folder's name)."""
+    texts = names.labels([run.config for run in runs], seeds=per_run)
+    if per_run:  # one row per run: where two runs read alike (the same config and seed), their folders tell them apart
+        counts = Counter(texts)
+        texts = [text if counts[text] == 1 else "" for text in texts]
+    buckets: dict[tuple[str, str], tuple[str, list[Run]]] = {}
+    for run, text in zip(runs, texts):
+        text = text or run.path.name
+        buckets.setdefault((str(run.path) if per_run else text, run.status), (text, []))[1].append(run)
     rows = []
-    for (ident, status), members in buckets.items():
-        label = ident if not per_run else ", ".join(
-            f"{_key(k)}={_show(members[0].config[k])}" for k in label_keys(runs, members[0], per_run)) or ident
+    for (_, status), (text, members) in buckets.items():
         shown = [figures(r, metric, target) if status in RANKED else Figures(None, None, None, None) for r in members]
-        rows.append(Row(label, members, shown, status))
+        rows.append(Row(text, members, shown, status))
     sign = 1 if lower_is_better(metric) else -1
     rows.sort(key=lambda row: (row.status not in RANKED, _mean([f.final for f in row.figures]) is None,
                                sign * (_mean([f.final for f in row.figures]) or 0.0)))
     return rows
-
-
-def _key(key: str) -> str:
-    """How a key reads in a label: `optimizer.name`, `lr`, `seed`."""
-    return key if key.endswith(".name") else key.split(".")[-1]
 
 
 def _number(value: Any) -> float | None:

@@ -265,6 +265,6 @@ def test_compare_of_seeded_runs_shows_groups_and_intervals_not_a_bare_ranking(fi
     header = lines[1].split()
     assert header[0] == "group" and "CI" in header
     for label, entry in results["optimizers"].items():  # the reruns (and the chosen trial) pooled per configuration
-        row = next(line for line in lines[2:] if f"name={entry['chosen']['name']}, lr={entry['chosen']['lr']:g}" in line
+        row = next(line for line in lines[2:] if f"  {entry['chosen']['name']} lr={entry['chosen']['lr']:g}  " in line
                    and " 3 " in line)
         assert row.split()[0] == "1"  # 3 seeds each cannot separate them: one group

@@ -29,15 +29,16 @@ def test_grid_runs_the_cross_product_named_by_what_differs(tmp_path):
                      "--runs-dir", tmp_path)
     assert result.exit_code == 0, result.output
     names = sorted(p.name.rsplit("-", 2)[0] for p in run_folders(tmp_path))
-    assert names == ["optimizer.name=adam,lr=0.01", "optimizer.name=adam,lr=0.1",
-                     "optimizer.name=sgd,lr=0.01", "optimizer.name=sgd,lr=0.1"]
+    assert names == ["adam-lr0.01", "adam-lr0.1", "sgd-lr0.01", "sgd-lr0.1"]
+    assert "[1/4] sgd lr=0.1: finished" in result.stdout  # the label, as compare shows it
     assert all(p.parent == tmp_path / "smoke" for p in run_folders(tmp_path))  # one experiment folder
     assert result.stdout.splitlines()[-1].startswith("sweep done: 4 runs: 4 finished, 0 failed")
 
 
 def test_seeds_multiply_the_points_and_set_experiment_seed(tmp_path):
     points = sweep.expand(SMOKE, ["optimizer.lr=0.1,0.01"], 3, [])
-    assert [p.name for p in points][:3] == ["lr=0.1,seed=0", "lr=0.1,seed=1", "lr=0.1,seed=2"]
+    assert [p.name for p in points][:3] == ["adam-lr0.1-s0", "adam-lr0.1-s1", "adam-lr0.1-s2"]
+    assert [p.label for p in points][:3] == ["adam lr=0.1 s0", "adam lr=0.1 s1", "adam lr=0.1 s2"]
     assert [p.config.experiment.seed for p in points] == [0, 1, 2, 0, 1, 2]
     assert {p.config.optimizer.lr for p in points} == {0.1, 0.01}
 
@@ -46,8 +47,9 @@ def test_grid_section_in_yaml_is_a_reproducible_sweep(tmp_path):
     spec = tmp_path / "sweep.yaml"
     spec.write_text(SMOKE.read_text() + "grid:\n  optimizer.name: [sgd, rmsprop]\n  model.hidden_sizes: [[8], [16, 16]]\n")
     points = sweep.expand(spec, [], None, [])
-    assert [p.name for p in points] == ["optimizer.name=sgd,hidden_sizes=8", "optimizer.name=sgd,hidden_sizes=16-16",
-                                        "optimizer.name=rmsprop,hidden_sizes=8", "optimizer.name=rmsprop,hidden_sizes=16-16"]
+    assert [p.name for p in points] == ["sgd-lr0.01-hidden8", "sgd-lr0.01-hidden16,16",
+                                        "rmsprop-lr0.01-hidden8", "rmsprop-lr0.01-hidden16,16"]
+    assert points[1].label == "sgd lr=0.01 hidden=16,16"
     assert points[1].config.model.hidden_sizes == [16, 16]
 
 
@@ -143,7 +145,7 @@ def test_compare_per_run_and_loss_metric_sort_ascending(swept):
     assert len(rows) == 4 and all(r["seeds"] == "1" for r in rows)
     finals = [float(r["final"]) for r in rows]
     assert finals == sorted(finals)
-    assert all("seed=" in r["run"] for r in rows)
+    assert sorted(r["run"] for r in rows) == ["adam lr=0.01 s0", "adam lr=0.01 s1", "sgd lr=0.01 s0", "sgd lr=0.01 s1"]
 
 
 def test_steps_to_target_come_from_the_logged_curve(swept):

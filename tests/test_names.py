@@ -1,0 +1,69 @@
+"""One short name per configuration, the same in the sweep's folders and compare's rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clihelp import write
+from gdtrain import names, runs, sweep
+from gdtrain.config import to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+MIXED = """
+experiment: {name: mixed, seed: 0}
+data: {name: moons, n_samples: 200}
+model: {name: mlp, hidden_sizes: [8]}
+train: {epochs: 2, batch_size: 32, loss: bce}
+grid:
+  optimizer:
+    - {name: sgd, lr: 0.1, momentum: 0.9}
+    - {name: sgd, lr: 0.1, momentum: 0.9, nesterov: true}
+    - {name: adam, lr: 0.001}
+    - {name: adam, lr: 0.001, betas: [0.8, 0.99]}
+    - {name: adamw, lr: 0.001, weight_decay: 0.1}
+  experiment.seed: [0, 1]
+"""
+
+
+def flat(points: list[sweep.Point]) -> list[dict]:
+    return [runs.flatten(to_dict(p.config)) for p in points]
+
+
+def test_a_mixed_grid_is_named_by_what_varies_optimizer_first_lr_always(tmp_path):
+    points = sweep.expand(write(tmp_path, MIXED), [], None, [])
+    assert [p.label for p in points] == [
+        "sgd lr=0.1 s0", "sgd lr=0.1 s1",  # momentum is 0.9 for every sgd point: not said
+        "sgd lr=0.1 nesterov s0", "sgd lr=0.1 nesterov s1",  # a true flag is its bare word
+        "adam lr=0.001 betas=0.9,0.999 s0", "adam lr=0.001 betas=0.9,0.999 s1",
+        "adam lr=0.001 betas=0.8,0.99 s0", "adam lr=0.001 betas=0.8,0.99 s1",
+        "adamw lr=0.001 s0", "adamw lr=0.001 s1",  # one adamw: its weight_decay tells it from no other adamw
+    ]
+    assert [p.name for p in points][::2] == ["sgd-lr0.1-s0", "sgd-lr0.1-nesterov-s0", "adam-lr0.001-betas0.9,0.999-s0",
+                                             "adam-lr0.001-betas0.8,0.99-s0", "adamw-lr0.001-s0"]
+    assert names.labels(flat(points), seeds=False)[::2] == ["sgd lr=0.1", "sgd lr=0.1 nesterov", "adam lr=0.001 betas=0.9,0.999",
+                                                            "adam lr=0.001 betas=0.8,0.99", "adamw lr=0.001"]
+
+
+def test_short_forms_of_varying_settings():
+    base = {"optimizer.name": "sgd", "optimizer.lr": 0.01, "optimizer.momentum": 0.0, "optimizer.weight_decay": 0.0,
+            "train.batch_size": 32, "experiment.seed": 0}
+    configs = [base, base | {"optimizer.momentum": 0.9, "optimizer.weight_decay": 0.0005, "train.batch_size": 64}]
+    assert names.labels(configs) == ["sgd lr=0.01 mom=0 wd=0 batch=32", "sgd lr=0.01 mom=0.9 wd=0.0005 batch=64"]
+    assert names.folders(configs) == ["sgd-lr0.01-mom0-wd0-batch32", "sgd-lr0.01-mom0.9-wd0.0005-batch64"]
+    close = [base, base | {"optimizer.lr": 0.010000001}]  # alike at 6 digits: written out in full
+    assert names.labels(close) == ["sgd lr=0.01", "sgd lr=0.010000001"]
+    assert names.folders([base | {"model.activation": "tanh"}, base | {"model.activation": "relu"}]) == [
+        "sgd-lr0.01-act=tanh", "sgd-lr0.01-act=relu"]  # a word keeps its '=': `acttanh` would not read
+
+
+@pytest.mark.parametrize("spec", SWEEPS, ids=lambda p: p.stem)
+def test_shipped_sweeps_names_fit_tensorboards_sidebar_and_are_unique(spec):
+    points = sweep.expand(spec, [], None, [])
+    rows = set(names.labels(flat(points), seeds=False))
+    assert len({p.name for p in points}) == len(points)
+    assert all(len(p.name) <= 30 for p in points), [p.name for p in points]  # run folders, before their time
+    assert all(len(label) <= 30 for label in rows), rows  # compare's rows, the legends, TensorBoard's groups
