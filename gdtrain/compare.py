@@ -1,8 +1,11 @@
 """Compare runs: read every run folder under a path, tabulate a metric, and plot the curves.
 
-A run folder is one that holds config.yaml, or is named like one. Its status comes from
-summary.json (finished, diverged, failed, interrupted); without one, or with one that does not
-parse, or without config.yaml, the run is `unfinished` or `corrupt`. Only finished and diverged
+A run folder is one that holds config.yaml, or is named like one (`<name>-YYYYmmdd-HHMMSS`);
+folders whose name starts with `_` or `.` (gdtrain's aggregate folders, e.g. `_groups/`) and
+what is inside them are never runs. A folder with a sweep's or study's manifest.json compares
+that sweep's runs; the others in it are set apart (gdtrain/manifest.py). A run's status comes
+from summary.json (finished, diverged, failed, interrupted); without one, or with one that does
+not parse, or without config.yaml, the run is `unfinished` or `corrupt`. Only finished and diverged
 runs are ranked by their figures; the others (interrupted, failed, unfinished, corrupt) are listed
 below them without figures: a run cut short is not a result. Runs whose configs differ only in
 the seed are one configuration, labelled by gdtrain/names.py (`sgd lr=0.05 mom=0.9`), shown as
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gdtrain import names
+from gdtrain import manifest, names
 from gdtrain.errors import UserError
 from gdtrain.runs import RESULTS, RUN_FOLDER, flatten, read_summary
 from gdtrain.runs import status as run_status
@@ -83,10 +86,23 @@ def read_runs(root: Path) -> list[Run]:
         raise UserError(f"{root}: no such folder; give a runs folder, e.g. runs/<experiment>")
     found = {p.parent for p in root.rglob("config.yaml")}
     found |= {p for p in root.rglob("*") if RUN_FOLDER.fullmatch(p.name) and p.is_dir()}
-    runs = [read_run(p) for p in sorted(found)]
+    runs = [read_run(p) for p in sorted(found) if not _aside(p, root)]
     if not runs:
         raise UserError(f"{root}: no run folders in it (a run folder holds config.yaml); runs are in runs/<experiment>/")
     return runs
+
+
+def _aside(path: Path, root: Path) -> bool:
+    """Whether `path` is in or is a folder named `_...` or `.…` below `root`: never a run's (names
+    of runs and experiments start with a letter or digit, config.check_name)."""
+    return any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
+
+
+def members(root: Path, runs: list[Run]) -> tuple[dict[str, Any] | None, list[Run], list[Run]]:
+    """(manifest, its runs, the others) when `root` holds a sweep's or study's manifest.json;
+    (None, runs, []) without one."""
+    data, inside, _ = manifest.split(root, [run.path for run in runs])
+    return data, [run for run in runs if run.path in inside], [run for run in runs if run.path not in inside]
 
 
 def lower_is_better(metric: str) -> bool:

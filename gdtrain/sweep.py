@@ -4,7 +4,7 @@ A grid comes from `--grid key.path=v1,v2` options or from a `grid:` section in t
 (`grid: {optimizer.name: [sgd, adam], optimizer.lr: [0.1, 0.01]}`); `--seeds N` adds the
 seeds base..base+N-1. Every point is validated before the first run starts, and named by what
 tells it apart from the others (gdtrain/names.py: `sgd lr=0.05 mom=0.9 s1`, run folder
-`sgd-lr0.05-mom0.9-s1-<time>`).
+`sgd-lr0.05-mom0.9-s1-<time>`); the sweep's manifest.json lists its runs (gdtrain/manifest.py).
 Runs go one after the other in this process, or N at a time in worker processes (`--jobs N`,
 gdtrain/workers.py), each worker with its share of the CPU threads. A run that diverges or fails
 is recorded and the sweep goes on; a signal stops it: the running points save a checkpoint, no
@@ -26,6 +26,7 @@ from typing import Any
 from gdtrain import names, runs
 from gdtrain.config import Config, apply_overrides, read_config, to_dict, validate
 from gdtrain.errors import UserError
+from gdtrain.manifest import Manifest
 from gdtrain.tasks import Result, Task, attempt
 from gdtrain.workers import Guard, run_parallel
 from gdtrain.yamlio import parse_value
@@ -100,17 +101,24 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
     return section
 
 
-def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool,
-              report: Callable[[Result], None]) -> tuple[list[Result], int | None]:
-    """Run the points `jobs` at a time (with `resume`: skip finished ones, continue interrupted ones)
-    and report each result. Returns every point's result and the signal that stopped the sweep, if any."""
+def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, report: Callable[[Result], None],
+              manifest: Manifest | None = None) -> tuple[list[Result], int | None]:
+    """Run the points `jobs` at a time (with `resume`: skip finished ones, continue interrupted ones),
+    report each result and record its run folder in `manifest`. Returns every point's result and the
+    signal that stopped the sweep, if any."""
     results: list[Result] = []
     tasks = []
+
+    def record(result: Result) -> None:
+        if manifest is not None and result.run_dir is not None:
+            manifest.record(result.run_dir, result.name, runs.status(Path(result.run_dir)))
+
     for point in points:
         before = runs.previous_runs(runs_dir, point.config, point.name) if resume else []
         done = next((run_dir for run_dir, status in before if status in runs.RESULTS), None)
         if done is not None:
             results.append(Result(point.name, "skipped", str(done)))
+            record(results[-1])
             report(results[-1])
             continue
         paused = next((str(run_dir) for run_dir, status in reversed(before) if status == "interrupted"), None)
@@ -122,6 +130,7 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool,
     with guard.installed():
         for result in run_parallel(tasks, jobs, guard) if parallel else _in_turn(tasks, guard):
             results.append(result)
+            record(result)
             if result.status != "not started":
                 report(result)
             if result.status == "interrupted" and guard.signal is None:  # a signal to one run stops the sweep

@@ -314,5 +314,5 @@ def test_a_sweep_names_runs_by_values_inside_its_runs_folder(tmp_path):
     assert result.exit_code == 0, result.output
     made = [p for p in listing(tmp_path) if p.parts[0] != "exp.yaml"]
     assert made and all(p.parts[0] == "runs" for p in made)
-    assert {p.parts[2].rsplit("-", 2)[0] for p in made if len(p.parts) == 3} == {"sgd-lr0.001-weight1.5,-2",
-                                                                                "sgd-lr0.001-weight3"}
+    assert {p.parts[2].rsplit("-", 2)[0] for p in made if len(p.parts) == 3} == {
+        "sgd-lr0.001-weight1.5,-2", "sgd-lr0.001-weight3", "manifest.json"}  # and the sweep's manifest, beside them

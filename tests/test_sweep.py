@@ -97,6 +97,8 @@ def test_resume_skips_finished_runs_and_redoes_unfinished_ones(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.count(": skipped") == 1 and result.stdout.count(": finished") == 1
     assert len(run_folders(tmp_path)) == 3  # the unfinished folder stays, a new run replaces it
+    manifest = json.loads((tmp_path / "smoke" / "manifest.json").read_text())
+    assert sorted(r["status"] for r in manifest["runs"]) == ["finished", "finished"]  # the skipped run is a member
     again = gdtrain(*args, "--resume", "--set", "train.epochs=2")  # another config: nothing to skip
     assert again.stdout.count(": finished") == 2
 
@@ -124,6 +126,45 @@ def swept(tmp_path_factory) -> Path:
     result = gdtrain("sweep", SMOKE, "--grid", "optimizer.name=sgd,adam", "--seeds", "2", "--runs-dir", root)
     assert result.exit_code == 0, result.output
     return root / "smoke"
+
+
+def test_a_sweep_lists_its_runs_and_their_labels_in_its_manifest(swept):
+    manifest = json.loads((swept / "manifest.json").read_text())
+    assert manifest["kind"] == "sweep" and manifest["command"].startswith("gdtrain ")
+    assert [p["label"] for p in manifest["points"]] == ["sgd lr=0.01 s0", "sgd lr=0.01 s1", "adam lr=0.01 s0", "adam lr=0.01 s1"]
+    assert sorted(r["run"] for r in manifest["runs"]) == [p.name for p in run_folders(swept)]
+    assert all(r["run"].startswith(r["point"] + "-") and r["status"] == "finished" for r in manifest["runs"])
+    assert {r["label"] for r in manifest["runs"]} == {p["label"] for p in manifest["points"]}
+
+
+def test_a_stray_run_beside_a_sweep_is_listed_apart_not_pooled(swept, tmp_path):
+    root = tmp_path / "smoke"
+    shutil.copytree(swept, root)
+    adam = next(p for p in run_folders(root) if p.name.startswith("adam-lr0.01-s0-"))
+    stray = root / "adam-lr0.01-20991231-235959"  # `gdtrain run` of the same config, as `make demo` might
+    shutil.copytree(adam, stray)
+    result = gdtrain("compare", root)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[-2].startswith("Not part of the sweep of ") and "(manifest.json)" in lines[-2]
+    assert lines[-1].split() == [stray.name, "finished"]
+    rows = json.loads((machine := gdtrain("compare", root, "--format", "json")).stdout)
+    assert sum(r["seeds"] for r in rows) == 4 and stray.name in machine.stderr
+    everything = json.loads(gdtrain("compare", root, "--all", "--format", "json").stdout)
+    assert sum(r["seeds"] for r in everything) == 5
+
+
+def test_a_run_of_the_sweep_still_training_is_its_own_though_not_listed_yet(swept, tmp_path):
+    root = tmp_path / "smoke"
+    shutil.copytree(swept, root)
+    started = json.loads((root / "manifest.json").read_text())["started"]
+    sgd = next(p for p in run_folders(root) if p.name.startswith("sgd-lr0.01-s1-"))
+    running = root / f"sgd-lr0.01-s1-{started}-1"  # named by a point, made after the sweep started
+    shutil.copytree(sgd, running)
+    (running / "summary.json").unlink()
+    result = gdtrain("compare", root, "--per-run", "--format", "json")
+    assert sorted(r["status"] for r in json.loads(result.stdout)) == ["finished"] * 4 + ["unfinished"]
+    assert "Not part" not in result.stderr
 
 
 def test_compare_pools_seeds_and_sorts_by_the_metric(swept):
@@ -156,7 +197,8 @@ def test_steps_to_target_come_from_the_logged_curve(swept):
 
 
 def test_markdown_table_has_a_header_and_a_row_per_configuration(swept):
-    lines = gdtrain("compare", swept, "--format", "markdown").stdout.splitlines()
+    result = gdtrain("compare", swept, "--format", "markdown")
+    lines = result.stdout.splitlines()
     assert lines[0].startswith("| group | run | optimizer | lr | batch | seeds | final | 95% CI |")  # 2 seeds each: judged
     assert lines[1].startswith("|---|") and len(lines) == 4
     assert " ± " in lines[2]
