@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -31,6 +31,8 @@ from gdtrain.yamlio import dump_yaml
 
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from gdtrain.compare import Run
 
 app = typer.Typer(
     help="Train and compare gradient-descent optimizers from YAML experiment configs.",
@@ -409,6 +411,7 @@ def compare(
 ) -> None:
     """Tabulate the runs under a folder by a metric, best first; optionally plot their curves."""
     from gdtrain import compare as comparing
+    from gdtrain import comparetable
     from gdtrain.manifest import describe
 
     with user_errors():
@@ -434,14 +437,10 @@ def compare(
         rows = comparing.group(runs, metric, target, per_run)
         if not per_run:
             rows = comparing.rank(rows, metric)
-        records = comparing.table(rows)
-        if fmt in (Format.table, Format.markdown):
-            direction = "lower" if comparing.lower_is_better(metric) else "higher"
-            typer.echo(f"{metric}, final value ({direction} is better)" + (
-                "; group 1: no other configuration beats it (P(A beats B) 95% CI above 0.5 and Mann-Whitney "
-                "p < 0.05 over seeds); one group: no detectable difference" if "group" in comparing.columns(records) else ""),
-                err=True)  # stdout stays the table alone, for pipes and markdown files
-        typer.echo(comparing.render(records, fmt.value, target))
+        records = comparetable.table(rows)
+        for line in comparetable.title(records, metric, target):  # stdout stays the table alone but in text
+            typer.echo(line, err=fmt != Format.table)
+        typer.echo(comparetable.render(records, fmt.value, target))
         if others:
             _set_apart(others, manifest, folder, fmt)
         if plot is not None:
@@ -452,7 +451,7 @@ def compare(
             typer.echo(f"plot: {plot}", err=fmt != Format.table)
 
 
-def _set_apart(others: list, manifest: dict, folder: Path, fmt: Format) -> None:
+def _set_apart(others: list[Run], manifest: dict[str, Any], folder: Path, fmt: Format) -> None:
     """The run folders beside a sweep's or study's that its manifest does not list: after the table
     (text and markdown), on stderr for csv and json."""
     from gdtrain.manifest import describe

@@ -1,14 +1,17 @@
-"""One short name per configuration, the same in the sweep's folders and compare's rows."""
+"""One short name per configuration, the same in the sweep's folders and compare's rows;
+the compare table fits 100 columns. The run folders here are written by hand: nothing trains."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from clihelp import write
+from clihelp import gdtrain, write
 from gdtrain import names, runs, sweep
 from gdtrain.config import to_dict
+from gdtrain.yamlio import dump_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -67,3 +70,48 @@ def test_shipped_sweeps_names_fit_tensorboards_sidebar_and_are_unique(spec):
     assert len({p.name for p in points}) == len(points)
     assert all(len(p.name) <= 30 for p in points), [p.name for p in points]  # run folders, before their time
     assert all(len(label) <= 30 for label in rows), rows  # compare's rows, the legends, TensorBoard's groups
+
+
+def fake_run(folder: Path, point: sweep.Point, accuracy: float, samples_per_second: float, stamp: str) -> Path:
+    """A finished run of `point` as a sweep leaves it, written by hand."""
+    run_dir = folder / f"{point.name}-{stamp}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(to_dict(point.config)))
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": 25 * e, "epoch": e, "loss/train": 0.5 / e, "accuracy/val": accuracy - 0.01 * (3 - e)}) + "\n"
+        for e in (1, 2, 3)))
+    runs.write_summary(run_dir, {"status": "finished", "final": {"accuracy/val": accuracy}, "batch_size": 32,
+                                 "wall_seconds": 2.0, "samples_per_second": samples_per_second,
+                                 "samples_per_second_with_first_epoch": False})
+    return run_dir
+
+
+@pytest.fixture
+def shipped(tmp_path) -> tuple[Path, list[sweep.Point]]:
+    """The shipped seven-optimizer sweep (21 runs) as finished run folders with made-up figures."""
+    points = sweep.expand(ROOT / "sweeps" / "synthetic_optimizers.yaml", [], None, [])
+    folder = tmp_path / "synthetic_optimizers"
+    for k, point in enumerate(points):
+        fake_run(folder, point, 0.9 + 0.004 * (k // 3) + 0.001 * (k % 3), 12345.6 + k, f"20261125-1200{k:02d}")
+    return folder, points
+
+
+def test_compare_of_the_shipped_sweep_fits_100_columns_and_names_its_metric(shipped):
+    folder, points = shipped
+    result = gdtrain("compare", folder, "--target", "0.95")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 100, "\n" + result.stdout
+    assert lines[0].startswith("accuracy/val (higher is better)")
+    header = next(line for line in lines if "  final  " in line)
+    assert "optimizer" not in header and " lr " not in header  # the label says them
+    assert "batch" not in header and "status" not in header and "batch 32, 3 seeds, finished." in result.stdout
+    start = header.index("run")  # group 1 for every row (3 seeds cannot separate them): said above, no column
+    shown = {line[start:].split("  ")[0] for line in lines[lines.index(header) + 1:]}
+    assert shown == set(names.labels(flat(points), seeds=False))  # the sweep's labels, without the seed
+
+
+def test_compare_rows_and_the_sweeps_labels_agree(shipped):
+    folder, points = shipped
+    rows = json.loads(gdtrain("compare", folder, "--per-run", "--format", "json").stdout)
+    assert sorted(r["run"] for r in rows) == sorted(p.label for p in points)
