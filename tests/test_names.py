@@ -1,5 +1,5 @@
-"""One short name per configuration, the same in the sweep's folders and compare's rows;
-the compare table fits 100 columns. The run folders here are written by hand: nothing trains."""
+"""One short name per configuration, the same in the sweep's folders, compare's rows and the plot's
+colours; the compare table fits 100 columns. The run folders here are written by hand: nothing trains."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain, write
-from gdtrain import names, runs, sweep
+from gdtrain import compare, names, runs, sweep
 from gdtrain.config import to_dict
 from gdtrain.yamlio import dump_yaml
 
@@ -115,3 +115,30 @@ def test_compare_rows_and_the_sweeps_labels_agree(shipped):
     folder, points = shipped
     rows = json.loads(gdtrain("compare", folder, "--per-run", "--format", "json").stdout)
     assert sorted(r["run"] for r in rows) == sorted(p.label for p in points)
+
+
+def test_plot_colours_follow_the_optimizer_and_shade_by_lr(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import rgb_to_hsv
+
+    from gdtrain.curveplot import row_colours
+
+    spec = write(tmp_path, MIXED.split("grid:")[0] + "grid:\n  optimizer.name: [sgd, adam, rmsprop]\n"
+                 "  optimizer.lr: [0.1, 0.01, 0.001]\n")
+    points = sweep.expand(spec, [], None, [])
+    for k, point in enumerate(points):
+        fake_run(tmp_path / "mixed", point, 0.9, 1000.0, f"20261125-1200{k:02d}")
+    rows = compare.group(compare.read_runs(tmp_path / "mixed"), "accuracy/val", None, per_run=False)
+    colours = dict(zip([row.label for row in rows], row_colours(rows)))
+    hue = {label: rgb_to_hsv(c[:3])[0] for label, c in colours.items()}  # 0-1, a circle: red is at both ends
+    value = {label: rgb_to_hsv(c[:3])[2] for label, c in colours.items()}
+
+    def apart(a: float, b: float) -> float:
+        return min(abs(a - b), 1 - abs(a - b))
+
+    for name in ("sgd", "adam", "rmsprop"):
+        mine = [hue[f"{name} lr={lr}"] for lr in ("0.1", "0.01", "0.001")]
+        assert max(apart(a, b) for a in mine for b in mine) < 0.08, (name, mine)  # one hue per optimizer
+        assert value[f"{name} lr=0.001"] > value[f"{name} lr=0.01"] > value[f"{name} lr=0.1"]  # lighter for smaller lr
+    assert min(apart(hue[f"{a} lr=0.01"], hue[f"{b} lr=0.01"]) for a, b in
+               (("sgd", "adam"), ("sgd", "rmsprop"), ("adam", "rmsprop"))) > 0.1  # optimizers apart
