@@ -91,8 +91,8 @@ def read_runs(root: Path) -> list[Run]:
 
 
 def _aside(path: Path, root: Path) -> bool:
-    """Whether `path` is in or is a folder named `_...` or `.…` below `root`: never a run's (names
-    of runs and experiments start with a letter or digit, config.check_name)."""
+    """Whether `path` is, or is inside, a folder below `root` whose name starts with `_` or `.`:
+    never a run's (names of runs and experiments start with a letter or digit, config.check_name)."""
     return any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
 
 
