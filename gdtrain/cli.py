@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -31,6 +31,8 @@ from gdtrain.yamlio import dump_yaml
 
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from gdtrain.compare import Run
 
 app = typer.Typer(
     help="Train and compare gradient-descent optimizers from YAML experiment configs.",
@@ -141,7 +143,7 @@ def run(
         if done is not None:
             typer.echo(f"already finished, skipped: {done}")
             return
-        run_dir, outcome = _interruptible(lambda: recipe.run(cfg, runs_dir, name, quiet), runs_dir)
+        run_dir, outcome = _interruptible(lambda: recipe.run(cfg, runs_dir, name, quiet, say=typer.echo), runs_dir)
     _report(run_dir, outcome, cfg)
 
 
@@ -292,7 +294,7 @@ def resume(
                 pass
         _torchrun(nproc, ["resume", str(run_dir), *(["--quiet"] if quiet else [])])
     with user_errors():
-        outcome = _interruptible(lambda: recipe.resume(run_dir, quiet), run_dir)
+        outcome = _interruptible(lambda: recipe.resume(run_dir, quiet, say=typer.echo), run_dir)
         cfg = _load(run_dir / "config.yaml", None)
     _report(run_dir, outcome, cfg)
 
@@ -327,21 +329,25 @@ def sweep(
 ) -> None:
     """Run a grid of configs (from --grid and the config's grid: section) into one experiment folder."""
     from gdtrain import sweep as sweeping
+    from gdtrain.manifest import Manifest
 
     with user_errors():
         points = sweeping.expand(config, grid or [], seeds, overrides or [])
         folder = runs_dir / points[0].config.experiment.name
+        manifest = Manifest(folder, "sweep")
+        manifest.plan([(point.name, point.label) for point in points])
         typer.echo(f"sweep: {len(points)} runs into {folder}/" + (f", {jobs} at a time" if jobs > 1 else ""))
         counter = iter(range(1, len(points) + 1))
+        labels = {point.name: point.label for point in points}
 
         def report(result: sweeping.Result) -> None:
             shown = ", ".join(f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val"))
             kept = f"checkpoint in {result.run_dir}" if result.status == "interrupted" and result.run_dir else ""
             detail = result.error or kept or shown or result.run_dir or ""
-            typer.echo(f"[{next(counter)}/{len(points)}] {result.name}: {result.status}"
+            typer.echo(f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
                        + (f" ({result.seconds:.1f} s)" if result.seconds else "") + (f"  {detail}" if detail else ""))
 
-        results, stopped_by = sweeping.run_sweep(points, runs_dir, jobs, resume, report)
+        results, stopped_by = sweeping.run_sweep(points, runs_dir, jobs, resume, report, manifest)
     counts = Counter(result.status for result in results)
     again = _sweep_again(config, grid or [], seeds, jobs, overrides or [], runs_dir)
     if stopped_by is not None:
@@ -401,9 +407,12 @@ def compare(
     per_run: Annotated[bool, typer.Option("--per-run", help="One row per run instead of one per configuration (mean ± std over seeds).")] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f", case_sensitive=False, help="Output format.")] = Format.table,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG of the loss and metric curves, overlaid (needs matplotlib).")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every run folder, also those a sweep's or study's manifest.json does not list.")] = False,
 ) -> None:
     """Tabulate the runs under a folder by a metric, best first; optionally plot their curves."""
     from gdtrain import compare as comparing
+    from gdtrain import comparetable
+    from gdtrain.manifest import describe
 
     with user_errors():
         if plot is not None:
@@ -411,6 +420,12 @@ def compare(
 
             require_matplotlib("--plot")
         runs = comparing.read_runs(folder)
+        manifest, others = None, []
+        if not everything:
+            manifest, runs, others = comparing.members(folder, runs)
+            if manifest is not None and not runs:
+                raise UserError(f"{folder}: none of its run folders is part of {describe(manifest)} yet; "
+                                f"--all compares every run folder in it")
         metric = metric or comparing.default_metric(runs)
         logged = {tag for run in runs for row in run.rows for tag in row} - {"step", "epoch"}
         if metric not in logged:
@@ -422,20 +437,31 @@ def compare(
         rows = comparing.group(runs, metric, target, per_run)
         if not per_run:
             rows = comparing.rank(rows, metric)
-        records = comparing.table(rows)
-        if fmt in (Format.table, Format.markdown):
-            direction = "lower" if comparing.lower_is_better(metric) else "higher"
-            typer.echo(f"{metric}, final value ({direction} is better)" + (
-                "; group 1: no other configuration beats it (P(A beats B) 95% CI above 0.5 and Mann-Whitney "
-                "p < 0.05 over seeds); one group: no detectable difference" if "group" in comparing.columns(records) else ""),
-                err=True)  # stdout stays the table alone, for pipes and markdown files
-        typer.echo(comparing.render(records, fmt.value, target))
+        records = comparetable.table(rows)
+        for line in comparetable.title(records, metric, target):  # stdout stays the table alone but in text
+            typer.echo(line, err=fmt != Format.table)
+        typer.echo(comparetable.render(records, fmt.value, target))
+        if others:
+            _set_apart(others, manifest, folder, fmt)
         if plot is not None:
             from gdtrain.curveplot import plot as draw
 
             ranked = [row for row in rows if row.status in comparing.RANKED]  # the others have no figures
             draw(ranked, metric, f"{folder}: {len(ranked)} configurations, {sum(len(r.runs) for r in ranked)} runs", plot)
             typer.echo(f"plot: {plot}", err=fmt != Format.table)
+
+
+def _set_apart(others: list[Run], manifest: dict[str, Any], folder: Path, fmt: Format) -> None:
+    """The run folders beside a sweep's or study's that its manifest does not list: after the table
+    (text and markdown), on stderr for csv and json."""
+    from gdtrain.manifest import describe
+
+    machine = fmt in (Format.csv, Format.json)
+    if not machine:
+        typer.echo("")
+    typer.echo(f"Not part of {describe(manifest)}, so not in the table; --all includes them:", err=machine)
+    for run in others:
+        typer.echo(f"{'- ' if fmt == Format.markdown else '  '}{run.path.relative_to(folder)}  {run.status}", err=machine)
 
 
 @app.command()

@@ -1,30 +1,33 @@
-"""Compare runs: read every run folder under a path, tabulate a metric, and plot the curves.
+"""Compare runs: read every run folder under a path and group them into rows by configuration.
 
-A run folder is one that holds config.yaml, or is named like one. Its status comes from
-summary.json (finished, diverged, failed, interrupted); without one, or with one that does not
-parse, or without config.yaml, the run is `unfinished` or `corrupt`. Only finished and diverged
-runs are ranked by their figures; the others (interrupted, failed, unfinished, corrupt) are listed
-below them without figures: a run cut short is not a result. Runs whose configs differ only in
-the seed are one configuration, shown as mean ± std over its seeds.
+A run folder is one that holds config.yaml, or is named like one (`<name>-YYYYmmdd-HHMMSS`);
+folders whose name starts with `_` or `.` (gdtrain's aggregate folders, e.g. `_groups/`) and
+what is inside them are never runs. A folder with a sweep's or study's manifest.json compares
+that sweep's runs; the others in it are set apart (gdtrain/manifest.py). A run's status comes
+from summary.json (finished, diverged, failed, interrupted); without one, or with one that does
+not parse, or without config.yaml, the run is `unfinished` or `corrupt`. Only finished and
+diverged runs are ranked by their figures; the others are listed below them without figures: a
+run cut short is not a result. Runs whose configs differ only in the seed are one configuration,
+labelled by gdtrain/names.py (`sgd lr=0.05 mom=0.9`), shown as mean ± std over its seeds.
+gdtrain/comparetable.py renders the rows.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gdtrain import manifest, names
 from gdtrain.errors import UserError
 from gdtrain.runs import RESULTS, RUN_FOLDER, flatten, read_summary
 from gdtrain.runs import status as run_status
 from gdtrain.yamlio import load_yaml
 
-PER_RUN_KEYS = ("experiment.seed", "experiment.run_name")  # differ between seeds of one configuration
 RANKED = RESULTS  # runs whose figures are results; diverging is one
 
 
@@ -40,7 +43,7 @@ class Run:
 
     def curve(self, tag: str) -> list[tuple[int, int, float]]:
         """(step, epoch, value) for every logged point of `tag`."""
-        return [(r["step"], r["epoch"], v) for r in self.rows if (v := _number(r.get(tag))) is not None]
+        return [(r["step"], r["epoch"], v) for r in self.rows if (v := number(r.get(tag))) is not None]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -81,10 +84,23 @@ def read_runs(root: Path) -> list[Run]:
         raise UserError(f"{root}: no such folder; give a runs folder, e.g. runs/<experiment>")
     found = {p.parent for p in root.rglob("config.yaml")}
     found |= {p for p in root.rglob("*") if RUN_FOLDER.fullmatch(p.name) and p.is_dir()}
-    runs = [read_run(p) for p in sorted(found)]
+    runs = [read_run(p) for p in sorted(found) if not _aside(p, root)]
     if not runs:
         raise UserError(f"{root}: no run folders in it (a run folder holds config.yaml); runs are in runs/<experiment>/")
     return runs
+
+
+def _aside(path: Path, root: Path) -> bool:
+    """Whether `path` is, or is inside, a folder below `root` whose name starts with `_` or `.`:
+    never a run's (names of runs and experiments start with a letter or digit, config.check_name)."""
+    return any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
+
+
+def members(root: Path, runs: list[Run]) -> tuple[dict[str, Any] | None, list[Run], list[Run]]:
+    """(manifest, its runs, the others) when `root` holds a sweep's or study's manifest.json;
+    (None, runs, []) without one."""
+    data, inside, _ = manifest.split(root, [run.path for run in runs])
+    return data, [run for run in runs if run.path in inside], [run for run in runs if run.path not in inside]
 
 
 def lower_is_better(metric: str) -> bool:
@@ -134,60 +150,29 @@ class Row:
     ci: tuple[float, float] | None = None  # 95% bootstrap CI of the mean final metric over seeds
 
 
-def _varies(runs: list[Run], key: str) -> bool:
-    return len({json.dumps(run.config[key], default=str) for run in runs if key in run.config}) > 1
-
-
-def _peers(runs: list[Run], run: Run, key: str) -> list[Run]:
-    """The runs that share `run`'s section name for `key` (all runs when the section has no name)."""
-    name_key = key.rsplit(".", 1)[0] + ".name"
-    return [r for r in runs if r.config.get(name_key) == run.config.get(name_key)]
-
-
-def label_keys(runs: list[Run], run: Run, per_run: bool) -> list[str]:
-    """The config keys that tell `run` apart, `*.name` first. Where a section's name differs
-    between runs (sgd, adam), its other keys count only among runs of the same name: sgd's
-    momentum 0 vs 0.9 does, adam's default eps against adagrad's does not."""
-    keys = []
-    for key in run.config:
-        if key in PER_RUN_KEYS:
-            continue
-        if key.endswith(".name"):
-            if _varies(runs, key):
-                keys.append(key)
-        elif _varies(_peers(runs, run, key), key):
-            keys.append(key)
-    if per_run and _varies(runs, "experiment.seed"):
-        keys.append("experiment.seed")
-    return sorted(keys, key=lambda k: not k.endswith(".name"))
-
-
 def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> list[Row]:
     """Rows of finished and diverged runs sorted by the metric, best first, then the other rows
-    without figures; runs that differ only in the seed share a row."""
-    buckets: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        keys = label_keys(runs, run, per_run)
-        label = ", ".join(f"{_key(k)}={_show(run.config[k])}" for k in keys) or run.path.name
-        buckets.setdefault((run.path.name if per_run else label, run.status), []).append(run)
+    without figures; runs that differ only in the seed share a row. Labels: gdtrain/names.py,
+    over these runs (a run without a readable config: its folder's name)."""
+    texts = names.labels([run.config for run in runs], seeds=per_run)
+    if per_run:  # one row per run: where two runs read alike (the same config and seed), their folders tell them apart
+        counts = Counter(texts)
+        texts = [text if counts[text] == 1 else "" for text in texts]
+    buckets: dict[tuple[str, str], tuple[str, list[Run]]] = {}
+    for run, text in zip(runs, texts):
+        text = text or run.path.name
+        buckets.setdefault((str(run.path) if per_run else text, run.status), (text, []))[1].append(run)
     rows = []
-    for (ident, status), members in buckets.items():
-        label = ident if not per_run else ", ".join(
-            f"{_key(k)}={_show(members[0].config[k])}" for k in label_keys(runs, members[0], per_run)) or ident
+    for (_, status), (text, members) in buckets.items():
         shown = [figures(r, metric, target) if status in RANKED else Figures(None, None, None, None) for r in members]
-        rows.append(Row(label, members, shown, status))
+        rows.append(Row(text, members, shown, status))
     sign = 1 if lower_is_better(metric) else -1
     rows.sort(key=lambda row: (row.status not in RANKED, _mean([f.final for f in row.figures]) is None,
                                sign * (_mean([f.final for f in row.figures]) or 0.0)))
     return rows
 
 
-def _key(key: str) -> str:
-    """How a key reads in a label: `optimizer.name`, `lr`, `seed`."""
-    return key if key.endswith(".name") else key.split(".")[-1]
-
-
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     """A logged or summary figure as a float; None for what a foreign or hand-edited file may hold
     instead (a string, a bool, a JSON integer too big for a float)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -198,28 +183,9 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _show(value: Any) -> str:
-    return format(value, "g") if isinstance(value, float) else str(value)
-
-
 def _mean(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.fmean(known) if known else None
-
-
-def _stat(values: list[Any], digits: int = 4) -> str:
-    """`0.9712 ± 0.0021` over seeds, `0.9712` for one, `-` for none."""
-    known = [v for v in values if v is not None]
-    if not known:
-        return "-"
-    if len(known) == 1:
-        return f"{known[0]:.{digits}g}"
-    return f"{statistics.fmean(known):.{digits}g} ± {statistics.stdev(known):.2g}"
-
-
-COLUMNS = ("run", "optimizer", "lr", "batch", "seeds", "final", "best", "best epoch", "steps to target",
-           "wall s", "samples/s", "status")
-STATS = ("final", "best", "best epoch", "steps to target", "wall s", "samples/s")  # a value per seed
 
 
 def rank(rows: list[Row], metric: str) -> list[Row]:
@@ -244,90 +210,3 @@ def rank(rows: list[Row], metric: str) -> list[Row]:
 
 def _known(row: Row) -> list[float]:
     return [f.final for f in row.figures if f.final is not None]
-
-
-def table(rows: list[Row]) -> list[dict[str, Any]]:
-    """One record per row with COLUMNS for keys; the STATS columns hold one value per run (None: none)."""
-    records = []
-    for row in rows:
-        first = row.runs[0].config
-        timed = [r.summary if row.status in RANKED else {} for r in row.runs]  # a cut-short run's times are no result
-        records.append({
-            "run": row.label,
-            "optimizer": first.get("optimizer.name"),
-            "lr": first.get("optimizer.lr"),
-            "batch": row.runs[0].summary.get("batch_size", first.get("train.batch_size")),
-            "seeds": len(row.runs),
-            "final": [f.final for f in row.figures],
-            "best": [f.best for f in row.figures],
-            "best epoch": [f.best_epoch for f in row.figures],
-            "steps to target": [f.steps_to_target for f in row.figures],
-            "wall s": [_number(summary.get("wall_seconds")) for summary in timed],
-            "samples/s": [_number(summary.get("samples_per_second")) for summary in timed],
-            "status": row.status,
-            "group": row.group,
-            "95% CI": row.ci,
-        })
-    return records
-
-
-def columns(records: list[dict[str, Any]]) -> list[str]:
-    """COLUMNS, with `group` first and `95% CI` after `final` when rank() compared seeds."""
-    if not any(r["group"] is not None for r in records):
-        return list(COLUMNS)
-    shown = ["group", *COLUMNS]
-    shown.insert(shown.index("final") + 1, "95% CI")
-    return shown
-
-
-def _cell(record: dict[str, Any], column: str, target: float | None) -> str:
-    value = record[column]
-    if column == "95% CI":
-        return "-" if value is None else f"{value[0]:.4g}-{value[1]:.4g}"
-    if column == "steps to target":
-        hits = [v for v in value if v is not None]
-        if target is None:
-            return "-"
-        return "never" if not hits else f"{statistics.fmean(hits):.0f}" + (f" ({len(hits)}/{len(value)})" if len(value) > 1 else "")
-    if column == "samples/s":
-        known = [v for v in value if v is not None]
-        return "-" if not known else f"{statistics.fmean(known):,.0f}"
-    if column in STATS:
-        return _stat(value, 3 if column in ("best epoch", "wall s") else 4)
-    return "-" if value is None else _show(value)
-
-
-def _numbers(record: dict[str, Any]) -> dict[str, Any]:
-    """For csv and json: each STATS column as its mean, plus `<column> std` when there are seeds."""
-    flat: dict[str, Any] = {}
-    for column in (*COLUMNS, "group", "95% CI"):
-        value = record[column]
-        if column not in STATS:
-            flat[column] = value
-            continue
-        known = [v for v in value if v is not None]
-        flat[column] = statistics.fmean(known) if known else None
-        flat[f"{column} std"] = statistics.stdev(known) if len(known) > 1 else None
-    flat["reached target"] = sum(v is not None for v in record["steps to target"])
-    return flat
-
-
-def render(records: list[dict[str, Any]], fmt: str, target: float | None) -> str:
-    """The table as aligned text, markdown, csv or json."""
-    if fmt in ("json", "csv"):
-        flat = [_numbers(r) for r in records]
-        if fmt == "json":
-            return json.dumps(flat, indent=2)
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(flat[0]) if flat else list(COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(flat)
-        return out.getvalue().rstrip("\n")
-    shown = columns(records)
-    cells = [shown] + [[_cell(r, c, target) for c in shown] for r in records]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(row) + " |" for row in cells]
-        lines.insert(1, "|" + "|".join("---" for _ in shown) + "|")
-        return "\n".join(lines)
-    widths = [max(len(row[i]) for row in cells) for i in range(len(shown))]
-    return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,14 +113,18 @@ def subtitle(label: str, config: Config, steps: int) -> str:
     return f"{label}, {steps} steps from ({start}){schedule}"
 
 
-def run_function(config: Config, runs_dir: Path, run_name: str | None = None, label: str | None = None) -> Descent:
-    """Minimise the configured test function into a new run folder with path.png; never raises on divergence."""
+def run_function(config: Config, runs_dir: Path, run_name: str | None = None, label: str | None = None,
+                 say: Callable[[str], None] | None = None) -> Descent:
+    """Minimise the configured test function into a new run folder with path.png; never raises on
+    divergence. `say` is told the folder as soon as it exists."""
     plotting.require_matplotlib("drawing optimizer paths")
     device = resolve_device(config.train.device)
     seed_everything(config.experiment.seed)
     objective, label = FUNCTIONS[config.data.function], label or config.optimizer.name
     meta = runs.provenance(device, config.experiment.seed) | {"optimizer_kernel": implementation(config.optimizer, device)}
     run_dir, lock = runs.create_run(runs_dir, config, runs.run_name(config, run_name), meta)
+    if say is not None:
+        say(f"run folder: {run_dir}   (tensorboard --logdir {run_dir.parent})")
     with lock:  # the folder is this process's until its summary is written
         try:
             return _record(objective, label, config, device, run_dir, meta)

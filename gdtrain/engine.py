@@ -80,6 +80,10 @@ class Outcome:
     steps: int = 0  # optimizer steps taken
     samples: int = 0  # training samples seen
     train_seconds: float = 0.0  # time in training steps, validation excluded
+    # The first epoch each process trains pays its start (lazy initialisation, kernel choice, the
+    # allocator's growth): samples/s in summary.json leaves these out when later epochs exist.
+    first_epoch_seconds: float = 0.0
+    first_epoch_samples: int = 0
     stopped_early: bool = False
     diverged_at_step: int | None = None
     signal: int | None = None  # the signal that interrupted the run
@@ -270,12 +274,13 @@ def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoi
     at = progress or Progress()
     outcome, stop = at.outcome, stop or Stop()
     best: dict[str, Any] | None = None  # weights of the lowest val loss, not yet in best.pt
+    at_start = at.epoch
 
     for epoch in range(at.epoch, steps.epochs + 1):
         model.train()
         bar = _bar(parts, at, epoch, quiet)
         started = epoch_started = time.perf_counter()
-        seen_before = at.seen
+        seen_before, seconds_before = at.seen, outcome.train_seconds
         for xb, yb in _batches(parts, at, epoch):
             n = len(xb)  # the global batch; with several processes this rank takes its shard
             if world.size > 1:
@@ -330,6 +335,9 @@ def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoi
             break
         outcome.samples += at.seen
         outcome.epochs = epoch
+        if epoch == at_start:  # this process's first epoch
+            outcome.first_epoch_seconds += outcome.train_seconds - seconds_before
+            outcome.first_epoch_samples += at.seen - seen_before
 
         values = _metrics(model, data.x_val, data.y_val, "val", settings, world)
         if not math.isfinite(values["loss/val"]):

@@ -38,6 +38,25 @@ def colour(i: int) -> Any:
     return f"C{i % 10}"
 
 
+HUES = {"sgd": "Blues", "adagrad": "Greens", "rmsprop": "Purples", "adam": "Reds", "adamw": "RdPu"}
+SPARE_HUES = ("Greys", "Oranges", "YlGn", "BuPu", "GnBu")  # for other families, in order of appearance
+
+
+def shades(families: list[str], order: list[Any]) -> list[Any]:
+    """One colour per row: a matplotlib colormap per family (the optimizer's name: sgd is always
+    blue, adam red), and within a family a shade per row, lighter to darker by `order` (e.g. lr)."""
+    from matplotlib import colormaps
+
+    spare = iter(SPARE_HUES * (len(families) // len(SPARE_HUES) + 1))
+    hues = {family: HUES.get(family) or next(spare) for family in dict.fromkeys(families)}
+    colours: list[Any] = [None] * len(families)
+    for family, hue in hues.items():
+        rows = sorted((i for i, f in enumerate(families) if f == family), key=lambda i: order[i])
+        for k, i in enumerate(rows):  # 0.45-0.95 of the map: its lightest shades barely show on white
+            colours[i] = colormaps[hue](0.7 if len(rows) == 1 else 0.45 + 0.5 * k / (len(rows) - 1))
+    return colours
+
+
 def save(fig: Any, path: Path, fix: str) -> None:
     """Write the figure as a PNG; a folder that cannot take it is a UserError ending with `fix`."""
     try:

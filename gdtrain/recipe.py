@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -78,11 +78,13 @@ def compiled(model: nn.Module, data: Dataset, config: Config, batch_size: int) -
         return model
 
 
-def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool = False) -> tuple[Path, engine.Outcome]:
-    """Train the configured experiment into a new run folder; return the folder and the outcome."""
+def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool = False,
+        say: Callable[[str], None] | None = None) -> tuple[Path, engine.Outcome]:
+    """Train the configured experiment into a new run folder; return the folder and the outcome.
+    `say` (rank 0's) is told the folder as soon as it exists."""
     name = runs.run_name(config, run_name)
     if isinstance(config.data, FunctionData):  # no data or model: x itself descends f (gdtrain/descent.py)
-        done = descent.run_function(config, runs_dir, name)
+        done = descent.run_function(config, runs_dir, name, say=say)
         return done.run_dir, done.outcome
     parts = build(config)
     meta = _meta(config, parts)
@@ -91,6 +93,8 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
     with distributed.together(parts.world):  # a folder rank 0 cannot make stops every rank
         if parts.world.main:
             run_dir, owned = runs.create_run(runs_dir, config, name, meta)
+            if say is not None:
+                say(f"run folder: {run_dir}   (tensorboard --logdir {run_dir.parent})")
     with owned:  # the folder is this process's from its first file to its last
         with distributed.together(parts.world):
             if parts.world.main:
@@ -100,8 +104,9 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
         return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
 
 
-def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
-    """Continue a run from its newest checkpoint, into the same folder, as if it had never stopped."""
+def resume(run_dir: Path, quiet: bool = False, say: Callable[[str], None] | None = None) -> engine.Outcome:
+    """Continue a run from its newest checkpoint, into the same folder, as if it had never stopped;
+    `say` (rank 0's) is told where it continues."""
     config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if config is None:
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run>")
@@ -111,7 +116,7 @@ def resume(run_dir: Path, quiet: bool = False) -> engine.Outcome:
     if isinstance(config.data, FunctionData):
         raise UserError(f"{run_dir}: function runs keep no checkpoints; run again: gdtrain run {run_dir / 'config.yaml'}")
     with own(run_dir):  # before reading a checkpoint: an owner could be replacing it
-        return _continue(run_dir, config, quiet)
+        return _continue(run_dir, config, quiet, say)
 
 
 def own(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
@@ -125,7 +130,7 @@ def own(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
         raise UserError(f"{run_dir}: cannot write in it ({err.strerror or err})") from None
 
 
-def _continue(run_dir: Path, config: Config, quiet: bool) -> engine.Outcome:
+def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], None] | None = None) -> engine.Outcome:
     """resume() once the folder is this process's: restore the newest checkpoint and train on."""
     resolved = to_dict(config)
     latest = Checkpoints(run_dir, config.train.keep_last, resolved).latest()
@@ -148,6 +153,10 @@ def _continue(run_dir: Path, config: Config, quiet: bool) -> engine.Outcome:
                         f"(gdtrain resume --nproc {saved_by}), not {world.size}")
     checkpoints.restore_rng(rng[world.rank] if world.size > 1 else rng, parts.order)
     progress = engine.Progress.from_state(state["progress"], parts.device)
+    if say is not None and world.main:
+        within = f", its step {progress.step_in_epoch}" if progress.step_in_epoch else " from its start"
+        say(f"resuming {run_dir} at epoch {progress.epoch}/{parts.steps.epochs}{within}, step "
+            f"{progress.outcome.steps} overall (checkpoint {latest.name})")
     meta = _meta(config, parts) | {"resumed_from": str(latest)}
     tracker: Tracker | NullTracker = NullTracker()
     with distributed.together(world):
@@ -302,6 +311,13 @@ def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:
 def summarise(outcome: engine.Outcome, steps: engine.Plan, wall_seconds: float, meta: dict[str, Any]) -> dict[str, Any]:
     """summary.json: status, final and best metrics, counts, times and throughput."""
     fields = asdict(outcome)
+    # samples/s of the epochs after each process's first, which pays its start (engine.Outcome);
+    # a run of one epoch has no other: its rate includes the start, and says so
+    samples = outcome.samples - outcome.first_epoch_samples
+    seconds = outcome.train_seconds - outcome.first_epoch_seconds
+    with_first = samples <= 0 or seconds <= 0
+    if with_first:
+        samples, seconds = outcome.samples, outcome.train_seconds
     return {
         "status": fields.pop("status"),
         "final": fields.pop("final"),
@@ -309,6 +325,7 @@ def summarise(outcome: engine.Outcome, steps: engine.Plan, wall_seconds: float, 
         **fields,
         "batch_size": steps.batch_size,
         "wall_seconds": round(wall_seconds, 3),
-        "samples_per_second": round(outcome.samples / outcome.train_seconds, 1) if outcome.train_seconds else None,
+        "samples_per_second": round(samples / seconds, 1) if seconds > 0 else None,
+        "samples_per_second_with_first_epoch": with_first,
         "environment": meta,
     }

@@ -8,7 +8,7 @@ budget for all of them (that is the fairness, after Sivaprasad et al. 2020). `gd
 3. reruns that setting on `seeds` fresh seeds (study.seed + 1, ...: disjoint from the tuning seed);
 4. states the verdict from the reruns' `report` metric (gdtrain/stats.py, gdtrain/studyreport.py).
 Every trial and rerun is an ordinary run folder in DIR/<study-name>/, so --resume, compare and
-TensorBoard treat them as any run. This module holds the schema, the sampling and the plan.
+TensorBoard treat them as any run; its manifest.json lists them (gdtrain/manifest.py). This module holds the schema, the sampling and the plan.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import AfterValidator, Field, field_validator
 
+from gdtrain import names
 from gdtrain.config import (Config, ImageData, OptimizerConfig, Section, apply_overrides, check_name,
-                            read_config, validate)
+                            read_config, to_dict, validate)
 from gdtrain.errors import UserError
+from gdtrain.manifest import MANIFEST, Manifest
+from gdtrain.runs import flatten
 from gdtrain.yamlio import format_validation_error, load_yaml
 
 OPTIMIZER_CLASSES = {member.model_fields["name"].default: member
@@ -301,11 +304,13 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) 
     from gdtrain import studyreport, verdict
 
     folder = runs_dir / study.name
-    if not resume and folder.is_dir() and any(folder.iterdir()):
+    if not resume and folder.is_dir() and any(p.name != MANIFEST for p in folder.iterdir()):
         raise UserError(f"{folder}: already holds a study's runs; continue it with --resume, or give it a new "
                         f"name: --set study.name=<name>")
     points = tuning_points(study)
-    trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning")
+    manifest = Manifest(folder, "study")
+    manifest.plan(_labelled(study, points))
+    trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning", manifest)
     if trials is None:
         return folder, None, code
     arms, chosen = [], {}
@@ -317,7 +322,9 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) 
             chosen[arm.label] = next(doc["optimizer"] for _, name, doc in points if name == best["name"])
         arms.append({"label": arm.label, "trials": records, "chosen": chosen.get(arm.label),
                      "chosen_trial": best["name"] if best else None})
-    reruns, code = _execute(study, rerun_points(study, chosen), runs_dir, jobs, echo, "reruns")
+    again = rerun_points(study, chosen)
+    manifest.plan(_labelled(study, points + again))
+    reruns, code = _execute(study, again, runs_dir, jobs, echo, "reruns", manifest)
     if reruns is None:
         return folder, None, code
     for arm in arms:
@@ -334,8 +341,14 @@ def _searched(arm: Arm, doc: dict[str, Any]) -> dict[str, Any]:
     return {key: doc["optimizer"][key] for key in arm.spaces}
 
 
+def _labelled(study: Study, points: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    """(run name, label) of every point: the label as compare shows the run (gdtrain/names.py)."""
+    configs = [flatten(to_dict(validate(copy.deepcopy(doc), study.source))) for _, _, doc in points]
+    return [(name, text) for (_, name, _), text in zip(points, names.labels(configs))]
+
+
 def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_dir: Path, jobs: int, echo: Any,
-             phase: str) -> tuple[dict[str, str] | None, int]:
+             phase: str, manifest: Manifest) -> tuple[dict[str, str] | None, int]:
     """Run the points as a sweep: ({run name: run folder}, 0), or (None, exit code) when some did not
     end in a result or a signal stopped them."""
     import signal
@@ -354,7 +367,7 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
 
     # resume=True: a run already done with this name and config is never run twice, and an interrupted
     # one continues from its checkpoint (run_study has refused a non-empty folder without --resume)
-    results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report)
+    results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report, manifest)
     again = f"gdtrain study {study.source} --runs-dir {runs_dir} --resume" + (f" --jobs {jobs}" if jobs > 1 else "")
     missing = [r for r in results if r.status not in ("finished", "diverged", "skipped") or r.run_dir is None]
     if stopped_by is not None:

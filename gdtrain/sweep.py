@@ -2,11 +2,14 @@
 
 A grid comes from `--grid key.path=v1,v2` options or from a `grid:` section in the config file
 (`grid: {optimizer.name: [sgd, adam], optimizer.lr: [0.1, 0.01]}`); `--seeds N` adds the
-seeds base..base+N-1. Every point is validated before the first run starts. Runs go one after
-the other in this process, or N at a time in worker processes (`--jobs N`, gdtrain/workers.py),
-each worker with its share of the CPU threads. A run that diverges or fails is recorded and the
-sweep goes on; a signal stops it: the running points save a checkpoint, no other point starts,
-and `--resume` continues the interrupted points from their checkpoints and runs the rest.
+seeds base..base+N-1. Every point is validated before the first run starts, and named by what
+tells it apart from the others (gdtrain/names.py: `sgd lr=0.05 mom=0.9 s1`, run folder
+`sgd-lr0.05-mom0.9-s1-<time>`); the sweep's manifest.json lists its runs (gdtrain/manifest.py).
+Runs go one after the other in this process, or N at a time in worker processes (`--jobs N`,
+gdtrain/workers.py), each worker with its share of the CPU threads. A run that diverges or fails
+is recorded and the sweep goes on; a signal stops it: the running points save a checkpoint, no
+other point starts, and `--resume` continues the interrupted points from their checkpoints and
+runs the rest.
 """
 
 from __future__ import annotations
@@ -14,17 +17,16 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import re
 import signal
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gdtrain import board, runs
-from gdtrain.config import Config, apply_overrides, read_config, validate
+from gdtrain import board, names, runs
+from gdtrain.config import Config, apply_overrides, read_config, to_dict, validate
 from gdtrain.errors import UserError
+from gdtrain.manifest import Manifest
 from gdtrain.tasks import Result, Task, attempt
 from gdtrain.workers import Guard, run_parallel
 from gdtrain.yamlio import parse_value
@@ -34,9 +36,10 @@ from gdtrain.yamlio import parse_value
 class Point:
     """One run of a sweep: its name, the overrides that make it, and its validated config."""
 
-    name: str  # the values that differ between points, e.g. optimizer=adam,lr=0.01,seed=1
+    name: str  # its run folder's name without the time: what tells it apart, e.g. adam-lr0.01-s1 (gdtrain/names.py)
     raw: dict[str, Any]  # the config document with the point's overrides applied
     config: Config
+    label: str = ""  # the same as compare and the plots show it, e.g. `adam lr=0.01 s1`; the name when empty
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -63,24 +66,6 @@ def _values(values: Any, where: str) -> list[Any]:
     return values
 
 
-def short_names(keys: list[str]) -> dict[str, str]:
-    """How each varying key reads in a run name: `lr`, `seed`, `optimizer.name`; full when two clash."""
-    shorts = {key: "seed" if key == "experiment.seed" else key if key.endswith(".name") else key.split(".")[-1]
-              for key in keys}
-    counts = Counter(shorts.values())
-    return {key: short if counts[short] == 1 else key for key, short in shorts.items()}
-
-
-def _label(value: Any) -> str:
-    """A value as it reads in a run name: 0.01, adam, 16-16, sgd+lr=0.1; only folder-safe characters."""
-    if isinstance(value, dict):  # a whole section: its name, then its other settings
-        parts = [_label(value["name"])] if "name" in value else []
-        return "+".join(parts + [f"{_label(k)}={_label(v)}" for k, v in value.items() if k != "name"])
-    text = format(value, "g") if isinstance(value, float) else json.dumps(value) if isinstance(value, list) else str(value)
-    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._=+-]+", "-", text))  # '..' would fail config.check_name mid-sweep
-    return text.strip("-") or "x"
-
-
 def expand(path: Path, grid_options: list[str], seeds: int | None, overrides: list[str]) -> list[Point]:
     """Every point of the sweep, validated; a bad key or value anywhere stops it before any run."""
     raw = read_config(path)
@@ -91,18 +76,20 @@ def expand(path: Path, grid_options: list[str], seeds: int | None, overrides: li
         grid["experiment.seed"] = list(range(base, base + seeds))
     if not grid:
         raise UserError(f"{path}: nothing to sweep; add --grid key.path=v1,v2 or a grid: section")
-    varying = short_names([key for key, values in grid.items() if len(values) > 1])
-    points = []
+    made = []
     for values in itertools.product(*grid.values()):
-        chosen = dict(zip(grid, values))
-        sets = list(overrides) + [f"{key}={json.dumps(value)}" for key, value in chosen.items()]
+        sets = list(overrides) + [f"{key}={json.dumps(value)}" for key, value in zip(grid, values)]
         doc = apply_overrides(copy.deepcopy(raw), sets)
-        config = validate(copy.deepcopy(doc), str(path))
-        name = ",".join(f"{short}={_label(chosen[key])}" for key, short in varying.items())
-        points.append(Point(name[:100].rstrip(",") or "point", doc, config))
-    names = [p.name for p in points]
-    if len(set(names)) != len(names):
-        raise UserError(f"{path}: the grid gives two points the same run name; give each key distinct values")
+        made.append((doc, validate(copy.deepcopy(doc), str(path))))
+    configs = [runs.flatten(to_dict(config)) for _, config in made]
+    parts = names.parts(configs)
+    points = [Point(names.folder(p), doc, config, names.label(p)) for p, (doc, config) in zip(parts, made)]
+    seen: dict[str, Point] = {}
+    for point in points:
+        if point.name in seen:
+            raise UserError(f"{path}: two points of the grid would share the run name {point.name!r}; "
+                            "give each key distinct values")
+        seen[point.name] = point
     return points
 
 
@@ -114,18 +101,25 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
     return section
 
 
-def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool,
-              report: Callable[[Result], None]) -> tuple[list[Result], int | None]:
-    """Run the points `jobs` at a time (with `resume`: skip finished ones, continue interrupted ones)
-    and report each result; then TensorBoard's groups (board.write_groups), also after a signal.
-    Returns every point's result and the signal that stopped the sweep, if any."""
+def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, report: Callable[[Result], None],
+              manifest: Manifest | None = None) -> tuple[list[Result], int | None]:
+    """Run the points `jobs` at a time (with `resume`: skip finished ones, continue interrupted ones),
+    report each result and record its run folder in `manifest`; then TensorBoard's groups
+    (board.write_groups), also after a signal. Returns every point's result and the signal that
+    stopped the sweep, if any."""
     results: list[Result] = []
     tasks = []
+
+    def record(result: Result) -> None:
+        if manifest is not None and result.run_dir is not None:
+            manifest.record(result.run_dir, result.name, runs.status(Path(result.run_dir)))
+
     for point in points:
         before = runs.previous_runs(runs_dir, point.config, point.name) if resume else []
         done = next((run_dir for run_dir, status in before if status in runs.RESULTS), None)
         if done is not None:
             results.append(Result(point.name, "skipped", str(done)))
+            record(results[-1])
             report(results[-1])
             continue
         paused = next((str(run_dir) for run_dir, status in reversed(before) if status == "interrupted"), None)
@@ -137,6 +131,7 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool,
     with guard.installed():
         for result in run_parallel(tasks, jobs, guard) if parallel else _in_turn(tasks, guard):
             results.append(result)
+            record(result)
             if result.status != "not started":
                 report(result)
             if result.status == "interrupted" and guard.signal is None:  # a signal to one run stops the sweep

@@ -221,18 +221,42 @@ def test_check_shows_overrides(tmp_path):
 
 
 def shown_run_folder(stdout: str) -> Path:
-    (line,) = [line for line in stdout.splitlines() if line.startswith("run folder: ")]
-    return Path(line.removeprefix("run folder: ").split()[0])
+    """The run folder `gdtrain run` names first, when it starts, and again at the end."""
+    first, last = [Path(line.removeprefix("run folder: ").split()[0]) for line in stdout.splitlines()
+                   if line.startswith("run folder: ")]
+    assert first == last
+    return first
 
 
-def test_run_smoke_prints_its_finished_run_folder(tmp_path):
+def test_run_smoke_prints_its_run_folder_first_and_when_finished(tmp_path):
     result = gdtrain("run", SMOKE, "--runs-dir", tmp_path / "runs", "--name", "x", "--quiet")
     assert result.exit_code == 0, result.output
     run_dir = shown_run_folder(result.stdout)
+    assert result.stdout.startswith(f"run folder: {run_dir}   (tensorboard --logdir {run_dir.parent})\n")
     assert run_dir.parent == tmp_path / "runs" / "smoke"
     assert run_dir.name.startswith("x-")
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
-    assert result.stdout.startswith("finished: 3 epochs")
+    assert result.stdout.splitlines()[1].startswith("finished: 3 epochs")
+
+
+def test_run_says_its_folder_before_it_trains(tmp_path, monkeypatch):
+    """The line comes as soon as the folder exists, not at the end: here the engine fails at its start."""
+    import typer
+
+    from gdtrain import engine
+
+    said = []
+    monkeypatch.setattr(typer, "echo", lambda message="", err=False, **kwargs: said.append(str(message)))
+
+    def broken(*args, **kwargs):
+        said.append("training")
+        raise RuntimeError("the engine broke")
+
+    monkeypatch.setattr(engine, "train", broken)
+    with pytest.raises(RuntimeError):
+        gdtrain("run", SMOKE, "--runs-dir", tmp_path, "--quiet")
+    (made,) = (tmp_path / "smoke").iterdir()
+    assert said == [f"run folder: {made}   (tensorboard --logdir {made.parent})", "training"]
 
 
 def test_two_runs_with_one_name_get_two_folders(tmp_path):

@@ -315,4 +315,6 @@ def test_a_sweep_names_runs_by_values_inside_its_runs_folder(tmp_path):
     assert result.exit_code == 0, result.output
     made = [p for p in listing(tmp_path) if p.parts[0] != "exp.yaml"]
     assert made and all(p.parts[0] == "runs" for p in made)
-    assert {p.name.rsplit("-", 2)[0] for p in run_folders(tmp_path / "runs" / "default")} == {"weight=1.5--2", "weight=3"}
+    assert {p.name.rsplit("-", 2)[0] for p in run_folders(tmp_path / "runs" / "default")} == {
+        "sgd-lr0.001-weight1.5,-2", "sgd-lr0.001-weight3"}
+    assert (tmp_path / "runs" / "default" / "manifest.json").is_file()  # the sweep's, beside them

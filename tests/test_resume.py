@@ -98,6 +98,9 @@ def test_killed_mid_epoch_then_resumed_equals_the_uninterrupted_run(config_file,
     assert 0 < step < 1000 and step % 250 != 0  # mid-epoch
     result = gdtrain("resume", run_dir, "--quiet")
     assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (  # where it continues, before it trains: 250 steps an epoch
+        f"resuming {run_dir} at epoch {step // 250 + 1}/4, its step {step % 250}, step {step} overall "
+        f"(checkpoint step-{step:09d}.pt)")
     assert_same_run(run_dir, uninterrupted)
 
 

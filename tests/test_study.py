@@ -260,11 +260,24 @@ def test_compare_of_seeded_runs_shows_groups_and_intervals_not_a_bare_ranking(fi
     folder, results, _ = finished
     result = gdtrain("compare", folder)
     assert result.exit_code == 0, result.output
-    assert "higher is better" in result.stderr and "group 1" in result.stderr
-    lines = ["legend"] + result.stdout.splitlines()
-    header = lines[1].split()
+    lines = result.stdout.splitlines()
+    assert "higher is better" in lines[0] and "group 1" in lines[1]  # the title, above the table
+    start = next(i for i, line in enumerate(lines) if line.startswith("group "))
+    header = lines[start].split()
     assert header[0] == "group" and "CI" in header
     for label, entry in results["optimizers"].items():  # the reruns (and the chosen trial) pooled per configuration
-        row = next(line for line in lines[2:] if f"name={entry['chosen']['name']}, lr={entry['chosen']['lr']:g}" in line
+        row = next(line for line in lines[start + 1:] if f"  {entry['chosen']['name']} lr={entry['chosen']['lr']:g}  " in line
                    and " 3 " in line)
         assert row.split()[0] == "1"  # 3 seeds each cannot separate them: one group
+
+
+def test_a_study_lists_its_runs_in_its_manifest(finished: tuple[Path, dict, str]) -> None:
+    folder, results, _ = finished
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["kind"] == "study"
+    assert sorted(r["run"] for r in manifest["runs"]) == [p.name for p in run_folders(folder)]
+    assert all(r["status"] == "finished" for r in manifest["runs"])
+    names = {p["name"] for p in manifest["points"]}  # the study's own names: adam-t01-lr0.01, adam-s1
+    assert {r["point"] for r in manifest["runs"]} == names and "adam-s1" in names
+    rerun = next(r for r in manifest["runs"] if r["point"] == "adam-s1")
+    assert rerun["label"] == f"adam lr={results['optimizers']['adam']['chosen']['lr']:g} s1"

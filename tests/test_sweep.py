@@ -29,15 +29,16 @@ def test_grid_runs_the_cross_product_named_by_what_differs(tmp_path):
                      "--runs-dir", tmp_path)
     assert result.exit_code == 0, result.output
     names = sorted(p.name.rsplit("-", 2)[0] for p in run_folders(tmp_path))
-    assert names == ["optimizer.name=adam,lr=0.01", "optimizer.name=adam,lr=0.1",
-                     "optimizer.name=sgd,lr=0.01", "optimizer.name=sgd,lr=0.1"]
+    assert names == ["adam-lr0.01", "adam-lr0.1", "sgd-lr0.01", "sgd-lr0.1"]
+    assert "[1/4] sgd lr=0.1: finished" in result.stdout  # the label, as compare shows it
     assert all(p.parent == tmp_path / "smoke" for p in run_folders(tmp_path))  # one experiment folder
     assert result.stdout.splitlines()[-1].startswith("sweep done: 4 runs: 4 finished, 0 failed")
 
 
 def test_seeds_multiply_the_points_and_set_experiment_seed(tmp_path):
     points = sweep.expand(SMOKE, ["optimizer.lr=0.1,0.01"], 3, [])
-    assert [p.name for p in points][:3] == ["lr=0.1,seed=0", "lr=0.1,seed=1", "lr=0.1,seed=2"]
+    assert [p.name for p in points][:3] == ["adam-lr0.1-s0", "adam-lr0.1-s1", "adam-lr0.1-s2"]
+    assert [p.label for p in points][:3] == ["adam lr=0.1 s0", "adam lr=0.1 s1", "adam lr=0.1 s2"]
     assert [p.config.experiment.seed for p in points] == [0, 1, 2, 0, 1, 2]
     assert {p.config.optimizer.lr for p in points} == {0.1, 0.01}
 
@@ -46,8 +47,9 @@ def test_grid_section_in_yaml_is_a_reproducible_sweep(tmp_path):
     spec = tmp_path / "sweep.yaml"
     spec.write_text(SMOKE.read_text() + "grid:\n  optimizer.name: [sgd, rmsprop]\n  model.hidden_sizes: [[8], [16, 16]]\n")
     points = sweep.expand(spec, [], None, [])
-    assert [p.name for p in points] == ["optimizer.name=sgd,hidden_sizes=8", "optimizer.name=sgd,hidden_sizes=16-16",
-                                        "optimizer.name=rmsprop,hidden_sizes=8", "optimizer.name=rmsprop,hidden_sizes=16-16"]
+    assert [p.name for p in points] == ["sgd-lr0.01-hidden8", "sgd-lr0.01-hidden16,16",
+                                        "rmsprop-lr0.01-hidden8", "rmsprop-lr0.01-hidden16,16"]
+    assert points[1].label == "sgd lr=0.01 hidden=16,16"
     assert points[1].config.model.hidden_sizes == [16, 16]
 
 
@@ -95,6 +97,8 @@ def test_resume_skips_finished_runs_and_redoes_unfinished_ones(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.count(": skipped") == 1 and result.stdout.count(": finished") == 1
     assert len(run_folders(tmp_path)) == 3  # the unfinished folder stays, a new run replaces it
+    manifest = json.loads((tmp_path / "smoke" / "manifest.json").read_text())
+    assert sorted(r["status"] for r in manifest["runs"]) == ["finished", "finished"]  # the skipped run is a member
     again = gdtrain(*args, "--resume", "--set", "train.epochs=2")  # another config: nothing to skip
     assert again.stdout.count(": finished") == 2
 
@@ -124,6 +128,46 @@ def swept(tmp_path_factory) -> Path:
     return root / "smoke"
 
 
+def test_a_sweep_lists_its_runs_and_their_labels_in_its_manifest(swept):
+    manifest = json.loads((swept / "manifest.json").read_text())
+    assert manifest["kind"] == "sweep" and manifest["command"].startswith("gdtrain ")
+    assert [p["label"] for p in manifest["points"]] == ["sgd lr=0.01 s0", "sgd lr=0.01 s1", "adam lr=0.01 s0", "adam lr=0.01 s1"]
+    assert sorted(r["run"] for r in manifest["runs"]) == [p.name for p in run_folders(swept)]
+    assert all(r["run"].startswith(r["point"] + "-") and r["status"] == "finished" for r in manifest["runs"])
+    assert {r["label"] for r in manifest["runs"]} == {p["label"] for p in manifest["points"]}
+
+
+def test_a_stray_run_beside_a_sweep_is_listed_apart_not_pooled(swept, tmp_path):
+    root = tmp_path / "smoke"
+    shutil.copytree(swept, root)
+    adam = next(p for p in run_folders(root) if p.name.startswith("adam-lr0.01-s0-"))
+    stray = root / "adam-lr0.01-20991231-235959"  # `gdtrain run` of the same config, as `make demo` might
+    shutil.copytree(adam, stray)
+    result = gdtrain("compare", root)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[-2].startswith("Not part of the sweep of ") and "(manifest.json)" in lines[-2]
+    assert lines[-1].split() == [stray.name, "finished"]
+    assert "2 seeds" in result.stdout and "3 seeds" not in result.stdout  # not pooled with the sweep's adam
+    rows = json.loads((machine := gdtrain("compare", root, "--format", "json")).stdout)
+    assert sum(r["seeds"] for r in rows) == 4 and stray.name in machine.stderr
+    everything = json.loads(gdtrain("compare", root, "--all", "--format", "json").stdout)
+    assert sum(r["seeds"] for r in everything) == 5
+
+
+def test_a_run_of_the_sweep_still_training_is_its_own_though_not_listed_yet(swept, tmp_path):
+    root = tmp_path / "smoke"
+    shutil.copytree(swept, root)
+    started = json.loads((root / "manifest.json").read_text())["started"]
+    sgd = next(p for p in run_folders(root) if p.name.startswith("sgd-lr0.01-s1-"))
+    running = root / f"sgd-lr0.01-s1-{started}-1"  # named by a point, made after the sweep started
+    shutil.copytree(sgd, running)
+    (running / "summary.json").unlink()
+    result = gdtrain("compare", root, "--per-run", "--format", "json")
+    assert sorted(r["status"] for r in json.loads(result.stdout)) == ["finished"] * 4 + ["unfinished"]
+    assert "Not part" not in result.stderr
+
+
 def test_compare_pools_seeds_and_sorts_by_the_metric(swept):
     result = gdtrain("compare", swept, "--format", "json")
     assert result.exit_code == 0, result.output
@@ -143,7 +187,7 @@ def test_compare_per_run_and_loss_metric_sort_ascending(swept):
     assert len(rows) == 4 and all(r["seeds"] == "1" for r in rows)
     finals = [float(r["final"]) for r in rows]
     assert finals == sorted(finals)
-    assert all("seed=" in r["run"] for r in rows)
+    assert sorted(r["run"] for r in rows) == ["adam lr=0.01 s0", "adam lr=0.01 s1", "sgd lr=0.01 s0", "sgd lr=0.01 s1"]
 
 
 def test_steps_to_target_come_from_the_logged_curve(swept):
@@ -154,10 +198,11 @@ def test_steps_to_target_come_from_the_logged_curve(swept):
 
 
 def test_markdown_table_has_a_header_and_a_row_per_configuration(swept):
-    lines = gdtrain("compare", swept, "--format", "markdown").stdout.splitlines()
-    assert lines[0].startswith("| group | run | optimizer | lr | batch | seeds | final | 95% CI |")  # 2 seeds each: judged
+    result = gdtrain("compare", swept, "--format", "markdown")
+    lines = result.stdout.splitlines()
+    assert "| run | final | 95% CI | best (epoch) | samples/s |" in lines[0]  # 2 seeds each: judged
     assert lines[1].startswith("|---|") and len(lines) == 4
-    assert " ± " in lines[2]
+    assert "batch 16, 2 seeds, finished." in result.stderr  # said once, above the table, on stderr
 
 
 def test_unfinished_and_corrupt_runs_are_reported_not_fatal(swept, tmp_path):
@@ -200,7 +245,8 @@ def test_only_finished_and_diverged_runs_are_ranked_the_others_listed_below_with
     assert all(r["final"] is not None for r in rows[:2])
     assert all(r[c] is None for r in rows[2:] for c in ("final", "best", "best epoch", "wall s", "samples/s"))
     table = gdtrain("compare", root, "--per-run").stdout.splitlines()
-    assert [line.split()[-1] for line in table[1:]] == [r["status"] for r in rows]
+    header = next(i for i, line in enumerate(table) if line.startswith("run "))
+    assert [line.split()[-1] for line in table[header + 1:]] == [r["status"] for r in rows]
 
 
 def test_runs_without_the_metric_are_noted_and_left_out(swept, tmp_path):

@@ -193,17 +193,18 @@ def test_workers_die_with_a_killed_parent_and_save_a_checkpoint(start):
 
 def test_a_killed_worker_fails_its_own_point_only_and_the_sweep_goes_on(start):
     run = start("--grid", "train.epochs=5000,1,2,3", "--jobs", "2")
-    (first,) = run.wait_for_checkpoints(1, "epochs=5000-")
+    (first,) = run.wait_for_checkpoints(1, "adam-lr0.01-epochs5000-")
     os.kill(run.holder(first), signal.SIGKILL)
     status, lines = run.finish()
     assert status == 1, run.output()
     reported = {line.split("] ")[1].split(":")[0]: line.split(": ")[1].split()[0] for line in lines if line.startswith("[")}
-    assert reported == {"epochs=5000": "failed", "epochs=1": "finished", "epochs=2": "finished",
-                        "epochs=3": "finished"}, run.output()
+    assert reported == {"adam lr=0.01 epochs=5000": "failed", "adam lr=0.01 epochs=1": "finished",
+                        "adam lr=0.01 epochs=2": "finished", "adam lr=0.01 epochs=3": "finished"}, run.output()
     failed = next(line for line in lines if line.startswith("[") and "epochs=5000:" in line)
     assert "was killed by SIGKILL while it ran" in failed and f"gdtrain resume {first}" in failed
-    on_disk = dict(zip([d.name.rsplit("-", 2)[0] for d in run.run_dirs()], statuses(run.run_dirs())))
-    assert on_disk == {"epochs=5000": None, "epochs=1": "finished", "epochs=2": "finished", "epochs=3": "finished"}
+    on_disk = dict(zip([d.name.rsplit("-", 2)[0].removeprefix("adam-lr0.01-") for d in run.run_dirs()],
+                       statuses(run.run_dirs())))
+    assert on_disk == {"epochs5000": None, "epochs1": "finished", "epochs2": "finished", "epochs3": "finished"}
     assert lines[-1].startswith("sweep done: 4 runs: 3 finished, 1 failed"), run.output()
     assert "BrokenProcessPool" not in run.output()
     wait_until_gone(None, run.mark)
@@ -277,7 +278,7 @@ def test_a_signal_while_a_point_is_being_set_up_stops_it_at_once(tmp_path, monke
     assert result.exit_code == 130, result.output
     assert "lr=0.1: interrupted" in result.stdout and "stopped at once" in result.stdout
     assert "1 interrupted, 1 not started" in result.stdout.splitlines()[-1]
-    assert not list(tmp_path.glob("smoke/lr=0.01-*"))
+    assert not list(tmp_path.glob("smoke/adam-lr0.01-*"))
 
 
 def test_resume_continues_interrupted_points_from_their_checkpoints(tmp_path, monkeypatch):
@@ -293,12 +294,12 @@ def test_resume_continues_interrupted_points_from_their_checkpoints(tmp_path, mo
     args = ["sweep", SMOKE, "--grid", "optimizer.lr=0.1,0.01", "--runs-dir", tmp_path]
     stopped = gdtrain(*args)
     assert stopped.exit_code == 130, stopped.output
-    (paused,) = tmp_path.glob("smoke/lr=0.1-*")
+    (paused,) = tmp_path.glob("smoke/adam-lr0.1-*")
     assert statuses([paused]) == ["interrupted"]
     monkeypatch.undo()
     resumed = gdtrain(*args, "--resume")
     assert resumed.exit_code == 0, resumed.output
-    assert len(list(tmp_path.glob("smoke/lr=0.1-*"))) == 1  # continued in its own folder, not run anew
+    assert len(list(tmp_path.glob("smoke/adam-lr0.1-*"))) == 1  # continued in its own folder, not run anew
     summary = json.loads((paused / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["environment"]["resumed_from"].startswith(str(paused))
     assert resumed.stdout.splitlines()[-1].startswith("sweep done: 2 runs: 2 finished, 0 failed")

@@ -192,6 +192,32 @@ def test_run_folder_records_how_to_reproduce_it(tmp_path):
     assert rerun == load_config(CONFIGS / "smoke.yaml")
 
 
+def test_samples_per_second_leaves_out_the_first_epoch_which_pays_the_start(tmp_path, monkeypatch):
+    """The first run in a sweep worker pays lazy initialisation in its first epoch; here a sleep
+    stands in for it. samples/s counts the other epochs; a run of one epoch says its rate includes it."""
+    import time
+
+    batches = engine._batches
+
+    def slow_start(parts, at, epoch):
+        if epoch == 1 and at.step_in_epoch == 0:
+            time.sleep(0.5)
+        yield from batches(parts, at, epoch)
+
+    monkeypatch.setattr(engine, "_batches", slow_start)
+    run_dir, outcome = train(tmp_path, config="smoke.yaml")  # 3 epochs
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["first_epoch_samples"] == summary["samples"] // 3 and summary["first_epoch_seconds"] >= 0.5
+    steady = (summary["samples"] - summary["first_epoch_samples"]) / (summary["train_seconds"] - summary["first_epoch_seconds"])
+    assert summary["samples_per_second"] == pytest.approx(steady, rel=1e-3)
+    assert summary["samples_per_second"] > 2 * summary["samples"] / summary["train_seconds"]  # the sleep is out
+    assert summary["samples_per_second_with_first_epoch"] is False
+    one, _ = train(tmp_path, config="smoke.yaml", overrides=["train.epochs=1"])
+    single = json.loads((one / "summary.json").read_text())
+    assert single["samples_per_second_with_first_epoch"] is True
+    assert single["samples_per_second"] == pytest.approx(single["samples"] / single["train_seconds"], rel=1e-3)
+
+
 def test_a_crash_inside_training_is_recorded_as_failed(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
