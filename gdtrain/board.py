@@ -46,7 +46,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2, summary_v2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from gdtrain import compare, runs
+from gdtrain import compare, names, runs
 from gdtrain.config import FunctionData, ImageData, load_config, to_dict
 from gdtrain.errors import UserError
 
@@ -161,7 +161,8 @@ def _experiment(sessions: list[tuple[compare.Run, list[str]]]) -> summary_pb2.Su
     """The HParams experiment: the union of the runs' hyper-parameters, varying ones first, and their metrics."""
     found = [run for run, _ in sessions]
     values = [hparam_values(run.config) for run in found]
-    varying = set(FIRST) | {key for run in found for key in compare.label_keys(found, run, per_run=False)}
+    configs = [run.config for run in found]
+    varying = set(FIRST) | {key for config in configs for key in names.label_keys(configs, config)}
     seeds = {run.config.get("experiment.seed") for run in found}
     if len(seeds) > 1 and len(varying) < TICKED:  # a column to spare: each row is a run, the seed tells them apart
         varying.add("experiment.seed")

@@ -59,7 +59,7 @@ def _peers(configs: list[dict[str, Any]], config: dict[str, Any], key: str) -> l
     return [c for c in configs if c.get(name_key) == config.get(name_key)]
 
 
-def _keys(configs: list[dict[str, Any]], config: dict[str, Any]) -> list[str]:
+def label_keys(configs: list[dict[str, Any]], config: dict[str, Any]) -> list[str]:
     """The keys `config`'s label shows: FIRST, then the optimizer's other settings that vary among
     its peers, then those of the other sections."""
     varying = [key for key in config if key not in IGNORED and key not in FIRST
@@ -79,7 +79,7 @@ def _short(keys: set[str]) -> dict[str, str]:
 def parts(configs: list[dict[str, Any]], seeds: bool = True) -> list[list[tuple[str, str]]]:
     """Per config (flat: {"optimizer.lr": 0.1, ...}), its label as (key, value) parts; a bare word
     (the optimizer's name, a true flag) has key "". With `seeds`, s<seed> ends it when seeds vary."""
-    chosen = [_keys(configs, config) for config in configs]
+    chosen = [label_keys(configs, config) for config in configs]
     short = _short({key for keys in chosen for key in keys})
     with_seed = seeds and _varies(configs, "experiment.seed")
 
