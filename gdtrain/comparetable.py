@@ -8,7 +8,8 @@ group) is said once above the table instead; with seeds compared, a mean comes w
 (its ± std is in csv and json); the best value and its epoch share a column. Wall time, which
 includes a process's start-up (the first run in each sweep worker pays it), is in csv and json
 only. samples/s counts training steps only and leaves out the first epoch of each process that
-trained the run (summary.json); `*` marks a run that had no other epoch, so its rate includes it.
+trained the run (summary.json); `*` marks a rate that includes it: a run that had no other epoch,
+or one written before summary.json said so (no samples_per_second_with_first_epoch).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
             + ". ") if same else ""
     star = any(any(r["with first epoch"]) for r in records)
     said.append(note + "samples/s: training steps after each process's first epoch"
-                + (" (*: a run of one epoch: with it)." if star else "."))
+                + (" (*: with it: a run of one epoch, or one from before gdtrain left it out)." if star else "."))
     return [line for sentence in said for line in textwrap.wrap(sentence, WIDTH)]
 
 
