@@ -204,9 +204,10 @@ def _plugin_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summar
 def _write_groups(folder: Path) -> None:
     """_groups/<label>/ per configuration with finished runs, the layout in _groups/; stale groups removed."""
     found = [compare.read_run(path) for path in runs.run_folders(folder) if not _picture_only(path)]
+    _, found, _ = compare.members(folder, found)  # a sweep's or study's own runs, when it has a manifest
     configurations: dict[str, list[compare.Run]] = {}
     for run in found:
-        key = json.dumps({k: v for k, v in run.config.items() if k not in compare.PER_RUN_KEYS}, sort_keys=True, default=str)
+        key = json.dumps({k: v for k, v in run.config.items() if k not in names.IGNORED}, sort_keys=True, default=str)
         configurations.setdefault(key, []).append(run)
     labels = _labels(found, folder.name)
     root = folder / GROUPS
@@ -231,11 +232,10 @@ def _write_groups(folder: Path) -> None:
 
 
 def _labels(found: list[compare.Run], experiment: str) -> dict[int, str]:
-    """Each run's configuration label, as compare's rows read it; the experiment's name for the only
-    configuration (compare then names each run by its folder)."""
-    rows = compare.group(found, compare.default_metric(found), None, per_run=False) if found else []
-    labels = {id(run): row.label for row in rows for run in row.runs}
-    return {key: experiment if label in {run.path.name for run in found} else label for key, label in labels.items()}
+    """Each run's configuration label, as compare's rows read it (gdtrain/names.py); the experiment's
+    name when nothing tells configurations apart."""
+    texts = names.labels([run.config for run in found], seeds=False)
+    return {id(run): text or experiment for run, text in zip(found, texts)}
 
 
 def _folder_name(label: str, taken: dict[str, Path]) -> str:
