@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from clihelp import gdtrain, write
-from gdtrain import __version__
+from gdtrain import __version__, runs
 from gdtrain.config import Config, load_config
 from gdtrain.catalog import DATASET_HELP, SCHEDULE_HELP
 from gdtrain.losses import LOSSES
@@ -255,7 +255,7 @@ def test_run_says_its_folder_before_it_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "train", broken)
     with pytest.raises(RuntimeError):
         gdtrain("run", SMOKE, "--runs-dir", tmp_path, "--quiet")
-    (made,) = (tmp_path / "smoke").iterdir()
+    (made,) = runs.run_folders(tmp_path / "smoke")
     assert said == [f"run folder: {made}   (tensorboard --logdir {made.parent})", "training"]
 
 
