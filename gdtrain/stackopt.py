@@ -2,12 +2,15 @@
 
 Each parameter is a (M, *shape) tensor (torch.func.stack_module_state's layout). torch.optim keeps
 one lr per param group, so it cannot update such stacks with per-member settings: here members are
-split into kinds by optimizer and by the switches that pick a branch of torch's formula (momentum on
-or off, nesterov, centered, amsgrad), and each kind's rule (stackrules) runs once over its members'
-rows with every other setting an (m,) column. A kind whose members sit next to each other in the
-stack is updated through a view, with no copy; a scattered one is gathered with index_select and
-written back with index_copy_ (benchmarks/stackopt.py gives the cost). Frozen members (diverged ones)
-are left out of their kind's rows: their parameters and state stay as they are.
+split into kinds by optimizer, by the switches that pick a branch of torch's formula (momentum on or
+off, nesterov, centered, amsgrad) and by the kernel a solo run would use (`implementation`; auto is
+fused for Adam, AdamW and Adagrad on the CPU, and a fused kind also shares betas and eps). Each
+kind's rule (stackrules) runs once over its members' rows, every other setting an (m,) column.
+A kind whose members sit next to each other in the stack is updated through a view, with no copy; a
+scattered one is gathered with index_select and written back with index_copy_ (benchmarks/stackopt.py
+gives the cost). Frozen members (diverged ones) are left out of their kind's rows: their parameters
+and state stay as they are. The caller gives each step's lr (stacklr.MemberSchedules) and clips
+(clip_grad_norms_) before stepping, as engine.train does for one run.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import Tensor
 
 from gdtrain.config import OptimizerConfig
 from gdtrain.optimizers import IMPLEMENTATIONS, OPTIMIZERS, implementation
-from gdtrain.stackrules import HYPERS, RULES, Rows, col, state_names
+from gdtrain.stackrules import FUSED_RULES, FUSED_SHARED, HYPERS, RULES, Rows, col, state_names
 
 Select = slice | Tensor  # rows as a view (contiguous) or as an index for index_select / index_copy_
 
@@ -37,6 +40,14 @@ def switches(cfg: OptimizerConfig) -> tuple[bool, ...]:
     return ()
 
 
+def kind_key(cfg: OptimizerConfig, device: torch.device) -> tuple[str, tuple[bool, ...], bool, tuple[float, ...]]:
+    """Members with equal keys share a rule: the optimizer, the switches of torch's formula, and whether it
+    runs torch's fused kernel (where a solo run would: stackrules.FUSED_RULES), then with the settings that
+    kernel takes as one float."""
+    fused = cfg.name in FUSED_RULES and implementation(cfg, device) == "fused"
+    return cfg.name, switches(cfg), fused, tuple(_hyper(cfg, h) for h in FUSED_SHARED[cfg.name]) if fused else ()
+
+
 def _hyper(cfg: OptimizerConfig, name: str) -> float:
     return cfg.betas[int(name[-1]) - 1] if name.startswith("beta") else getattr(cfg, name)
 
@@ -48,8 +59,11 @@ def _select(rows: list[int], device: torch.device) -> Select:
     return torch.tensor(rows, device=device)
 
 
-def _take(t: Tensor, rows: Select) -> Tensor:
-    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
+def _take(t: Tensor, rows: Select, out: Tensor | None = None) -> Tensor:
+    """The rows of t: a view, or a gathered copy (into `out` when given)."""
+    if isinstance(rows, slice):
+        return t[rows]
+    return t.index_select(0, rows) if out is None else torch.index_select(t, 0, rows, out=out[:len(rows)])
 
 
 def _put(t: Tensor, rows: Select, value: Tensor) -> None:
@@ -63,6 +77,7 @@ class Kind:
 
     name: str  # the optimizer's config name
     switches: tuple[bool, ...]
+    fused: bool  # torch's fused kernel (stackrules.FUSED_RULES) rather than its single-tensor formula
     members: list[int]  # indices in the stack, ascending
     hypers: dict[str, Tensor]  # (m,) float64 on the CPU
     step: Tensor  # (m,) float64 on the CPU: steps taken (torch counts in floats too)
@@ -74,11 +89,12 @@ class Kind:
     stack_rows: Select = field(default_factory=lambda: slice(None))
     lr_index: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # (live,) into the stack
     idle: bool = False  # every member frozen
+    count: int = 0  # members not frozen
 
     def select(self, frozen: Tensor, device: torch.device) -> None:
         """Work out the rows that still step, once per freeze rather than once per step."""
         rows = [r for r, m in enumerate(self.members) if not frozen[m]]
-        self.idle = not rows
+        self.idle, self.count = not rows, len(rows)
         if rows:
             self.live = slice(None) if len(rows) == len(self.members) else torch.tensor(rows)
             self.state_rows = _select(rows, device)
@@ -94,13 +110,15 @@ class StackedOptimizer:
         if not self.params or any(p.dim() == 0 or len(p) != len(self.configs) for p in self.params):
             raise ValueError(f"each parameter must be (M, *shape) with M = {len(self.configs)} configs")
         self.frozen = torch.zeros(len(self.configs), dtype=torch.bool)  # (M,) on the CPU, set by freeze()
-        kinds: dict[tuple[str, tuple[bool, ...]], list[int]] = {}
+        self.work = [(torch.empty_like(p), torch.empty_like(p)) for p in self.params]  # the rules' scratch
+        self.gathered: list[tuple[Tensor, Tensor]] = []  # params and grads of scattered kinds, made when first needed
+        kinds: dict[tuple, list[int]] = {}
         for m, cfg in enumerate(self.configs):
-            kinds.setdefault((cfg.name, switches(cfg)), []).append(m)
-        self.kinds = [self._kind(name, switch, members) for (name, switch), members in kinds.items()]
+            kinds.setdefault(kind_key(cfg, self.params[0].device), []).append(m)
+        self.kinds = [self._kind(name, switch, fused, members) for (name, switch, fused, _), members in kinds.items()]
         self.freeze(self.frozen)
 
-    def _kind(self, name: str, switch: tuple[bool, ...], members: list[int]) -> Kind:
+    def _kind(self, name: str, switch: tuple[bool, ...], fused: bool, members: list[int]) -> Kind:
         hypers = {h: torch.tensor([_hyper(self.configs[m], h) for m in members], dtype=torch.float64)
                   for h in HYPERS[name]}
         rows = _select(members, self.params[0].device)
@@ -108,7 +126,7 @@ class StackedOptimizer:
         if name == "adagrad":  # torch fills the sum when the optimizer is built
             for t in state["sum"]:
                 t.copy_(col(hypers["initial_accumulator_value"].to(t), t).expand_as(t))
-        return Kind(name, switch, members, hypers, torch.zeros(len(members), dtype=torch.float64), state,
+        return Kind(name, switch, fused, members, hypers, torch.zeros(len(members), dtype=torch.float64), state,
                     bool((hypers["weight_decay"] != 0).any()))
 
     @property
@@ -130,14 +148,18 @@ class StackedOptimizer:
         for kind in self.kinds:  # Python loops over kinds and parameter tensors, never over members
             if kind.idle or not with_grad:
                 continue
+            if not isinstance(kind.stack_rows, slice) and not self.gathered:
+                self.gathered = [(torch.empty_like(p), torch.empty_like(p)) for p in self.params]
+            into = self.gathered or [(None, None)] * len(self.params)
             kind.step[kind.live] += 1
             step = kind.step[kind.live]  # unfrozen members step together, so all are at the same count
-            rows = Rows(params=[_take(self.params[i], kind.stack_rows) for i in with_grad],
-                        grads=[_take(self.params[i].grad, kind.stack_rows) for i in with_grad],
+            rows = Rows(params=[_take(self.params[i], kind.stack_rows, into[i][0]) for i in with_grad],
+                        grads=[_take(self.params[i].grad, kind.stack_rows, into[i][1]) for i in with_grad],
                         state={s: [_take(ts[i], kind.state_rows) for i in with_grad] for s, ts in kind.state.items()},
+                        work=[(self.work[i][0][:kind.count], self.work[i][1][:kind.count]) for i in with_grad],
                         hypers={h: v[kind.live] for h, v in kind.hypers.items()}, lr=lr[kind.lr_index], step=step,
                         switches=kind.switches, decay=kind.decay, first=bool(step[0] == 1))
-            RULES[kind.name](rows)
+            (FUSED_RULES if kind.fused else RULES)[kind.name](rows)
             for j, i in enumerate(with_grad):
                 _put(self.params[i], kind.stack_rows, rows.params[j])
                 for s, ts in kind.state.items():
