@@ -16,7 +16,7 @@ from torch import nn
 from gdtrain.config import (AdagradConfig, AdamConfig, AdamWConfig, ConstantSchedule, CosineSchedule,
                             ExponentialSchedule, PlateauSchedule, RMSpropConfig, SGDConfig, StepSchedule)
 from gdtrain.optimizers import OPTIMIZERS, build_schedule, build_warmup
-from gdtrain.stackopt import StackedOptimizer, clip_grad_norms_, switches
+from gdtrain.stackopt import StackedOptimizer, clip_grad_norms_, kind_key
 from gdtrain.stacklr import MemberSchedules
 
 SHAPES = [(3, 4), (4,), (2, 3, 2)]  # a matrix, a bias, a 3-d tensor
@@ -141,21 +141,24 @@ def check_members(stack: Stack, configs, schedules, clips, params0, grads, dtype
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("order", ["by_kind", "shuffled"])
-def test_every_setting_in_one_mixed_group_equals_torch(dtype, order):
-    """All 90 accepted combinations as members of one group, kinds side by side (views) or shuffled (gathers)."""
-    configs = list(MATRIX)
+@pytest.mark.parametrize("kernel", ["for_loop", "auto"])
+def test_every_setting_in_one_mixed_group_equals_torch(kernel, dtype, order):
+    """All 90 accepted combinations as members of one group, kinds side by side (views) or shuffled
+    (gathers); `auto` runs Adam, AdamW and Adagrad through torch's fused kernels, as gdtrain does on the CPU."""
+    configs = [cfg.model_copy(update={"implementation": kernel, "lr": cfg.lr * (1 + i % 3)}) for i, cfg in enumerate(MATRIX)]
     if order == "shuffled":
         random.Random(0).shuffle(configs)
     else:
-        configs.sort(key=lambda cfg: (cfg.name, switches(cfg)))
+        configs.sort(key=lambda cfg: kind_key(cfg, torch.device("cpu")))
     schedules, clips = [ConstantSchedule()] * len(configs), [None] * len(configs)
     params0, grads = start(len(configs), dtype), gradients(len(configs), dtype)
     stack = Stack(configs, schedules, clips, params0)
+    assert len(stack.opt.kinds) == {"for_loop": 12, "auto": 25}[kernel]  # auto: fused kinds split by betas and eps
     views = [isinstance(kind.stack_rows, slice) for kind in stack.opt.kinds]
-    assert len(views) == 12 and (all(views) if order == "by_kind" else not any(views))
+    assert all(views) if order == "by_kind" else not all(views)
     stack.run(grads, STEPS)
     worst = check_members(stack, configs, schedules, clips, params0, grads, dtype)
-    print(f"{len(configs)} members, {dtype}, {order}: largest relative difference {worst:.2e}")
+    print(f"{len(configs)} members, {kernel}, {dtype}, {order}: largest relative difference {worst:.2e}")
 
 
 SCHEDULES = [ConstantSchedule(), StepSchedule(step_size=2, gamma=0.5), ExponentialSchedule(gamma=0.8),
@@ -164,10 +167,12 @@ WARMUPS = [{}, {"warmup_steps": 7}, {"warmup_steps": 3, "warmup_start_factor": 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_schedules_warmup_and_clipping_per_member_equal_torch(dtype):
+@pytest.mark.parametrize("kernel", ["for_loop", "auto"])
+def test_schedules_warmup_and_clipping_per_member_equal_torch(kernel, dtype):
     """Every schedule × warm-up, with or without clipping, over the five optimizers."""
     kinds = [SGDConfig(lr=0.05, momentum=0.9), AdagradConfig(), RMSpropConfig(centered=True, momentum=0.5),
              AdamConfig(amsgrad=True), AdamWConfig()]
+    kinds = [cfg.model_copy(update={"implementation": kernel}) for cfg in kinds]
     schedules = [type(s)(**{**s.model_dump(), **w}) for s in SCHEDULES for w in WARMUPS]
     configs = [kinds[i % len(kinds)] for i in range(len(schedules))]
     clips = [[None, 2.0, 20.0][i % 3] for i in range(len(schedules))]  # gradient norms are about 5 to 5e3
@@ -178,7 +183,7 @@ def test_schedules_warmup_and_clipping_per_member_equal_torch(dtype):
     assert all((norms[:, m] > clip).any() for m, clip in enumerate(clips) if clip)  # every clipping member clips
     assert all(stack.lrs[-1][m] < configs[m].lr / 1.5 for m, s in enumerate(schedules) if s.name == "plateau")
     worst = check_members(stack, configs, schedules, clips, params0, grads, dtype)
-    print(f"{len(configs)} members with schedules and clipping, {dtype}: largest relative difference {worst:.2e}")
+    print(f"{len(configs)} members with schedules and clipping, {kernel}, {dtype}: largest relative difference {worst:.2e}")
 
 
 def test_members_that_do_not_clip_keep_their_gradients_bit_for_bit():
@@ -196,9 +201,11 @@ def test_members_that_do_not_clip_keep_their_gradients_bit_for_bit():
                                            rel=1e-6)
 
 
-def test_frozen_members_are_not_touched_and_the_others_go_on():
+@pytest.mark.parametrize("kernel", ["for_loop", "auto"])
+def test_frozen_members_are_not_touched_and_the_others_go_on(kernel):
     configs = [SGDConfig(lr=0.05, momentum=0.9), AdamConfig(), SGDConfig(lr=0.05, momentum=0.9),
                AdamConfig(), RMSpropConfig(), AdagradConfig()]
+    configs = [cfg.model_copy(update={"implementation": kernel}) for cfg in configs]
     schedules, clips = [ConstantSchedule()] * 6, [None] * 6
     params0, grads = start(6, torch.float32), gradients(6, torch.float32)
     stack = Stack(configs, schedules, clips, params0)
@@ -317,3 +324,31 @@ def test_mixed_kinds_are_split_by_the_switches_of_torchs_formula():
     assert [(k.name, k.switches, k.members) for k in opt.kinds] == [
         ("sgd", (False, False), [0]), ("sgd", (True, False), [1, 2]), ("adam", (False,), [3]),
         ("adam", (True,), [4]), ("adamw", (False,), [5]), ("rmsprop", (False, True), [6])]
+
+
+@pytest.mark.parametrize("cfg", [AdamConfig(weight_decay=0.01), AdamWConfig(amsgrad=True), AdagradConfig(lr_decay=0.01)])
+def test_members_sharing_every_setting_are_bit_for_bit_a_solo_fused_run(cfg):
+    """Seeds of one config: torch's fused kernel updates their rows as it updates a solo run (gdtrain's pick)."""
+    params0, grads = start(3, torch.float32), gradients(3, torch.float32)
+    stack = Stack([cfg] * 3, [ConstantSchedule()] * 3, [None] * 3, params0)
+    stack.run(grads, STEPS)
+    for m in range(3):
+        params = [nn.Parameter(p[m].clone()) for p in params0]
+        opt = OPTIMIZERS[cfg.name](params, **cfg.model_dump(exclude={"name", "implementation"}), fused=True)
+        for step in range(STEPS):
+            for p, g in zip(params, grads[step]):
+                p.grad = g[m].clone()
+            opt.step()
+        assert all(torch.equal(a[m], b) for a, b in zip(stack.params, params))
+
+
+def test_members_sharing_lr_but_not_decay_are_not_given_one_decay():
+    """A fused kind with one lr but several weight decays (or Adagrad lr decays) is not a shared-settings one."""
+    configs = [AdamConfig(), AdamConfig(weight_decay=0.1), AdamWConfig(), AdamWConfig(weight_decay=0.1),
+               AdagradConfig(), AdagradConfig(lr_decay=0.1), AdagradConfig(weight_decay=0.1)]
+    schedules, clips = [ConstantSchedule()] * len(configs), [None] * len(configs)
+    params0, grads = start(len(configs), torch.float64), gradients(len(configs), torch.float64)
+    stack = Stack(configs, schedules, clips, params0)
+    assert [len(kind.members) for kind in stack.opt.kinds] == [2, 2, 3]
+    stack.run(grads, STEPS)
+    check_members(stack, configs, schedules, clips, params0, grads, torch.float64)
