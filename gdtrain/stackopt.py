@@ -210,9 +210,10 @@ def _settings(cfg: OptimizerConfig) -> dict[str, Any]:
 
 
 def grad_norms(params: Sequence[Tensor]) -> Tensor:
-    """(M,) each member's total L2 gradient norm, as torch.nn.utils.get_total_norm takes it."""
+    """(M,) each member's total L2 gradient norm, as torch.nn.utils.get_total_norm takes it, bit for bit."""
     grads = [p.grad for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], dim=1)  # (M, tensors)
+    return torch.linalg.vector_norm(norms, dim=1)  # over a contiguous row, as torch sums one stacked vector
 
 
 def clip_grad_norms_(params: Sequence[Tensor], max_norm: Tensor) -> Tensor:
@@ -220,7 +221,9 @@ def clip_grad_norms_(params: Sequence[Tensor], max_norm: Tensor) -> Tensor:
     norms = grad_norms(params)
     clips = torch.isfinite(max_norm)
     if bool(clips.any()):
-        coef = torch.where(clips.to(norms.device), torch.clamp(max_norm.to(norms) / (norms + 1e-6), max=1.0), 1.0)
+        # torch's `max_norm / (total_norm + 1e-6)` is Tensor.__rtruediv__: a reciprocal, then a product
+        coef = torch.clamp((norms + 1e-6).reciprocal() * max_norm.to(norms), max=1.0)
+        coef = torch.where(clips.to(norms.device), coef, 1.0)
         for p in params:
             if p.grad is not None:
                 p.grad.mul_(col(coef, p.grad))

@@ -1,6 +1,9 @@
 """Stacked optimizers equal torch.optim: each member of a StackedOptimizer, given the same gradients,
 ends where a solo torch.optim run (foreach=False) of its config ends, for every optimizer and every
-setting the schema accepts, mixed in one group, with schedules, warm-up and clipping."""
+setting the schema accepts, mixed in one group, with schedules, warm-up and clipping. With
+`implementation: for_loop` bit for bit; with auto (torch's fused kernels for Adam, AdamW and Adagrad,
+as gdtrain picks on the CPU) within 1e-6 relative, as far as torch's own fused kernel is from for_loop.
+Relative difference: the largest absolute difference over a parameter tensor over its largest value."""
 
 from __future__ import annotations
 
@@ -123,20 +126,24 @@ def difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-def check_members(stack: Stack, configs, schedules, clips, params0, grads, dtype, skip=()) -> float:
-    """Each member (but `skip`) against its solo run: parameters, lr of every step, norms; the worst difference."""
-    worst = 0.0
+def check_members(stack: Stack, configs, schedules, clips, params0, grads, dtype, skip=(),
+                  exact: bool = False) -> tuple[float, float]:
+    """Each member (but `skip`) against its solo run: the lr of every step, then the gradient norms and the
+    parameters within tolerance (`exact`: parameters bit for bit). The largest differences (parameters, norms)."""
+    worst = [0.0, 0.0]
     for m, (cfg, schedule, clip) in enumerate(zip(configs, schedules, clips)):
         if m in skip:
             continue
         params, lrs, norms, _ = solo(cfg, schedule, clip, [p[m] for p in params0], [[g[m] for g in s] for s in grads], m)
         assert [lr[m].item() for lr in stack.lrs] == lrs, f"member {m}: {cfg}, {schedule}"
-        worst = max(worst, difference(torch.stack(stack.norms)[:, m], norms))
+        worst[1] = max(worst[1], difference(torch.stack(stack.norms)[:, m], norms))  # summed in another order
+        assert worst[1] <= TOLERANCE[dtype]
         for p_stack, p_solo in zip(stack.params, params):
             d = difference(p_stack[m].detach(), p_solo)
             assert d <= TOLERANCE[dtype], f"member {m}: {cfg}, {schedule}, clip {clip}: {d:.2e}"
-            worst = max(worst, d)
-    return worst
+            assert not exact or torch.equal(p_stack[m], p_solo), f"member {m}: {cfg}: {d:.2e}"
+            worst[0] = max(worst[0], d)
+    return worst[0], worst[1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -144,7 +151,8 @@ def check_members(stack: Stack, configs, schedules, clips, params0, grads, dtype
 @pytest.mark.parametrize("kernel", ["for_loop", "auto"])
 def test_every_setting_in_one_mixed_group_equals_torch(kernel, dtype, order):
     """All 90 accepted combinations as members of one group, kinds side by side (views) or shuffled
-    (gathers); `auto` runs Adam, AdamW and Adagrad through torch's fused kernels, as gdtrain does on the CPU."""
+    (gathers). for_loop: bit for bit torch's single-tensor kernel. auto runs Adam, AdamW and Adagrad through
+    torch's fused kernels, as gdtrain does on the CPU: as far from for_loop as torch's fused kernel is (1e-7)."""
     configs = [cfg.model_copy(update={"implementation": kernel, "lr": cfg.lr * (1 + i % 3)}) for i, cfg in enumerate(MATRIX)]
     if order == "shuffled":
         random.Random(0).shuffle(configs)
@@ -157,8 +165,9 @@ def test_every_setting_in_one_mixed_group_equals_torch(kernel, dtype, order):
     views = [isinstance(kind.stack_rows, slice) for kind in stack.opt.kinds]
     assert all(views) if order == "by_kind" else not all(views)
     stack.run(grads, STEPS)
-    worst = check_members(stack, configs, schedules, clips, params0, grads, dtype)
-    print(f"{len(configs)} members, {kernel}, {dtype}, {order}: largest relative difference {worst:.2e}")
+    worst, norms = check_members(stack, configs, schedules, clips, params0, grads, dtype, exact=kernel == "for_loop")
+    print(f"{len(configs)} members, {kernel}, {dtype}, {order}: largest relative difference {worst:.2e}"
+          f" (gradient norms {norms:.2e})")
 
 
 SCHEDULES = [ConstantSchedule(), StepSchedule(step_size=2, gamma=0.5), ExponentialSchedule(gamma=0.8),
@@ -182,8 +191,9 @@ def test_schedules_warmup_and_clipping_per_member_equal_torch(kernel, dtype):
     norms = torch.stack(stack.norms)  # (steps, M)
     assert all((norms[:, m] > clip).any() for m, clip in enumerate(clips) if clip)  # every clipping member clips
     assert all(stack.lrs[-1][m] < configs[m].lr / 1.5 for m, s in enumerate(schedules) if s.name == "plateau")
-    worst = check_members(stack, configs, schedules, clips, params0, grads, dtype)
-    print(f"{len(configs)} members with schedules and clipping, {kernel}, {dtype}: largest relative difference {worst:.2e}")
+    worst, norms = check_members(stack, configs, schedules, clips, params0, grads, dtype, exact=kernel == "for_loop")
+    print(f"{len(configs)} members with schedules and clipping, {kernel}, {dtype}: largest relative difference"
+          f" {worst:.2e} (gradient norms {norms:.2e})")
 
 
 def test_members_that_do_not_clip_keep_their_gradients_bit_for_bit():
@@ -197,8 +207,7 @@ def test_members_that_do_not_clip_keep_their_gradients_bit_for_bit():
         assert not torch.equal(p.grad[[0, 2]], g[[0, 2]])
     total = torch.stack([torch.linalg.vector_norm(torch.cat([p.grad[m].flatten() for p in params])) for m in range(4)])
     assert total[[0, 2]].tolist() == pytest.approx([1.0, 2.0], rel=1e-5)
-    assert norms.tolist() == pytest.approx([nn.utils.get_total_norm([g[m] for g in grads]).item() for m in range(4)],
-                                           rel=1e-6)
+    assert torch.equal(norms, torch.stack([nn.utils.get_total_norm([g[m] for g in grads]) for m in range(4)]))
 
 
 @pytest.mark.parametrize("kernel", ["for_loop", "auto"])
