@@ -3,9 +3,10 @@
 Each parameter is a (M, *shape) tensor (torch.func.stack_module_state's layout). torch.optim keeps
 one lr per param group, so it cannot update such stacks with per-member settings: here members are
 split into kinds by optimizer, by the switches that pick a branch of torch's formula (momentum on or
-off, nesterov, centered, amsgrad) and by the kernel a solo run would use (`implementation`; auto is
-fused for Adam, AdamW and Adagrad on the CPU, and a fused kind also shares betas and eps). Each
-kind's rule (stackrules) runs once over its members' rows, every other setting an (m,) column.
+off, nesterov, centered, amsgrad) and by the kernel: torch's fused one for Adam, AdamW and Adagrad
+where a solo run would use it (`implementation: auto` on the CPU; a fused kind also shares betas and
+eps), else the single-tensor formula (bit for bit torch's `foreach=False`). Each kind's rule
+(stackrules) runs once over its members' rows, every other setting an (m,) column.
 A kind whose members sit next to each other in the stack is updated through a view, with no copy; a
 scattered one is gathered with index_select and written back with index_copy_ (benchmarks/stackopt.py
 gives the cost). Frozen members (diverged ones) are left out of their kind's rows: their parameters

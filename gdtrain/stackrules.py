@@ -155,6 +155,10 @@ def state_names(name: str, switches: tuple[bool, ...]) -> tuple[str, ...]:
 
 
 # --- torch's fused kernels (gdtrain's pick on the CPU for Adam, AdamW, Adagrad) ---------------------
+# Not for SGD, though gdtrain picks fused SGD for a solo run too: torch's fused SGD kernel gives a row
+# of a stacked tensor other last bits than the same numbers in a tensor of their own (where the
+# vector loop's tail falls), so it would match neither for_loop nor the solo fused run; its
+# single-tensor rule (two or three passes) matches for_loop bit for bit. RMSprop has no fused kernel.
 # A fused kernel takes every setting as one float, so these rules serve members with equal betas and
 # eps (stackopt keys such kinds by those values). When the rows share lr and weight decay too (a
 # group of seeds), the kernel updates them as it updates a solo run, bit for bit. Otherwise it writes
@@ -170,11 +174,16 @@ def _shared(r: Rows, *names: str) -> dict[str, float] | None:
     return None
 
 
+def _steps(r: Rows) -> list[Tensor]:
+    """The fused kernels' state_steps: float32 on the parameters' device, as torch keeps them for fused."""
+    return [torch.tensor(r.step[0].item(), dtype=torch.float32, device=r.params[0].device)] * len(r.params)
+
+
 def adam_fused(r: Rows, decoupled: bool = False) -> None:
     """torch._fused_adam_ / _fused_adamw_ over the rows, lr and weight_decay per member."""
     (amsgrad,) = r.switches
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-    steps = [torch.tensor(r.step[0].item(), dtype=torch.float32)] * len(r.params)  # the rows step together
+    steps = _steps(r)
     betas = {"beta1": r.hypers["beta1"][0].item(), "beta2": r.hypers["beta2"][0].item(), "eps": r.hypers["eps"][0].item()}
     state = (r.state["exp_avg"], r.state["exp_avg_sq"], r.state.get("max_exp_avg_sq", []), steps)
     shared = _shared(r, "weight_decay")
@@ -202,7 +211,7 @@ def adamw_fused(r: Rows) -> None:
 
 def adagrad_fused(r: Rows) -> None:
     """torch._fused_adagrad_ over the rows, lr, lr_decay and weight_decay per member."""
-    steps = [torch.tensor(r.step[0].item(), dtype=torch.float32)] * len(r.params)
+    steps = _steps(r)
     eps = r.hypers["eps"][0].item()
     shared = _shared(r, "lr_decay", "weight_decay")
     if shared is not None:
