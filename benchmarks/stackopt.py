@@ -15,6 +15,12 @@ work on the machine), gradients already in place (only the update is timed, not 
 3. The per-step helpers: per-member clipping, and MemberSchedules during warm-up (a Python loop).
 One torch thread by default: on a 2-core machine shared with other work, two threads waiting on each
 other made the same step 10 to 100 times slower from one timing to the next.
+
+Measured (AMD EPYC, 2 cores, shared with two other jobs, torch 2.13.0 CPU, 1 thread), µs per step:
+M = 8 / 21 / 64 stacked Adam, own lr each 1,741 / 4,361 / 13,575; one lr 1,133 / 2,572 / 8,352;
+for_loop rules 4,747 / 12,318 / 38,145; M × torch fused Adam 2,408 / 4,617 / 13,157. The update is
+memory-bound at these sizes: stacking saves the per-call overhead, not the passes over the numbers.
+Mixed group at M = 64: views 24,186, gathers 37,441 (+55%), masks 151,823.
 """
 
 from __future__ import annotations
@@ -85,7 +91,8 @@ def adam_table(sizes: list[int], steps: int, repeats: int) -> None:
             figures.append(timed(lambda: opt.step(lr), steps, repeats))
         solo = timed(separate(m, kernel), steps, repeats)
         foreach = timed(separate(m, "foreach"), steps, repeats)
-        print(f"| {m} | " + " | ".join(f"{f:,.0f}" for f in (*figures, solo, foreach)) + f" | {solo / figures[0]:.2f}× |")
+        cells = " | ".join(f"{f:,.0f}" for f in (*figures, solo, foreach))
+        print(f"| {m} | {cells} | {solo / figures[0]:.2f}× |")
 
 
 def masked(m: int, configs: list) -> Callable[[], None]:
@@ -115,7 +122,8 @@ def masked(m: int, configs: list) -> Callable[[], None]:
 
 
 def mixed_table(sizes: list[int], steps: int, repeats: int) -> None:
-    print("\n| M (half SGD momentum, half Adam, for_loop rules) | by kind, views (µs/step) | interleaved, gathers | masks |")
+    print("\n| M (half SGD momentum, half Adam, for_loop rules) | by kind, views (µs/step) | interleaved, gathers "
+          "| masks |")
     print("|---:|---:|---:|---:|")
     for m in [s for s in sizes if s > 1]:
         sgd, adam = SGDConfig(lr=0.01, momentum=0.9), AdamConfig(implementation="for_loop")

@@ -42,9 +42,7 @@ def switches(cfg: OptimizerConfig) -> tuple[bool, ...]:
 
 
 def kind_key(cfg: OptimizerConfig, device: torch.device) -> tuple[str, tuple[bool, ...], bool, tuple[float, ...]]:
-    """Members with equal keys share a rule: the optimizer, the switches of torch's formula, and whether it
-    runs torch's fused kernel (where a solo run would: stackrules.FUSED_RULES), then with the settings that
-    kernel takes as one float."""
+    """What members sharing a rule share: optimizer, formula switches, fused or not, a fused kernel's float settings."""
     fused = cfg.name in FUSED_RULES and implementation(cfg, device) == "fused"
     return cfg.name, switches(cfg), fused, tuple(_hyper(cfg, h) for h in FUSED_SHARED[cfg.name]) if fused else ()
 
@@ -186,8 +184,7 @@ class StackedOptimizer:
         self.freeze(state["frozen"])
 
     def member_state_dict(self, member: int, group: dict[str, float]) -> dict[str, Any]:
-        """Member `member`'s state as torch.optim's state_dict() has it in a solo run of its config (gdtrain's
-        kernel choice); `group`: its param group's lr and, with a schedule, initial_lr (MemberSchedules.group)."""
+        """One member's state as its solo run's torch.optim state_dict(); `group`: MemberSchedules.group(member)."""
         cfg = self.configs[member]
         kind = next(k for k in self.kinds if member in k.members)
         row = kind.members.index(member)

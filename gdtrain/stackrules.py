@@ -184,7 +184,7 @@ def adam_fused(r: Rows, decoupled: bool = False) -> None:
     (amsgrad,) = r.switches
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
     steps = _steps(r)
-    betas = {"beta1": r.hypers["beta1"][0].item(), "beta2": r.hypers["beta2"][0].item(), "eps": r.hypers["eps"][0].item()}
+    betas = {name: r.hypers[name][0].item() for name in ("beta1", "beta2", "eps")}  # one per fused kind
     state = (r.state["exp_avg"], r.state["exp_avg_sq"], r.state.get("max_exp_avg_sq", []), steps)
     shared = _shared(r, "weight_decay")
     if shared is not None:

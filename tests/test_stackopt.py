@@ -82,7 +82,8 @@ def solo(cfg, schedule, clip, params0, grads, member, steps=STEPS):
     for step in range(steps):
         for p, g in zip(params, grads[step]):
             p.grad = g.clone()
-        norms.append(nn.utils.clip_grad_norm_(params, clip) if clip else nn.utils.get_total_norm([p.grad for p in params]))
+        grads_now = [p.grad for p in params]
+        norms.append(nn.utils.clip_grad_norm_(params, clip) if clip else nn.utils.get_total_norm(grads_now))
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         if warmup is not None and step < warmup.total_iters:
@@ -134,7 +135,8 @@ def check_members(stack: Stack, configs, schedules, clips, params0, grads, dtype
     for m, (cfg, schedule, clip) in enumerate(zip(configs, schedules, clips)):
         if m in skip:
             continue
-        params, lrs, norms, _ = solo(cfg, schedule, clip, [p[m] for p in params0], [[g[m] for g in s] for s in grads], m)
+        own = [[g[m] for g in s] for s in grads]
+        params, lrs, norms, _ = solo(cfg, schedule, clip, [p[m] for p in params0], own, m)
         assert [lr[m].item() for lr in stack.lrs] == lrs, f"member {m}: {cfg}, {schedule}"
         worst[1] = max(worst[1], difference(torch.stack(stack.norms)[:, m], norms))  # summed in another order
         assert worst[1] <= TOLERANCE[dtype]
@@ -153,7 +155,8 @@ def test_every_setting_in_one_mixed_group_equals_torch(kernel, dtype, order):
     """All 90 accepted combinations as members of one group, kinds side by side (views) or shuffled
     (gathers). for_loop: bit for bit torch's single-tensor kernel. auto runs Adam, AdamW and Adagrad through
     torch's fused kernels, as gdtrain does on the CPU: as far from for_loop as torch's fused kernel is (1e-7)."""
-    configs = [cfg.model_copy(update={"implementation": kernel, "lr": cfg.lr * (1 + i % 3)}) for i, cfg in enumerate(MATRIX)]
+    configs = [cfg.model_copy(update={"implementation": kernel, "lr": cfg.lr * (1 + i % 3)})
+               for i, cfg in enumerate(MATRIX)]
     if order == "shuffled":
         random.Random(0).shuffle(configs)
     else:
@@ -335,7 +338,8 @@ def test_mixed_kinds_are_split_by_the_switches_of_torchs_formula():
         ("adam", (True,), [4]), ("adamw", (False,), [5]), ("rmsprop", (False, True), [6])]
 
 
-@pytest.mark.parametrize("cfg", [AdamConfig(weight_decay=0.01), AdamWConfig(amsgrad=True), AdagradConfig(lr_decay=0.01)])
+@pytest.mark.parametrize("cfg", [AdamConfig(weight_decay=0.01), AdamWConfig(amsgrad=True),
+                                 AdagradConfig(lr_decay=0.01)])
 def test_members_sharing_every_setting_are_bit_for_bit_a_solo_fused_run(cfg):
     """Seeds of one config: torch's fused kernel updates their rows as it updates a solo run (gdtrain's pick)."""
     params0, grads = start(3, torch.float32), gradients(3, torch.float32)
