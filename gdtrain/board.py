@@ -32,7 +32,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from gdtrain import compare, names, runs
 from gdtrain.config import FunctionData, ImageData, load_config, to_dict
 from gdtrain.errors import UserError
+from gdtrain.plotting import band
 
 GROUPS = "_groups"  # the aggregate runs' folder in the experiment folder
 FIRST = ("optimizer.name", "optimizer.lr")  # always marked varying: what a comparison of optimizers reads first
@@ -259,13 +259,11 @@ def _aggregate(members: list[compare.Run]) -> list[event_pb2.Event]:
     shared = set.intersection(*({tag for row in run.rows for tag in row} for run in members)) - {"step", "epoch"}
     points: dict[int, list[summary_pb2.Summary.Value]] = {}
     for tag in sorted(shared):
-        by_x = [{(epoch if tag.endswith(runs.EPOCH_TAG_SUFFIXES) else step): value
-                 for step, epoch, value in run.curve(tag) if math.isfinite(value)} for run in members]
-        for x in sorted(set.intersection(*(set(curve) for curve in by_x))):
-            seen = [curve[x] for curve in by_x]
-            figures = {"mean": statistics.fmean(seen), "min": min(seen), "max": max(seen)}
+        curves = [[(epoch if tag.endswith(runs.EPOCH_TAG_SUFFIXES) else step, value)
+                   for step, epoch, value in run.curve(tag) if math.isfinite(value)] for run in members]
+        for x, *figures in zip(*band(curves)):
             points.setdefault(x, []).extend(summary_pb2.Summary.Value(tag=f"{SEEDS}{tag}/{stat}", simple_value=figure)
-                                            for stat, figure in figures.items())
+                                            for stat, figure in zip(("mean", "min", "max"), figures))
     now = time.time()
     return [event_pb2.Event(wall_time=now, step=x, summary=summary_pb2.Summary(value=values))
             for x, values in sorted(points.items())]
