@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import signal
 import sys
@@ -66,8 +67,16 @@ def die_with_parent() -> None:
     # The kernel sends the parent-death signal again each time it hands the worker from a dying
     # thread of the parent to another one (seen twice in 5 kills of a 5-thread parent), and a
     # second SIGTERM means "stop at once, no checkpoint". So the signal is SIGHUP (also what
-    # torchrun passes on when its terminal goes), turned here into one SIGTERM.
+    # torchrun passes on when its terminal goes), turned here into one SIGTERM. Ignoring SIGHUP
+    # once the handler runs is not enough: more can arrive before that line, each starting the
+    # handler again inside the one before (seen in 1 of 10 and 1 of 30 launcher kills: three nested
+    # calls, two SIGTERMs), so only the first call counts; `next` is one step for Python's signal
+    # handling, which can start a handler between any two.
+    calls = itertools.count()
+
     def parent_died(signum: int, frame: Any) -> None:
+        if next(calls) > 0:
+            return
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         os.kill(os.getpid(), signal.SIGTERM)
 
