@@ -60,6 +60,7 @@ class Device(str, Enum):
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config, e.g. configs/smoke.yaml.", show_default=False)]
+BatchRunsOpt = Annotated[Optional[int], typer.Option("--batch-runs", metavar="N", help="Most runs trained together as one stacked model (compatible points only); default: as many as fit in memory; 1: each alone.")]
 NprocOpt = Annotated[int, typer.Option("--nproc", min=1, help="Processes to train with (DistributedDataParallel through torchrun; gloo on CPU, nccl on GPU).")]
 SetOpt = Annotated[
     Optional[list[str]],
@@ -324,6 +325,7 @@ def sweep(
     seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Also run each point with this many seeds (experiment.seed, seed+1, ...).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with its share of the CPU threads.")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Skip points that already have a finished (or diverged) run with the same config.")] = False,
+    batch_runs: BatchRunsOpt = None,
     overrides: SetOpt = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the experiments' run folders.")] = Path("runs"),
 ) -> None:
@@ -332,6 +334,7 @@ def sweep(
     from gdtrain.manifest import Manifest
 
     with user_errors():
+        _check_batch_runs(batch_runs)
         points = sweeping.expand(config, grid or [], seeds, overrides or [])
         folder = runs_dir / points[0].config.experiment.name
         manifest = Manifest(folder, "sweep")
@@ -347,9 +350,9 @@ def sweep(
             typer.echo(f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
                        + (f" ({result.seconds:.1f} s)" if result.seconds else "") + (f"  {detail}" if detail else ""))
 
-        results, stopped_by = sweeping.run_sweep(points, runs_dir, jobs, resume, report, manifest)
+        results, stopped_by = sweeping.run_sweep(points, runs_dir, jobs, resume, report, manifest, batch_runs, typer.echo)
     counts = Counter(result.status for result in results)
-    again = _sweep_again(config, grid or [], seeds, jobs, overrides or [], runs_dir)
+    again = _sweep_again(config, grid or [], seeds, jobs, overrides or [], runs_dir, batch_runs)
     if stopped_by is not None:
         shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "interrupted", "not started"))
         typer.echo(f"sweep stopped by {signal.Signals(stopped_by).name}: {len(results)} points: {shown}"
@@ -362,10 +365,18 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _sweep_again(config: Path, grid: list[str], seeds: int | None, jobs: int, overrides: list[str], runs_dir: Path) -> str:
+def _check_batch_runs(batch_runs: int | None) -> None:
+    if batch_runs is not None and batch_runs < 1:
+        raise UserError(f"--batch-runs {batch_runs}: must be 1 or more (1 trains each run alone; leave it out "
+                        "to train as many together as fit in memory)")
+
+
+def _sweep_again(config: Path, grid: list[str], seeds: int | None, jobs: int, overrides: list[str], runs_dir: Path,
+                 batch_runs: int | None) -> str:
     """The `gdtrain sweep ... --resume` command that continues this sweep."""
     return shlex.join(["gdtrain", "sweep", str(config), *[arg for g in grid for arg in ("--grid", g)],
                        *(["--seeds", str(seeds)] if seeds is not None else []), *(["--jobs", str(jobs)] if jobs > 1 else []),
+                       *(["--batch-runs", str(batch_runs)] if batch_runs is not None else []),
                        *[arg for o in overrides for arg in ("--set", o)], "--runs-dir", str(runs_dir), "--resume"])
 
 
@@ -375,6 +386,7 @@ def study(
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the study folder <runs-dir>/<study-name>/.")] = Path("runs"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue a study: runs already done are never run twice.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with its share of the CPU threads.")] = 1,
+    batch_runs: BatchRunsOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Tune each optimizer on an equal budget, rerun the best over seeds, and state which is better and how surely."""
@@ -382,8 +394,9 @@ def study(
     from gdtrain.studyreport import verdict_lines
 
     with user_errors():
+        _check_batch_runs(batch_runs)
         spec = studying.load_study(study_file, overrides or [])
-        folder, results, code = studying.run_study(spec, runs_dir, jobs, resume, typer.echo)
+        folder, results, code = studying.run_study(spec, runs_dir, jobs, resume, typer.echo, batch_runs)
     if results is None:
         raise typer.Exit(code)
     typer.echo("")

@@ -109,32 +109,70 @@ def _check_sizes(config: Config, n_train: int, n_val: int) -> None:
         raise UserError(str(err)) from None
 
 
-def _images(config: Config, g: torch.Generator) -> Dataset:
-    """An MNIST-family set: a seeded validation slice of the training images, and the test set."""
+@dataclass(frozen=True)
+class Table:
+    """A dataset as rows of one table: the training and validation splits are index vectors into
+    (x, y), so runs that differ only in their split (stacked members of an image set) share the rows."""
+
+    x: Tensor  # (N, ...) every sample the splits index, as stored (an image set's uint8 pixels)
+    y: Tensor
+    train: Tensor  # (n_train,) int64 rows, in the order build_dataset keeps them
+    val: Tensor
+    n_classes: int | None
+    features: Callable[[Tensor], Tensor]  # rows of x → (n, D) float32 model inputs
+    x_test: Tensor | None = None
+    y_test: Tensor | None = None
+
+    def dataset(self) -> Dataset:
+        """The splits as a Dataset of their own tensors (rows taken before they are made float: less memory)."""
+        return Dataset(self.features(self.x[self.train]), self.y[self.train], self.features(self.x[self.val]),
+                       self.y[self.val], self.n_classes, self.x_test, self.y_test)
+
+
+def _images(config: Config, g: torch.Generator, like: Table | None) -> Table:
+    """An MNIST-family set: a seeded validation slice of the training images, and the test set;
+    with `like` (the same set, another seed) its images, so only the split is drawn."""
+    cfg = config.data
+    if like is not None:
+        order = torch.randperm(len(like.x), generator=g)
+        return Table(like.x, like.y, order[cfg.val_size :], order[: cfg.val_size], cfg.n_classes, like.features,
+                     like.x_test, like.y_test)
     from gdtrain import idx  # the IDX reader is needed only for image sets
 
-    cfg = config.data
     root = idx.data_root(cfg.root)
     if cfg.download:
         idx.download(cfg.name, root)
     train_images, train_labels, test_images, test_labels = idx.load(cfg.name, root)
     _check_sizes(config, len(train_images) - cfg.val_size, cfg.val_size)
     order = torch.randperm(len(train_images), generator=g)
-    val, train = order[: cfg.val_size], order[cfg.val_size :]
-    return Dataset(_pixels(train_images[train], cfg), train_labels[train], _pixels(train_images[val], cfg),
-                   train_labels[val], cfg.n_classes, _pixels(test_images, cfg), test_labels)
+    return Table(train_images, train_labels, order[cfg.val_size :], order[: cfg.val_size], cfg.n_classes,
+                 lambda images: _pixels(images, cfg), _pixels(test_images, cfg), test_labels)
+
+
+def table(config: Config, like: Table | None = None) -> Table:
+    """The configured dataset on the CPU as one table and its splits: generated or read, split by the
+    experiment seed; `like`, a table of the same table_key, is reused instead of made again."""
+    g = torch.Generator().manual_seed(config.experiment.seed)
+    if isinstance(config.data, ImageData):
+        return _images(config, g, like)
+    if like is not None:
+        return like
+    x, y = SYNTHETIC[config.data.name](config.data, g)
+    n_val = round(len(x) * config.data.val_fraction)
+    order = torch.randperm(len(x), generator=g)
+    return Table(x, y, order[n_val:], order[:n_val], config.data.n_classes, Tensor.float)
+
+
+def table_key(config: Config) -> str:
+    """What a table's rows depend on: the data section, and for generated sets the seed too (an
+    image set's pixels are the same for every seed; only its split differs)."""
+    seed = None if isinstance(config.data, ImageData) else config.experiment.seed
+    return f"{config.data.model_dump_json()} {seed}"
 
 
 def build_dataset(config: Config) -> Dataset:
     """The configured dataset on the CPU: generated or read, split by the experiment seed."""
-    g = torch.Generator().manual_seed(config.experiment.seed)
-    if isinstance(config.data, ImageData):
-        return _images(config, g)
-    x, y = SYNTHETIC[config.data.name](config.data, g)
-    n_val = round(len(x) * config.data.val_fraction)
-    order = torch.randperm(len(x), generator=g)
-    val, train = order[:n_val], order[n_val:]
-    return Dataset(x[train].float(), y[train], x[val].float(), y[val], config.data.n_classes)
+    return table(config).dataset()
 
 
 def shuffled_batches(x: Tensor, y: Tensor, batch_size: int, g: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:

@@ -98,7 +98,7 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
     with owned:  # the folder is this process's from its first file to its last
         with distributed.together(parts.world):
             if parts.world.main:
-                tracker = _tracker(run_dir, config, parts, meta)
+                tracker = open_tracker(run_dir, config, meta, parts.world.size)
         run_dir = Path(distributed.gather(str(run_dir) if parts.world.main else "", parts.world)[0]
                        if parts.world.size > 1 else run_dir)
         return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
@@ -161,7 +161,7 @@ def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], N
     tracker: Tracker | NullTracker = NullTracker()
     with distributed.together(world):
         if world.main:
-            tracker = _tracker(run_dir, config, parts, meta, state["metrics_offset"])
+            tracker = open_tracker(run_dir, config, meta, world.size, state["metrics_offset"])
     return _train(config, parts, run_dir, tracker, progress, meta, quiet)
 
 
@@ -170,18 +170,19 @@ def _meta(config: Config, parts: Parts) -> dict[str, Any]:
         "optimizer_kernel": implementation(config.optimizer, parts.device)}
 
 
-def _tracker(run_dir: Path, config: Config, parts: Parts, meta: dict[str, Any],
-             resume_at: int | None = None) -> Tracker:
-    """Rank 0's Tracker, its HParams session logged and the experiment's definition updated; a full
-    disk here is the same one line as mid-run."""
+def open_tracker(run_dir: Path, config: Config, meta: dict[str, Any], processes: int = 1,
+                 resume_at: int | None = None, define: bool = True) -> Tracker:
+    """Rank 0's Tracker, its HParams session logged and (with `define`) the experiment's definition
+    updated; a full disk here is the same one line as mid-run."""
     try:
         if resume_at is not None:
             runs.reopen(run_dir)
         tracker = Tracker(run_dir, resume_at)
         tracker.log_hparams(runs.flatten(to_dict(config)))
     except OSError as err:
-        raise _disk_error(run_dir, err, meta, parts.world.size) from None
-    board.define(run_dir.parent)  # the experiment's HParams now list this run's settings too
+        raise disk_error(run_dir, err, meta, processes) from None
+    if define:
+        board.define(run_dir.parent)  # the experiment's HParams now list this run's settings too
     return tracker
 
 
@@ -249,7 +250,7 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
             if outcome.status != "interrupted":
                 checkpoints.save_atomic(parts.model.state_dict(), run_dir / "model.pt")
         except OSError as err:  # disk full, folder removed or made read-only while training
-            raise _disk_error(run_dir, err, meta, world.size) if world.main else UserError(
+            raise disk_error(run_dir, err, meta, world.size) if world.main else UserError(
                 f"{run_dir}: cannot write ({err.strerror or err}); {runs.resume_command(run_dir, world.size)} once fixed") from None
         except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
             if world.main:
@@ -264,7 +265,7 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
     return outcome
 
 
-def _disk_error(run_dir: Path, err: OSError, meta: dict[str, Any], nproc: int) -> UserError:
+def disk_error(run_dir: Path, err: OSError, meta: dict[str, Any], nproc: int) -> UserError:
     """The one line for a write that failed (summary.json records it, when the disk still takes it)."""
     runs.record_failure(run_dir, err, meta, runs.resume_command(run_dir, nproc))
     return UserError(f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far "

@@ -85,3 +85,17 @@ class MemberSchedules:
                     x.load_state_dict(saved[key])
         self.steps = state["steps"]
         self._lr = self._read()
+
+    def load_member(self, member: int, group: dict[str, Any], scheduler: dict[str, Any] | None,
+                    warmup: dict[str, Any] | None, steps: int) -> None:
+        """Continue member `member` where its solo run's checkpoint stands: its param group's lr
+        entries (`group`), its schedule's and warm-up's states; `steps`: optimizer steps taken."""
+        self.stand_ins[member].param_groups[0].update({k: v for k, v in group.items() if k in ("lr", "initial_lr")})
+        for x, saved, key in ((self.schedulers[member], scheduler, "scheduler"), (self.warmups[member], warmup, "warmup")):
+            if (x is None) != (saved is None):
+                raise ValueError(f"the checkpoint's {key} does not match this member's schedule config")
+            if x is not None:
+                x.load_state_dict(saved)
+        self.steps = steps
+        self._lr = self._read()
+

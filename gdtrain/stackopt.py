@@ -202,6 +202,19 @@ class StackedOptimizer:
         return solo.state_dict()
 
 
+    @torch.no_grad()
+    def load_member_state_dict(self, member: int, state: dict[str, Any], steps: int) -> None:
+        """Continue member `member` from its solo run's torch.optim state_dict (member_state_dict's
+        inverse); `steps`: the optimizer steps it has taken (SGD's state does not count them)."""
+        kind = next(k for k in self.kinds if member in k.members)
+        row = kind.members.index(member)
+        saved = state["state"]
+        kind.step[row] = float(saved[0]["step"]) if saved and "step" in saved[0] else steps
+        for name, tensors in kind.state.items():
+            for i, t in enumerate(tensors):
+                if i in saved:
+                    t[row].copy_(saved[i][name])
+
 def _settings(cfg: OptimizerConfig) -> dict[str, Any]:
     """The config's torch.optim arguments (what the update depends on besides the lr)."""
     return cfg.model_dump(exclude={"name", "implementation"})

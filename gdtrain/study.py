@@ -298,7 +298,8 @@ def rerun_points(study: Study, chosen: dict[str, dict[str, Any]]) -> list[tuple[
     return points
 
 
-def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) -> tuple[Path, dict[str, Any] | None, int]:
+def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
+              batch_runs: int | None = None) -> tuple[Path, dict[str, Any] | None, int]:
     """Tune, select, rerun and analyse: (study folder, results, exit code); results are None when
     some run did not end in a result (exit 1), or a signal stopped the study (exit 128 + signal)."""
     from gdtrain import studyreport, verdict
@@ -310,7 +311,7 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) 
     points = tuning_points(study)
     manifest = Manifest(folder, "study")
     manifest.plan(_labelled(study, points))
-    trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning", manifest)
+    trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning", manifest, batch_runs)
     if trials is None:
         return folder, None, code
     arms, chosen = [], {}
@@ -324,7 +325,7 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any) 
                      "chosen_trial": best["name"] if best else None})
     again = rerun_points(study, chosen)
     manifest.plan(_labelled(study, points + again))
-    reruns, code = _execute(study, again, runs_dir, jobs, echo, "reruns", manifest)
+    reruns, code = _execute(study, again, runs_dir, jobs, echo, "reruns", manifest, batch_runs)
     if reruns is None:
         return folder, None, code
     for arm in arms:
@@ -348,7 +349,7 @@ def _labelled(study: Study, points: list[tuple[str, str, dict[str, Any]]]) -> li
 
 
 def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_dir: Path, jobs: int, echo: Any,
-             phase: str, manifest: Manifest) -> tuple[dict[str, str] | None, int]:
+             phase: str, manifest: Manifest, batch_runs: int | None = None) -> tuple[dict[str, str] | None, int]:
     """Run the points as a sweep: ({run name: run folder}, 0), or (None, exit code) when some did not
     end in a result or a signal stopped them."""
     import signal
@@ -367,8 +368,9 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
 
     # resume=True: a run already done with this name and config is never run twice, and an interrupted
     # one continues from its checkpoint (run_study has refused a non-empty folder without --resume)
-    results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report, manifest)
-    again = f"gdtrain study {study.source} --runs-dir {runs_dir} --resume" + (f" --jobs {jobs}" if jobs > 1 else "")
+    results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report, manifest, batch_runs, echo)
+    again = (f"gdtrain study {study.source} --runs-dir {runs_dir} --resume" + (f" --jobs {jobs}" if jobs > 1 else "")
+             + (f" --batch-runs {batch_runs}" if batch_runs is not None else ""))
     missing = [r for r in results if r.status not in ("finished", "diverged", "skipped") or r.run_dir is None]
     if stopped_by is not None:
         counts = ", ".join(f"{sum(r.status == s for r in results)} {s}"

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gdtrain import board, names, runs
+from gdtrain import board, groups, names, runs
 from gdtrain.config import Config, apply_overrides, read_config, to_dict, validate
 from gdtrain.errors import UserError
 from gdtrain.manifest import Manifest
-from gdtrain.tasks import Result, Task, attempt
+from gdtrain.tasks import Result, Task
+from gdtrain.units import attempt
 from gdtrain.workers import Guard, run_parallel
 from gdtrain.yamlio import parse_value
 
@@ -102,9 +103,11 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
 
 
 def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, report: Callable[[Result], None],
-              manifest: Manifest | None = None) -> tuple[list[Result], int | None]:
-    """Run the points `jobs` at a time (with `resume`: skip finished ones, continue interrupted ones),
-    report each result and record its run folder in `manifest`; then TensorBoard's groups
+              manifest: Manifest | None = None, batch_runs: int | None = None,
+              say: Callable[[str], None] = lambda line: None) -> tuple[list[Result], int | None]:
+    """Run the points `jobs` groups at a time, compatible points stacked `batch_runs` at most (None:
+    as many as fit; gdtrain/groups.py); with `resume` skip finished points and continue interrupted
+    ones. Report each result and record its run folder in `manifest`; then TensorBoard's groups
     (board.write_groups), also after a signal. Returns every point's result and the signal that
     stopped the sweep, if any."""
     results: list[Result] = []
@@ -124,18 +127,25 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, repo
             continue
         paused = next((str(run_dir) for run_dir, status in reversed(before) if status == "interrupted"), None)
         tasks.append(Task(point.raw, point.name, str(runs_dir), point.config.experiment.name, paused))
-    parallel = jobs > 1 and len(tasks) > 1
+    units = groups.plan(tasks, batch_runs, jobs) if tasks else []
+    if any(len(unit) > 1 for unit in units):
+        sizes = ", ".join(str(len(unit)) for unit in units)
+        say(f"stacked: {len(tasks)} runs train as {len(units)} group(s) of {sizes} runs "
+            "(gdtrain/groups.py; --batch-runs 1 trains each alone)")
+    parallel = jobs > 1 and len(units) > 1
     guard = Guard(message="stopping the sweep: the running points save a checkpoint and stop, no other point "
                           "starts (again to stop them at once)" if parallel else
                           "stopping the sweep: no other point starts")
     with guard.installed():
-        for result in run_parallel(tasks, jobs, guard) if parallel else _in_turn(tasks, guard):
-            results.append(result)
-            record(result)
-            if result.status != "not started":
-                report(result)
-            if result.status == "interrupted" and guard.signal is None:  # a signal to one run stops the sweep
-                guard.stop(result.signal or signal.SIGINT)
+        position = {task.name: i for i, task in enumerate(tasks)}
+        for done in run_parallel(units, jobs, guard) if parallel else _in_turn(units, guard):
+            for result in sorted(done, key=lambda r: position[r.name]):  # a group's in the grid's order
+                results.append(result)
+                record(result)
+                if result.status != "not started":
+                    report(result)
+                if result.status == "interrupted" and guard.signal is None:  # a signal to one run stops the sweep
+                    guard.stop(result.signal or signal.SIGINT)
         for folder in sorted({runs_dir / point.config.experiment.name for point in points}):
             if folder.is_dir():  # TensorBoard: one line per configuration, from whatever finished
                 board.write_groups(folder)
@@ -143,9 +153,9 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, repo
     return results + [Result(task.name, "not started") for task in tasks if task.name not in ran], guard.signal
 
 
-def _in_turn(tasks: list[Task], guard: Guard) -> Iterator[Result]:
-    """The tasks one after the other in this process, until a signal."""
-    for task in tasks:
+def _in_turn(units: list[list[Task]], guard: Guard) -> Iterator[list[Result]]:
+    """The groups one after the other in this process, until a signal: each group's results."""
+    for unit in units:
         if guard.signal is not None:
             return
-        yield attempt(task, guard)
+        yield attempt(unit, guard)

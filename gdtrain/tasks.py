@@ -4,7 +4,6 @@ how it runs (continuing its interrupted run when it has one). Sweeps and studies
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from gdtrain.errors import UserError
 
 if TYPE_CHECKING:
     from gdtrain.engine import Outcome
-    from gdtrain.workers import Guard
 
 
 @dataclass
@@ -73,17 +71,6 @@ def _resume(task: Task) -> tuple[Path, Outcome] | None:
         return Path(task.resume), recipe.resume(Path(task.resume), quiet=True)
     except UserError:  # stopped before its first checkpoint, or the folder no longer reads: run anew
         return None
-
-
-def attempt(task: Task, guard: Guard) -> Result:
-    """run_point under `guard`: a signal that comes before the run's own handlers are in place (or
-    after they are gone), or a second one, stops the point at once."""
-    try:
-        with guard.running():
-            return run_point(task)
-    except KeyboardInterrupt:
-        return Result(task.name, "interrupted", error="stopped at once; its last checkpoint, if any, is kept",
-                      signal=guard.signal or signal.SIGINT)
 
 
 def recorded_result(name: str, run_dir: Path) -> Result | None:

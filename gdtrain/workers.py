@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import multiprocessing
 import os
 import signal
@@ -25,7 +26,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -34,7 +35,8 @@ from types import FrameType
 
 from gdtrain.errors import UserError
 from gdtrain.runs import runs_named
-from gdtrain.tasks import Result, Task, attempt, recorded_result
+from gdtrain.tasks import Result, Task, recorded_result
+from gdtrain.units import attempt
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -96,7 +98,12 @@ def die_with_parent(parent: int) -> None:
     # thread of the parent to another (a multi-threaded parent), and a second SIGTERM means "stop
     # at once, no checkpoint". So the signal is SIGHUP, turned here into one SIGTERM
     # (as distributed.die_with_parent does for torchrun's workers).
+    # Only the handler's first call counts: a second SIGHUP can come before it has set SIGHUP aside.
+    calls = itertools.count()
+
     def parent_died(signum: int, frame: FrameType | None) -> None:
+        if next(calls) > 0:
+            return
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -110,8 +117,8 @@ def die_with_parent(parent: int) -> None:
 
 
 def _serve(conn: Connection, threads: int, parent: int) -> None:
-    """A worker's life: run each task the parent sends and send back its result, until the parent
-    sends None or is gone. Starts with SIGINT and SIGTERM blocked (the parent's mask at the spawn)."""
+    """A worker's life: run each group of tasks the parent sends and send back their results, until
+    the parent sends None or is gone. Starts with SIGINT and SIGTERM blocked (the parent's mask at the spawn)."""
     die_with_parent(parent)
     os.setpgid(0, 0)  # out of the terminal's group: Ctrl-C reaches the sweep, which passes it on once
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may still write to the terminal
@@ -127,14 +134,14 @@ def _serve(conn: Connection, threads: int, parent: int) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a signal that came meanwhile lands now
         while True:
             try:
-                task = conn.recv()
+                unit = conn.recv()
             except EOFError:  # the parent is gone
                 break
-            if task is None:
+            if unit is None:
                 break
             try:
-                reply: Result | UserError = (attempt(task, guard) if guard.signal is None
-                                             else Result(task.name, "not started"))
+                reply: list[Result] | UserError = (attempt(unit, guard) if guard.signal is None
+                                                   else [Result(task.name, "not started") for task in unit])
             except UserError as err:  # a problem of the whole sweep: the parent reports it
                 reply = err
             try:
@@ -148,34 +155,39 @@ def _serve(conn: Connection, threads: int, parent: int) -> None:
 
 @dataclass
 class Worker:
-    """A worker process, the parent's end of its pipe, and the task it holds."""
+    """A worker process, the parent's end of its pipe, and the group of tasks it holds."""
 
     process: BaseProcess
     conn: Connection
-    task: Task | None = None
-    before: frozenset[Path] = frozenset()  # the task's run folders when it was sent
+    task: list[Task] | None = None
+    before: dict[str, frozenset[Path]] = field(default_factory=dict)  # each task's run folders when it was sent
 
-    def send(self, task: Task) -> None:
-        """Hand the worker a task."""
-        self.task = task
-        self.before = frozenset(runs_named(Path(task.runs_dir), task.experiment, task.name))
+    def send(self, unit: list[Task]) -> None:
+        """Hand the worker a group of tasks."""
+        self.task = unit
+        self.before = {task.name: frozenset(runs_named(Path(task.runs_dir), task.experiment, task.name))
+                       for task in unit}
         with contextlib.suppress(OSError):  # already dead: its pipe reads as closed, handled there
-            self.conn.send(task)
+            self.conn.send(unit)
 
     def tell(self, signum: int) -> None:
         """Pass a signal on to the worker."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.process.pid, signum)
 
-    def died(self) -> Result:
-        """The result of the task this worker held when it died: its run's, when that finished on disk."""
+    def died(self) -> list[Result]:
+        """The results of the tasks this worker held when it died: their runs', when finished on disk."""
         self.process.join()
-        task, code = self.task, self.process.exitcode or 0
+        code = self.process.exitcode or 0
         try:
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         except ValueError:
             how = f"was killed by signal {-code}"
-        made = sorted(set(runs_named(Path(task.runs_dir), task.experiment, task.name)) - self.before)
+        return [self._lost(task, how) for task in self.task]
+
+    def _lost(self, task: Task, how: str) -> Result:
+        """What became of `task` when its worker died (`how`)."""
+        made = sorted(set(runs_named(Path(task.runs_dir), task.experiment, task.name)) - self.before[task.name])
         made = ([Path(task.resume)] if task.resume is not None else []) + made  # the run it continued, if any
         for run_dir in made:
             recorded = recorded_result(task.name, run_dir)
@@ -186,12 +198,12 @@ class Worker:
                       error=f"its worker process {self.process.pid} {how} while it ran{hint}")
 
 
-def run_parallel(tasks: list[Task], jobs: int, guard: Guard) -> Iterator[Result]:
-    """Run the tasks `jobs` at a time in worker processes, replacing any that dies; yield each
-    result as it comes. Once `guard` has a signal no task is sent."""
+def run_parallel(units: list[list[Task]], jobs: int, guard: Guard) -> Iterator[list[Result]]:
+    """Run the groups of tasks `jobs` at a time in worker processes, replacing any that dies; yield
+    each group's results as they come. Once `guard` has a signal no group is sent."""
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can hang
     threads = max(1, (os.cpu_count() or 1) // jobs)  # jobs × threads ≤ cores: no oversubscription
-    queue, workers = deque(tasks), []
+    queue, workers = deque(units), []
     failure: UserError | None = None
 
     def forward(signum: int) -> None:
@@ -247,8 +259,8 @@ def _held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _hand_out(queue: deque[Task], workers: list[Worker], jobs: int, start: Callable[[], Worker]) -> None:
-    """Give queued tasks to idle workers, starting new ones, until `jobs` are busy."""
+def _hand_out(queue: deque[list[Task]], workers: list[Worker], jobs: int, start: Callable[[], Worker]) -> None:
+    """Give queued groups to idle workers, starting new ones, until `jobs` are busy."""
     workers[:] = [w for w in workers if w.task is not None or w.process.is_alive()]  # an idle one may have died
     while queue and sum(w.task is not None for w in workers) < jobs:
         worker = next((w for w in workers if w.task is None), None)

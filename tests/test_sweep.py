@@ -80,7 +80,7 @@ def test_a_diverged_and_a_failed_run_do_not_stop_the_sweep(tmp_path, monkeypatch
     monkeypatch.setattr(recipe, "run", flaky)
     regression = tmp_path / "reg.yaml"
     regression.write_text("data: {n_samples: 100}\noptimizer: {name: sgd}\ntrain: {epochs: 300, batch_size: full}\n")
-    result = gdtrain("sweep", regression, "--grid", "optimizer.lr=10,0.02,0.01", "--runs-dir", tmp_path)
+    result = gdtrain("sweep", regression, "--grid", "optimizer.lr=10,0.02,0.01", "--runs-dir", tmp_path, "--batch-runs", "1")
     assert result.exit_code == 1
     assert "lr=10: diverged" in result.stdout and "lr=0.02: failed" in result.stdout
     assert "RuntimeError: simulated crash" in result.stdout

@@ -1,6 +1,7 @@
 """Sweeps under Ctrl-C and kill, with real processes and real signals: the running points stop
 with a checkpoint, the queue is cancelled, the counts and the --resume command are printed, the
-workers die with their parent, and a killed worker costs its own point only."""
+workers die with their parent, and a killed worker costs its own point only. The sweeps here train
+one point at a time (--batch-runs 1); tests/test_stacked.py stops stacked groups."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ class Sweep:
         env = os.environ | {"PYTHONUNBUFFERED": "1", MARK: self.mark}
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.process = subprocess.Popen([sys.executable, "-m", "gdtrain", "sweep", str(SMOKE), *args,
-                                             "--runs-dir", str(self.runs)],
+                                             "--runs-dir", str(self.runs)] + ([] if "--batch-runs" in args else
+                                                                              ["--batch-runs", "1"]),
                                             stdout=out, stderr=err, env=env, start_new_session=True)
 
     def output(self) -> str:
@@ -157,7 +159,7 @@ def test_a_signal_stops_a_parallel_sweep_with_checkpoints_and_cancels_the_queue(
     assert_stopped_with_checkpoints(running)
     assert lines[-1].startswith(f"sweep stopped by {sig.name}: 4 points: 0 finished, 0 diverged, 0 failed, "
                                 "2 interrupted, 2 not started; continue with: gdtrain sweep "), run.output()
-    assert lines[-1].endswith(f"--jobs 2 --set train.epochs=5000 --runs-dir {run.runs} --resume")
+    assert lines[-1].endswith(f"--jobs 2 --batch-runs 1 --set train.epochs=5000 --runs-dir {run.runs} --resume")
     assert "Traceback" not in run.err.read_text() and "Warning" not in run.err.read_text()
     wait_until_gone(None, run.mark)  # no worker outlives the sweep
 
@@ -217,19 +219,19 @@ def test_a_dead_worker_whose_run_finished_on_disk_reports_it_finished(tmp_path):
 
     process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
     process.start()
-    holder = workers.Worker(process, conn=None, task=task)  # no pipe: died() reads the disk only
+    holder = workers.Worker(process, conn=None, task=[task], before={task.name: frozenset()})  # no pipe: died() reads the disk only
     run_dir = runs / "smoke" / "lr=0.1-20260101-120000"
     run_dir.mkdir(parents=True)
     os.kill(holder.process.pid, signal.SIGKILL)
-    failed = holder.died()
+    (failed,) = holder.died()
     assert failed.status == "failed" and "was killed by SIGKILL while it ran" in failed.error
     (run_dir / "summary.json").write_text(json.dumps({"status": "finished", "final": {"loss/val": 0.5},
                                                       "wall_seconds": 3.0}))
-    finished = holder.died()
+    (finished,) = holder.died()
     assert (finished.status, finished.run_dir, finished.final) == ("finished", str(run_dir), {"loss/val": 0.5})
-    resumer = workers.Worker(process, conn=None, task=tasks.Task({}, "lr=0.1", str(runs), "smoke", str(run_dir)),
-                             before=frozenset([run_dir]))  # it continued an interrupted run in its own folder
-    assert resumer.died().status == "finished"
+    resumer = workers.Worker(process, conn=None, task=[tasks.Task({}, "lr=0.1", str(runs), "smoke", str(run_dir))],
+                             before={"lr=0.1": frozenset([run_dir])})  # it continued an interrupted run in its own folder
+    assert resumer.died()[0].status == "finished"
 
 
 def test_a_worker_whose_parent_died_before_it_asked_for_the_signal_exits(tmp_path):
@@ -272,7 +274,7 @@ def test_a_signal_while_a_point_is_being_set_up_stops_it_at_once(tmp_path, monke
 
     monkeypatch.setattr(recipe, "build", build_then_signal)
     try:
-        result = gdtrain("sweep", SMOKE, "--grid", "optimizer.lr=0.1,0.01", "--runs-dir", tmp_path)
+        result = gdtrain("sweep", SMOKE, "--grid", "optimizer.lr=0.1,0.01", "--runs-dir", tmp_path, "--batch-runs", "1")
     except KeyboardInterrupt:
         pytest.fail("the signal escaped the sweep as KeyboardInterrupt")
     assert result.exit_code == 130, result.output

@@ -1,0 +1,182 @@
+"""Stacked runs (issue 13): a group of sweep points trains as its members would alone, each into an
+ordinary run folder; grouping never changes what a run computes."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from clihelp import gdtrain, one_error
+from gdtrain import groups, memory, recipe
+from gdtrain.config import apply_overrides, read_config, validate
+from gdtrain.tasks import Task
+from gdtrain.units import run_unit
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+# Every optimizer and branch of its formula, every schedule, warm-up, clipping on and off, three seeds.
+MIXED = [
+    ["optimizer={name: sgd, lr: 0.1}"],
+    ["optimizer={name: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.001}", "schedule={name: cosine}"],
+    ["optimizer={name: sgd, lr: 0.05, momentum: 0.8, dampening: 0.1}", "train.grad_clip=null"],
+    ["optimizer={name: adagrad, lr: 0.05, lr_decay: 0.01, initial_accumulator_value: 0.1, weight_decay: 0.001}",
+     "schedule={name: exponential, gamma: 0.8}"],
+    ["optimizer={name: rmsprop, lr: 0.005, alpha: 0.9, momentum: 0.5, centered: true}",
+     "schedule={name: plateau, patience: 0, factor: 0.5}"],
+    ["optimizer={name: rmsprop, lr: 0.005, weight_decay: 0.01}", "experiment.seed=2"],
+    ["optimizer={name: adam, lr: 0.01, amsgrad: true, betas: [0.8, 0.99]}", "train.grad_clip=0.5"],
+    ["optimizer={name: adamw, lr: 0.01, weight_decay: 0.1}", "experiment.seed=3",
+     "schedule={name: step, step_size: 1, gamma: 0.5, warmup_steps: 10, warmup_start_factor: 0.1}"],
+    ["optimizer={name: adam, lr: 0.01, implementation: for_loop}", "experiment.seed=1"],
+]
+
+
+def tasks_of(variants: list[list[str]], runs_dir: Path, base: list[str] = (), config: Path = SMOKE) -> list[Task]:
+    raw = read_config(config)
+    made = []
+    for i, sets in enumerate(variants):
+        doc = apply_overrides(copy.deepcopy(raw), [*base, *sets])
+        made.append(Task(doc, f"p{i}", str(runs_dir), validate(copy.deepcopy(doc), "test").experiment.name))
+    return made
+
+
+def solo(task: Task) -> Path:
+    run_dir, _ = recipe.run(validate(copy.deepcopy(task.raw), task.name), Path(task.runs_dir), task.name, quiet=True)
+    return run_dir
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def close(a: float, b: float, rel: float) -> bool:
+    return math.isclose(a, b, rel_tol=rel, abs_tol=rel * 1e-2)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """The MIXED points trained stacked, and each alone, with the train loss logged at every step."""
+    root = tmp_path_factory.mktemp("mixed")
+    base = ["train.log_every=1", "train.epochs=4"]
+    stacked = run_unit(tasks_of(MIXED, root / "stacked", base))
+    alone = [solo(task) for task in tasks_of(MIXED, root / "alone", base)]
+    return [Path(r.run_dir) for r in stacked], alone, stacked
+
+
+def test_every_member_starts_as_its_solo_run_and_ends_within_float_noise_of_it(mixed):
+    stacked, alone, results = mixed
+    assert [r.status for r in results] == ["finished"] * len(MIXED)
+    for together, by_itself in zip(stacked, alone):
+        ours, theirs = metrics(together), metrics(by_itself)
+        assert [(p["step"], sorted(p)) for p in ours] == [(p["step"], sorted(p)) for p in theirs]
+        # step 1's loss is the initial weights on the first batch: same weights, same data order
+        assert close(ours[0]["loss/train"], theirs[0]["loss/train"], 1e-5), (together, ours[0], theirs[0])
+        for a, b in zip(ours, theirs):  # lr exactly (the schedules are torch's own), the rest within float noise
+            assert a["lr"] == b["lr"] if "lr" in a else True
+            for tag in a.keys() - {"step", "epoch", "lr"}:
+                assert close(a[tag], b[tag], 1e-3), (together.name, a, b)
+        ours_w = torch.load(together / "model.pt", weights_only=True)
+        theirs_w = torch.load(by_itself / "model.pt", weights_only=True)
+        for name in theirs_w:
+            assert torch.allclose(ours_w[name], theirs_w[name], rtol=1e-4, atol=1e-5), (together.name, name)
+
+
+def test_a_member_folder_reads_as_a_solo_run_with_a_provenance_note(mixed):
+    stacked, alone, _ = mixed
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*")  # noqa: E731
+                             if not p.name.startswith("events.out.tfevents"))
+    for together, by_itself in zip(stacked, alone):
+        assert files(together) == files(by_itself)
+        ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (together, by_itself))
+        assert ours.keys() == theirs.keys() and ours["status"] == theirs["status"] == "finished"
+        assert ours["environment"]["stacked"].startswith(f"trained stacked with {len(MIXED)} runs")
+        assert "# stacked: trained stacked" in (together / "config.yaml").read_text()
+    result = gdtrain("evaluate", stacked[0], "--checkpoint", "best")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_diverging_member_is_recorded_at_its_own_step_and_the_others_finish(tmp_path):
+    regression = tmp_path / "reg.yaml"
+    regression.write_text("data: {n_samples: 100}\noptimizer: {name: sgd}\ntrain: {epochs: 60, batch_size: 20}\n")
+    variants = [["optimizer.lr=0.01"], ["optimizer.lr=10"], ["optimizer.lr=0.02", "experiment.seed=4"]]
+    together = run_unit(tasks_of(variants, tmp_path / "stacked", config=regression))
+    alone = [solo(task) for task in tasks_of(variants, tmp_path / "alone", config=regression)]
+    assert [r.status for r in together] == ["finished", "diverged", "finished"]
+    for result, by_itself in zip(together, alone):
+        ours, theirs = (json.loads((Path(d) / "summary.json").read_text()) for d in (result.run_dir, by_itself))
+        assert ours["status"] == theirs["status"] and ours["diverged_at_step"] == theirs["diverged_at_step"]
+        assert ours["steps"] == theirs["steps"]
+        for tag, value in theirs["final"].items():
+            assert close(ours["final"][tag], value, 1e-3), (tag, ours["final"], theirs["final"])
+
+
+def compare_csv(folder: Path) -> dict[str, dict[str, str]]:
+    result = gdtrain("compare", folder, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    return {row["run"]: row for row in csv.DictReader(io.StringIO(result.stdout))}
+
+
+def test_a_stacked_sweep_gives_the_compare_table_of_one_run_at_a_time(tmp_path):
+    args = ["sweep", SMOKE, "--grid", "optimizer.name=sgd,adam,rmsprop", "--seeds", "2"]
+    stacked = gdtrain(*args, "--runs-dir", tmp_path / "stacked")
+    assert stacked.exit_code == 0, stacked.output
+    assert "stacked: 6 runs train as 1 group(s) of 6 runs" in stacked.stdout
+    alone = gdtrain(*args, "--runs-dir", tmp_path / "alone", "--batch-runs", "1")
+    assert alone.exit_code == 0 and "stacked:" not in alone.stdout
+    ours, theirs = compare_csv(tmp_path / "stacked" / "smoke"), compare_csv(tmp_path / "alone" / "smoke")
+    assert ours.keys() == theirs.keys() and len(ours) == 3
+    for run, row in theirs.items():
+        for column, value in row.items():
+            if column.startswith(("samples", "wall")):  # times: a group shares them
+                continue
+            try:
+                assert close(float(ours[run][column]), float(value), 1e-4), (run, column)
+            except ValueError:
+                assert ours[run][column] == value, (run, column)
+
+
+# --- grouping ------------------------------------------------------------------------------------
+
+def names(units: list[list[Task]]) -> list[list[str]]:
+    return [[task.name for task in unit] for unit in units]
+
+
+def test_only_compatible_points_share_a_group(tmp_path):
+    variants = [[], ["optimizer={name: sgd, lr: 0.1}", "experiment.seed=5"], ["train.batch_size=8"],
+                ["model.hidden_sizes=[8]"], ["train.precision=fp16"], ["schedule={name: cosine}", "train.grad_clip=null"],
+                ["train.epochs=2"], ["data.noise=0.5"] if False else ["data.cluster_std=2.0"]]
+    units = groups.plan(tasks_of(variants, tmp_path), batch_runs=None)
+    assert names(units) == [["p0", "p5", "p1"], ["p2"], ["p3"], ["p4"], ["p6"], ["p7"]]
+
+
+def test_a_cap_splits_a_group_evenly_and_jobs_get_a_group_each(tmp_path):
+    tasks = tasks_of([[f"experiment.seed={s}"] for s in range(7)], tmp_path)
+    assert [len(u) for u in groups.plan(tasks, batch_runs=3)] == [2, 2, 3]
+    assert [len(u) for u in groups.plan(tasks, batch_runs=None, jobs=2)] == [3, 4]
+    assert [len(u) for u in groups.plan(tasks, batch_runs=1)] == [1] * 7
+
+
+def test_a_group_that_would_not_fit_in_memory_splits(tmp_path, monkeypatch):
+    tasks = tasks_of([[f"experiment.seed={s}"] for s in range(6)], tmp_path)
+    config = validate(copy.deepcopy(tasks[0].raw), "test")
+    sizes = memory.data_sizes(config)
+    one = groups.member_bytes(config, sizes, 16)
+    data = memory.estimate(config, sizes, 16)[0].bytes
+    room = int((data + 2.5 * one) * memory.MARGIN) + memory.OVERHEAD  # two members and a half
+    monkeypatch.setattr(memory, "available", lambda device: (room, "a test's limit"))
+    assert [len(u) for u in groups.plan(tasks, batch_runs=None)] == [2, 2, 2]
+    monkeypatch.setattr(memory, "available", lambda device: (0, "a test's limit"))
+    assert [len(u) for u in groups.plan(tasks, batch_runs=None)] == [1] * 6  # then each run's own check speaks
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_batch_runs_below_one_is_one_error_line_before_any_run(tmp_path, value):
+    error = one_error(gdtrain("sweep", SMOKE, "--seeds", "2", "--batch-runs", value, "--runs-dir", tmp_path))
+    assert f"--batch-runs {value}: must be 1 or more" in error
+    assert not any(tmp_path.iterdir())
