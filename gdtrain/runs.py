@@ -242,16 +242,16 @@ def runs_named(runs_dir: Path, experiment: str, name: str) -> list[Path]:
 
 
 def previous_runs(runs_dir: Path, config: Config, name: str) -> list[tuple[Path, str]]:
-    """The runs named `name` with this very resolved config that have a summary, and its status; oldest first."""
+    """The runs named `name` with this very resolved config, and their status (STATUSES, `unfinished`
+    without a summary: killed, or still training); oldest first."""
     runs = []
     for run_dir in runs_named(runs_dir, config.experiment.name, name):
-        summary = read_summary(run_dir)
         try:
-            same = summary is not None and load_config(run_dir / "config.yaml") == config
-        except UserError:  # a config.yaml that no longer reads: not this config
+            same = load_config(run_dir / "config.yaml") == config
+        except UserError:  # a config.yaml that no longer reads (or none): not this config
             continue
         if same:
-            runs.append((run_dir, summary["status"]))
+            runs.append((run_dir, status(run_dir)))
     return runs
 
 

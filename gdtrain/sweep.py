@@ -125,7 +125,9 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, repo
             record(results[-1])
             report(results[-1])
             continue
-        paused = next((str(run_dir) for run_dir, status in reversed(before) if status == "interrupted"), None)
+        # interrupted, or killed (no summary): continued from its newest checkpoint when it has one
+        paused = next((str(run_dir) for run_dir, status in reversed(before) if status in ("interrupted", "unfinished")),
+                      None)
         tasks.append(Task(point.raw, point.name, str(runs_dir), point.config.experiment.name, paused))
     units = groups.plan(tasks, batch_runs, jobs) if tasks else []
     if any(len(unit) > 1 for unit in units):

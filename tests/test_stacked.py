@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import copy
 import csv
+import errno
 import io
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
 from clihelp import gdtrain, one_error
-from gdtrain import groups, memory, recipe
+from gdtrain import checkpoints, groups, memory, recipe
 from gdtrain.config import apply_overrides, read_config, validate
 from gdtrain.tasks import Task
 from gdtrain.units import run_unit
+from test_sweep_signals import start  # noqa: F401  (a fixture: the sweeps it starts are killed at the end)
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 # Every optimizer and branch of its formula, every schedule, warm-up, clipping on and off, three seeds.
@@ -180,3 +184,64 @@ def test_batch_runs_below_one_is_one_error_line_before_any_run(tmp_path, value):
     error = one_error(gdtrain("sweep", SMOKE, "--seeds", "2", "--batch-runs", value, "--runs-dir", tmp_path))
     assert f"--batch-runs {value}: must be 1 or more" in error
     assert not any(tmp_path.iterdir())
+
+
+# --- signals and kill -9 ---------------------------------------------------------------------------
+
+GRID = ["--grid", "optimizer.name=sgd,adam", "--seeds", "3", "--set", "train.epochs=40", "--batch-runs", "6"]
+
+
+def finals(runs_dir: Path) -> dict[str, dict]:
+    """Each run's final metrics by run name, from the newest folder of each."""
+    found = {}
+    for summary in sorted(runs_dir.glob("smoke/*/summary.json")):
+        data = json.loads(summary.read_text())
+        found[summary.parent.name.rsplit("-", 2)[0]] = (data["status"], data["final"], data["steps"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = gdtrain("sweep", SMOKE, *GRID, "--runs-dir", runs_dir)
+    assert result.exit_code == 0, result.output
+    return finals(runs_dir)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
+def test_a_stopped_stacked_sweep_resumes_to_the_uninterrupted_result(start, uninterrupted, how):
+    run = start(*GRID)
+    members = run.wait_for_checkpoints(6)  # every member has saved one: the group trains
+    if how == "ctrl-c":
+        os.killpg(run.process.pid, signal.SIGINT)
+        status, lines = run.finish()
+        assert status == 130, run.output()
+        assert lines[-1].startswith("sweep stopped by SIGINT: 6 points: 0 finished, 0 diverged, 0 failed, "
+                                    "6 interrupted, 0 not started; continue with: gdtrain sweep "), run.output()
+        assert [json.loads((d / "summary.json").read_text())["status"] for d in members] == ["interrupted"] * 6
+    else:
+        run.kill()
+    resumed = gdtrain("sweep", SMOKE, *GRID, "--runs-dir", run.runs, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.stdout.count(": finished") == 6 and len(list(run.runs.glob("smoke/*/config.yaml"))) == 6
+    assert finals(run.runs) == uninterrupted  # continued in place, exactly
+
+
+def test_a_full_disk_stops_a_group_with_one_line_and_every_member_says_so(tmp_path, monkeypatch):
+    real, calls = checkpoints.save_atomic, []
+
+    def fills_up(obj, path):
+        calls.append(path)
+        if len(calls) > 4:  # the first epoch's checkpoints of two members went through
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, path)
+
+    monkeypatch.setattr(checkpoints, "save_atomic", fills_up)
+    error = one_error(gdtrain("sweep", SMOKE, "--seeds", "3", "--runs-dir", tmp_path))
+    assert "cannot write (No space left on device)" in error and "resume the sweep" in error
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("smoke/*/summary.json"))]
+    assert [s["status"] for s in summaries] == ["failed"] * 3
+    assert all("No space left on device" in s["error"] for s in summaries)
+    monkeypatch.undo()
+    again = gdtrain("sweep", SMOKE, "--seeds", "3", "--runs-dir", tmp_path, "--resume")
+    assert again.exit_code == 0 and again.stdout.count(": finished") == 3, again.output

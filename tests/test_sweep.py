@@ -88,19 +88,25 @@ def test_a_diverged_and_a_failed_run_do_not_stop_the_sweep(tmp_path, monkeypatch
     assert result.stdout.splitlines()[-1].startswith("sweep done: 3 runs: 1 finished, 1 diverged, 1 failed")
 
 
-def test_resume_skips_finished_runs_and_redoes_unfinished_ones(tmp_path):
+def test_resume_skips_finished_runs_continues_killed_ones_and_redoes_those_without_a_checkpoint(tmp_path):
     args = ["sweep", SMOKE, "--grid", "optimizer.lr=0.1,0.01", "--runs-dir", tmp_path]
     assert gdtrain(*args).exit_code == 0
     first = run_folders(tmp_path)
-    (first[0] / "summary.json").unlink()  # as if killed before the end
+    for run_dir in first:
+        (run_dir / "summary.json").unlink()  # as if killed before the end
+    shutil.rmtree(first[1] / "checkpoints")  # this one before its first checkpoint
     result = gdtrain(*args, "--resume")
     assert result.exit_code == 0, result.output
-    assert result.stdout.count(": skipped") == 1 and result.stdout.count(": finished") == 1
-    assert len(run_folders(tmp_path)) == 3  # the unfinished folder stays, a new run replaces it
+    assert result.stdout.count(": finished") == 2
+    summary = json.loads((first[0] / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["environment"]["resumed_from"].startswith(str(first[0]))
+    assert len(run_folders(tmp_path)) == 3  # the first continued in place; a new run replaces the second
+    again = gdtrain(*args, "--resume")
+    assert again.stdout.count(": skipped") == 2 and ": finished" not in again.stdout
     manifest = json.loads((tmp_path / "smoke" / "manifest.json").read_text())
-    assert sorted(r["status"] for r in manifest["runs"]) == ["finished", "finished"]  # the skipped run is a member
-    again = gdtrain(*args, "--resume", "--set", "train.epochs=2")  # another config: nothing to skip
-    assert again.stdout.count(": finished") == 2
+    assert sorted(r["status"] for r in manifest["runs"]) == ["finished", "finished"]  # the skipped runs are members
+    other = gdtrain(*args, "--resume", "--set", "train.epochs=2")  # another config: nothing to skip
+    assert other.stdout.count(": finished") == 2
 
 
 def test_parallel_jobs_match_a_serial_sweep(tmp_path):
