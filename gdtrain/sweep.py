@@ -6,7 +6,8 @@ seeds base..base+N-1. Every point is validated before the first run starts, and 
 tells it apart from the others (gdtrain/names.py: `sgd lr=0.05 mom=0.9 s1`, run folder
 `sgd-lr0.05-mom0.9-s1-<time>`); the sweep's manifest.json lists its runs (gdtrain/manifest.py).
 Runs go one after the other in this process, or N at a time in worker processes (`--jobs N`,
-gdtrain/workers.py), each worker with its share of the CPU threads. A run that diverges or fails
+gdtrain/workers.py), each worker with its share of the CPU threads, or as submitit jobs, on this
+machine or Slurm's (`--executor`, gdtrain/executors.py). A run that diverges or fails
 is recorded and the sweep goes on; a signal stops it: the running points save a checkpoint, no
 other point starts, and `--resume` continues the interrupted points from their checkpoints and
 runs the rest.
@@ -26,6 +27,7 @@ from typing import Any
 from gdtrain import board, names, runs
 from gdtrain.config import Config, apply_overrides, read_config, to_dict, validate
 from gdtrain.errors import UserError
+from gdtrain.executors import JobOptions, run_units
 from gdtrain.manifest import Manifest
 from gdtrain.tasks import Result, Task, attempt
 from gdtrain.workers import Guard, run_parallel
@@ -102,11 +104,11 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
 
 
 def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, report: Callable[[Result], None],
-              manifest: Manifest | None = None) -> tuple[list[Result], int | None]:
+              manifest: Manifest | None = None, options: JobOptions | None = None) -> tuple[list[Result], int | None]:
     """Run the points `jobs` at a time (with `resume`: skip finished ones, continue interrupted ones),
-    report each result and record its run folder in `manifest`; then TensorBoard's groups
-    (board.write_groups), also after a signal. Returns every point's result and the signal that
-    stopped the sweep, if any."""
+    in this process, in worker processes or, with `options`, as submitit jobs; report each result
+    and record its run folder in `manifest`; then TensorBoard's groups (board.write_groups), also
+    after a signal. Returns every point's result and the signal that stopped the sweep, if any."""
     results: list[Result] = []
     tasks = []
 
@@ -126,10 +128,14 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, repo
         tasks.append(Task(point.raw, point.name, str(runs_dir), point.config.experiment.name, paused))
     parallel = jobs > 1 and len(tasks) > 1
     guard = Guard(message="stopping the sweep: the running points save a checkpoint and stop, no other point "
-                          "starts (again to stop them at once)" if parallel else
+                          "starts (again to stop them at once)" if parallel or options is not None else
                           "stopping the sweep: no other point starts")
     with guard.installed():
-        for result in run_parallel(tasks, jobs, guard) if parallel else _in_turn(tasks, guard):
+        if options is not None:  # one task per job: a unit of one
+            ended = run_units([[task] for task in tasks], options, jobs, guard)
+        else:
+            ended = run_parallel(tasks, jobs, guard) if parallel else _in_turn(tasks, guard)
+        for result in ended:
             results.append(result)
             record(result)
             if result.status != "not started":

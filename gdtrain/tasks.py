@@ -1,5 +1,6 @@
 """One sweep point as a run: the Task a worker process receives, what became of it (Result), and
-how it runs (continuing its interrupted run when it has one). Sweeps and studies share these.
+how it runs (continuing its interrupted run when it has one); a unit, the tasks one submitit job
+trains together (run_unit, gdtrain/executors.py). Sweeps and studies share these.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def run_point(task: Task) -> Result:
         return Result(task.name, "failed", error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - started)
     return Result(task.name, outcome.status, str(run_dir), outcome.final, seconds=time.perf_counter() - started,
                   signal=outcome.signal)
+
+
+def run_unit(tasks: list[Task]) -> list[Result]:
+    """Train a unit: the tasks that run together in one job (gdtrain/executors.py), one after the other."""
+    return [run_point(task) for task in tasks]
 
 
 def _resume(task: Task) -> tuple[Path, Outcome] | None:
