@@ -67,6 +67,16 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", metavar="KEY.PATH=VALUE", help="Override a config value; repeatable, e.g. --set optimizer.lr=0.01."),
 ]
 
+ExecutorOpt = Annotated[Optional[str], typer.Option(
+    "--executor", metavar="local|slurm", show_default=False,
+    help="Run each point as a submitit job: local (processes on this machine) or slurm (sbatch); job logs go to "
+         "<experiment folder>/_jobs/. Default: in this process, or --jobs worker processes.")]
+PartitionOpt = Annotated[Optional[str], typer.Option("--slurm-partition", show_default=False,
+                                                     help="The jobs' Slurm partition (with --executor slurm).")]
+GpusOpt = Annotated[Optional[int], typer.Option("--slurm-gpus-per-job", min=0, show_default=False,
+                                                help="GPUs per Slurm job (with --executor slurm).")]
+TimeOpt = Annotated[Optional[int], typer.Option("--slurm-time", min=1, metavar="MINUTES", show_default=False,
+                                                help="Each Slurm job's time limit in minutes (with --executor slurm; default 60).")]
 
 ERRORS = "GDTRAIN_ERRORS"  # set by the --nproc launcher: a folder where the workers leave their errors
 
@@ -323,23 +333,30 @@ def sweep(
     config: ConfigArg,
     grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", metavar="KEY.PATH=V1,V2", help="Values to sweep; repeatable, the runs are the cross product, e.g. --grid optimizer.lr=0.1,0.01.")] = None,
     seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Also run each point with this many seeds (experiment.seed, seed+1, ...).")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with its share of the CPU threads.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with its share of the CPU threads; with --executor, jobs at once.")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Skip points that already have a finished (or diverged) run with the same config.")] = False,
     batch_runs: BatchRunsOpt = None,
     overrides: SetOpt = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the experiments' run folders.")] = Path("runs"),
+    executor: ExecutorOpt = None,
+    slurm_partition: PartitionOpt = None,
+    slurm_gpus_per_job: GpusOpt = None,
+    slurm_time: TimeOpt = None,
 ) -> None:
     """Run a grid of configs (from --grid and the config's grid: section) into one experiment folder."""
+    from gdtrain import executors
     from gdtrain import sweep as sweeping
     from gdtrain.manifest import Manifest
 
     with user_errors():
         _check_batch_runs(batch_runs)
+        options = executors.job_options(executor, slurm_partition, slurm_gpus_per_job, slurm_time)
         points = sweeping.expand(config, grid or [], seeds, overrides or [])
         folder = runs_dir / points[0].config.experiment.name
         manifest = Manifest(folder, "sweep")
         manifest.plan([(point.name, point.label) for point in points])
-        typer.echo(f"sweep: {len(points)} runs into {folder}/" + (f", {jobs} at a time" if jobs > 1 else ""))
+        typer.echo(f"sweep: {len(points)} runs into {folder}/" + (f", {jobs} at a time" if jobs > 1 else "")
+                   + (f", as {options.executor} jobs (logs in {folder / executors.JOBS}/)" if options else ""))
         counter = iter(range(1, len(points) + 1))
         labels = {point.name: point.label for point in points}
 
@@ -350,9 +367,12 @@ def sweep(
             typer.echo(f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
                        + (f" ({result.seconds:.1f} s)" if result.seconds else "") + (f"  {detail}" if detail else ""))
 
-        results, stopped_by = sweeping.run_sweep(points, runs_dir, jobs, resume, report, manifest, batch_runs, typer.echo)
+        results, stopped_by = sweeping.run_sweep(points, runs_dir, jobs, resume, report, manifest, batch_runs, options,
+                                                 typer.echo)
     counts = Counter(result.status for result in results)
-    again = _sweep_again(config, grid or [], seeds, jobs, overrides or [], runs_dir, batch_runs)
+    again = _sweep_again(config, grid or [], seeds, jobs, overrides or [], runs_dir,
+                         (["--batch-runs", str(batch_runs)] if batch_runs is not None else [])
+                         + (options.args() if options else []))
     if stopped_by is not None:
         shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "interrupted", "not started"))
         typer.echo(f"sweep stopped by {signal.Signals(stopped_by).name}: {len(results)} points: {shown}"
@@ -372,12 +392,11 @@ def _check_batch_runs(batch_runs: int | None) -> None:
 
 
 def _sweep_again(config: Path, grid: list[str], seeds: int | None, jobs: int, overrides: list[str], runs_dir: Path,
-                 batch_runs: int | None) -> str:
-    """The `gdtrain sweep ... --resume` command that continues this sweep."""
+                 options: list[str]) -> str:
+    """The `gdtrain sweep ... --resume` command that continues this sweep (`options`: its --batch-runs and --executor ones)."""
     return shlex.join(["gdtrain", "sweep", str(config), *[arg for g in grid for arg in ("--grid", g)],
                        *(["--seeds", str(seeds)] if seeds is not None else []), *(["--jobs", str(jobs)] if jobs > 1 else []),
-                       *(["--batch-runs", str(batch_runs)] if batch_runs is not None else []),
-                       *[arg for o in overrides for arg in ("--set", o)], "--runs-dir", str(runs_dir), "--resume"])
+                       *options, *[arg for o in overrides for arg in ("--set", o)], "--runs-dir", str(runs_dir), "--resume"])
 
 
 @app.command()
@@ -385,18 +404,24 @@ def study(
     study_file: Annotated[Path, typer.Argument(metavar="STUDY", help="YAML study file, e.g. studies/quick.yaml.", show_default=False)],
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the study folder <runs-dir>/<study-name>/.")] = Path("runs"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue a study: runs already done are never run twice.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with its share of the CPU threads.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with its share of the CPU threads; with --executor, jobs at once.")] = 1,
     batch_runs: BatchRunsOpt = None,
     overrides: SetOpt = None,
+    executor: ExecutorOpt = None,
+    slurm_partition: PartitionOpt = None,
+    slurm_gpus_per_job: GpusOpt = None,
+    slurm_time: TimeOpt = None,
 ) -> None:
     """Tune each optimizer on an equal budget, rerun the best over seeds, and state which is better and how surely."""
+    from gdtrain import executors
     from gdtrain import study as studying
     from gdtrain.studyreport import verdict_lines
 
     with user_errors():
         _check_batch_runs(batch_runs)
+        options = executors.job_options(executor, slurm_partition, slurm_gpus_per_job, slurm_time)
         spec = studying.load_study(study_file, overrides or [])
-        folder, results, code = studying.run_study(spec, runs_dir, jobs, resume, typer.echo, batch_runs)
+        folder, results, code = studying.run_study(spec, runs_dir, jobs, resume, typer.echo, batch_runs, options)
     if results is None:
         raise typer.Exit(code)
     typer.echo("")

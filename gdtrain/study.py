@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -25,6 +26,7 @@ from gdtrain import names
 from gdtrain.config import (Config, ImageData, OptimizerConfig, Section, apply_overrides, check_name,
                             read_config, to_dict, validate)
 from gdtrain.errors import UserError
+from gdtrain.executors import JOBS, JobOptions
 from gdtrain.manifest import MANIFEST, Manifest
 from gdtrain.runs import flatten
 from gdtrain.yamlio import format_validation_error, load_yaml
@@ -299,9 +301,10 @@ def rerun_points(study: Study, chosen: dict[str, dict[str, Any]]) -> list[tuple[
 
 
 def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
-              batch_runs: int | None = None) -> tuple[Path, dict[str, Any] | None, int]:
-    """Tune, select, rerun and analyse: (study folder, results, exit code); results are None when
-    some run did not end in a result (exit 1), or a signal stopped the study (exit 128 + signal)."""
+              batch_runs: int | None = None, options: JobOptions | None = None) -> tuple[Path, dict[str, Any] | None, int]:
+    """Tune, select, rerun and analyse, compatible runs stacked (`batch_runs`, gdtrain/groups.py) and
+    the groups run as submitit jobs with `options`: (study folder, results, exit code); results are
+    None when some run did not end in a result (exit 1), or a signal stopped the study (exit 128 + signal)."""
     from gdtrain import studyreport, verdict
 
     folder = runs_dir / study.name
@@ -311,7 +314,7 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
     points = tuning_points(study)
     manifest = Manifest(folder, "study")
     manifest.plan(_labelled(study, points))
-    trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning", manifest, batch_runs)
+    trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning", manifest, batch_runs, options)
     if trials is None:
         return folder, None, code
     arms, chosen = [], {}
@@ -325,7 +328,7 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
                      "chosen_trial": best["name"] if best else None})
     again = rerun_points(study, chosen)
     manifest.plan(_labelled(study, points + again))
-    reruns, code = _execute(study, again, runs_dir, jobs, echo, "reruns", manifest, batch_runs)
+    reruns, code = _execute(study, again, runs_dir, jobs, echo, "reruns", manifest, batch_runs, options)
     if reruns is None:
         return folder, None, code
     for arm in arms:
@@ -349,7 +352,7 @@ def _labelled(study: Study, points: list[tuple[str, str, dict[str, Any]]]) -> li
 
 
 def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_dir: Path, jobs: int, echo: Any,
-             phase: str, manifest: Manifest, batch_runs: int | None = None) -> tuple[dict[str, str] | None, int]:
+             phase: str, manifest: Manifest, batch_runs: int | None, options: JobOptions | None) -> tuple[dict[str, str] | None, int]:
     """Run the points as a sweep: ({run name: run folder}, 0), or (None, exit code) when some did not
     end in a result or a signal stopped them."""
     import signal
@@ -357,7 +360,8 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
     from gdtrain import sweep
 
     todo = [sweep.Point(name, doc, validate(copy.deepcopy(doc), study.source)) for _, name, doc in points]
-    echo(f"study {study.name}: {phase}, {len(todo)} runs" + (f", {jobs} at a time" if jobs > 1 else ""))
+    echo(f"study {study.name}: {phase}, {len(todo)} runs" + (f", {jobs} at a time" if jobs > 1 else "")
+         + (f", as {options.executor} jobs (logs in {runs_dir / study.name / JOBS}/)" if options else ""))
     counter = iter(range(1, len(todo) + 1))
 
     def report(result: Any) -> None:
@@ -368,9 +372,10 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
 
     # resume=True: a run already done with this name and config is never run twice, and an interrupted
     # one continues from its checkpoint (run_study has refused a non-empty folder without --resume)
-    results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report, manifest, batch_runs, echo)
+    results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report, manifest, batch_runs, options, echo)
     again = (f"gdtrain study {study.source} --runs-dir {runs_dir} --resume" + (f" --jobs {jobs}" if jobs > 1 else "")
-             + (f" --batch-runs {batch_runs}" if batch_runs is not None else ""))
+             + (f" --batch-runs {batch_runs}" if batch_runs is not None else "")
+             + "".join(f" {shlex.quote(arg)}" for arg in (options.args() if options else [])))
     missing = [r for r in results if r.status not in ("finished", "diverged", "skipped") or r.run_dir is None]
     if stopped_by is not None:
         counts = ", ".join(f"{sum(r.status == s for r in results)} {s}"

@@ -6,7 +6,8 @@ seeds base..base+N-1. Every point is validated before the first run starts, and 
 tells it apart from the others (gdtrain/names.py: `sgd lr=0.05 mom=0.9 s1`, run folder
 `sgd-lr0.05-mom0.9-s1-<time>`); the sweep's manifest.json lists its runs (gdtrain/manifest.py).
 Runs go one after the other in this process, or N at a time in worker processes (`--jobs N`,
-gdtrain/workers.py), each worker with its share of the CPU threads. A run that diverges or fails
+gdtrain/workers.py), each worker with its share of the CPU threads, or as submitit jobs, on this
+machine or Slurm's (`--executor`, gdtrain/executors.py). A run that diverges or fails
 is recorded and the sweep goes on; a signal stops it: the running points save a checkpoint, no
 other point starts, and `--resume` continues the interrupted points from their checkpoints and
 runs the rest.
@@ -26,6 +27,7 @@ from typing import Any
 from gdtrain import board, groups, names, runs
 from gdtrain.config import Config, apply_overrides, read_config, to_dict, validate
 from gdtrain.errors import UserError
+from gdtrain.executors import JobOptions, run_units
 from gdtrain.manifest import Manifest
 from gdtrain.tasks import Result, Task
 from gdtrain.units import attempt
@@ -103,11 +105,12 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
 
 
 def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, report: Callable[[Result], None],
-              manifest: Manifest | None = None, batch_runs: int | None = None,
+              manifest: Manifest | None = None, batch_runs: int | None = None, options: JobOptions | None = None,
               say: Callable[[str], None] = lambda line: None) -> tuple[list[Result], int | None]:
-    """Run the points `jobs` groups at a time, compatible points stacked `batch_runs` at most (None:
-    as many as fit; gdtrain/groups.py); with `resume` skip finished points and continue interrupted
-    ones. Report each result and record its run folder in `manifest`; then TensorBoard's groups
+    """Run the points, compatible points stacked `batch_runs` at most (None: as many as fit;
+    gdtrain/groups.py), `jobs` groups at a time: in this process, in worker processes or, with
+    `options`, as submitit jobs; with `resume` skip finished points and continue interrupted ones.
+    Report each result and record its run folder in `manifest`; then TensorBoard's groups
     (board.write_groups), also after a signal. Returns every point's result and the signal that
     stopped the sweep, if any."""
     results: list[Result] = []
@@ -136,11 +139,15 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, repo
             "(gdtrain/groups.py; --batch-runs 1 trains each alone)")
     parallel = jobs > 1 and len(units) > 1
     guard = Guard(message="stopping the sweep: the running points save a checkpoint and stop, no other point "
-                          "starts (again to stop them at once)" if parallel else
+                          "starts (again to stop them at once)" if parallel or options is not None else
                           "stopping the sweep: no other point starts")
     with guard.installed():
         position = {task.name: i for i, task in enumerate(tasks)}
-        for done in run_parallel(units, jobs, guard) if parallel else _in_turn(units, guard):
+        if options is not None:
+            ended = run_units(units, options, jobs, guard)
+        else:
+            ended = run_parallel(units, jobs, guard) if parallel else _in_turn(units, guard)
+        for done in ended:
             for result in sorted(done, key=lambda r: position[r.name]):  # a group's in the grid's order
                 results.append(result)
                 record(result)
