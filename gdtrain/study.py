@@ -150,8 +150,9 @@ class Study:
     """A validated study: the spec, the base document, its arms and the metrics it uses."""
 
     def __init__(self, spec: StudySpec, base: dict[str, Any], arms: list[Arm], select: str, report: str,
-                 source: str) -> None:
+                 source: str, overrides: list[str] = ()) -> None:
         self.spec, self.base, self.arms, self.select, self.report, self.source = spec, base, arms, select, report, source
+        self.overrides = list(overrides)  # the --set options it was loaded with: its resume command repeats them
 
     @property
     def name(self) -> str:
@@ -193,7 +194,7 @@ def load_study(path: Path, overrides: list[str] = ()) -> Study:
                         "give each a distinct label, e.g. label: momentum")
     probe = validate(_document(base, arms[0].fixed | {"lr": 1e-3}, spec.study, spec.study.seed), f"{path}: base")
     select, report = _metrics(spec, probe, path)
-    study = Study(spec, base, arms, select, report, str(path))
+    study = Study(spec, base, arms, select, report, str(path), list(overrides))
     for point in tuning_points(study):  # every trial's config is checked before any runs
         validate(copy.deepcopy(point[2]), f"{path}: optimizers ({point[0]})")
     return study
@@ -375,6 +376,7 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
     results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report, manifest, batch_runs, options, echo)
     again = (f"gdtrain study {study.source} --runs-dir {runs_dir} --resume" + (f" --jobs {jobs}" if jobs > 1 else "")
              + (f" --batch-runs {batch_runs}" if batch_runs is not None else "")
+             + "".join(f" --set {shlex.quote(o)}" for o in study.overrides)
              + "".join(f" {shlex.quote(arg)}" for arg in (options.args() if options else [])))
     missing = [r for r in results if r.status not in ("finished", "diverged", "skipped") or r.run_dir is None]
     if stopped_by is not None:

@@ -281,3 +281,12 @@ def test_a_study_lists_its_runs_in_its_manifest(finished: tuple[Path, dict, str]
     assert {r["point"] for r in manifest["runs"]} == names and "adam-s1" in names
     rerun = next(r for r in manifest["runs"] if r["point"] == "adam-s1")
     assert rerun["label"] == f"adam lr={results['optimizers']['adam']['chosen']['lr']:g} s1"
+
+
+def test_a_stopped_study_s_resume_command_repeats_its_set_options(tmp_path: Path, monkeypatch) -> None:
+    from gdtrain import sweep
+
+    monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: ([], signal.SIGINT))
+    result = gdtrain("study", ROOT / "studies" / "quick.yaml", "--set", "study.name=quick8", "--runs-dir", tmp_path)
+    assert result.exit_code == 130
+    assert result.stdout.splitlines()[-1].endswith(f"--runs-dir {tmp_path} --resume --set study.name=quick8")
