@@ -245,3 +245,27 @@ def test_a_full_disk_stops_a_group_with_one_line_and_every_member_says_so(tmp_pa
     monkeypatch.undo()
     again = gdtrain("sweep", SMOKE, "--seeds", "3", "--runs-dir", tmp_path, "--resume")
     assert again.exit_code == 0 and again.stdout.count(": finished") == 3, again.output
+
+
+def test_a_member_that_alone_cannot_fit_is_the_run_s_own_one_line_refusal(tmp_path):
+    result = gdtrain("sweep", SMOKE, "--seeds", "3", "--set", "model.hidden_sizes=[200000,200000]", "--runs-dir", tmp_path)
+    error = one_error(result)
+    assert "the model does not fit in memory" in error and "lower model.hidden_sizes" in error
+    assert not list(tmp_path.glob("smoke/*/config.yaml"))
+
+
+def test_dropout_draws_its_own_mask_for_every_member():
+    from gdtrain.config import MLPModel
+    from gdtrain.models import build_model
+    from gdtrain.stackmodel import StackedModel
+
+    cfg = MLPModel(name="mlp", hidden_sizes=[64], dropout=0.5)
+    torch.manual_seed(0)
+    model = build_model(cfg, 8, 3)
+    stacked = StackedModel(cfg, [model, model])  # two members with the same weights and the same batch
+    x = torch.randn(1, 16, 8).expand(2, 16, 8)
+    out = stacked(x)
+    assert not torch.equal(out[0], out[1])
+    stacked.training = False
+    out = stacked(x)
+    assert torch.equal(out[0], out[1])
