@@ -216,7 +216,7 @@ def test_a_sweep_stopped_by_a_signal_writes_the_groups_of_what_finished(tmp_path
                 os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the second point's run
 
     monkeypatch.setattr(checkpoints.Checkpoints, "save", save_then_signal)
-    args = ["sweep", SMOKE, "--grid", "optimizer.lr=0.1,0.01,0.001", "--runs-dir", tmp_path]
+    args = ["sweep", SMOKE, "--grid", "optimizer.lr=0.1,0.01,0.001", "--runs-dir", tmp_path, "--batch-runs", "1"]  # in turn
     assert gdtrain(*args).exit_code == 130
     groups = lambda: [p for p in (tmp_path / "smoke" / board.GROUPS).iterdir() if p.is_dir()]  # noqa: E731
     assert len(groups()) == 1  # the one finished point; the interrupted one is no result yet
