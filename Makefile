@@ -38,7 +38,7 @@ smoke: install ## a few seconds end to end (the config the tests and CI use)
 demo: install ## train the default experiment (synthetic two moons, no download)
 	$(RUN) configs/synthetic_moons_mlp.yaml
 
-bench: install ## seconds per epoch of the MNIST MLP: gdtrain vs hand-written loops vs the matmul floor
+bench: install ## seconds per epoch of the MNIST MLP: gdtrain vs hand-written loops vs the matmul floor; N runs stacked
 	$(BIN)/gdtrain bench
 
 accuracy: install ## test accuracy of mnist_sgd and mnist_adam on MNIST and Fashion-MNIST, 3 seeds (~10 min)

@@ -5,7 +5,9 @@
     (torchvision's ToTensor + Normalize per sample, default collate, `loss.item()` every step);
 (c) the same hand-written loop over tensor slices instead of a DataLoader (a lean plain loop:
     torch.optim's default kernel, `loss.item()` every step), to show what the data path alone buys;
-(d) the matmul floor: 6 × parameters × samples over the GFLOP/s of a large matmul here.
+(d) the matmul floor: 6 × parameters × samples over the GFLOP/s of a large matmul here;
+then, optionally, bf16 autocast and torch.compile against fp32, and N runs trained together as one
+stacked model (issue 13) against the same N runs one after another, each (a).
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from gdtrain import engine, idx
-from gdtrain.config import validate
+from gdtrain.config import Config, validate
 from gdtrain.datasets import Dataset
 from gdtrain.distributed import World
 from gdtrain.errors import UserError
 from gdtrain.models import build_model
 from gdtrain.optimizers import build_optimizer
 from gdtrain.recipe import compiled
+from gdtrain.stacklr import MemberSchedules
+from gdtrain.stackmodel import StackedModel, member_losses
+from gdtrain.stackopt import StackedOptimizer
 from gdtrain.tracker import Tracker
 
 
@@ -123,29 +128,45 @@ def lean_loop_epoch(images: Tensor, labels: Tensor, batch_size: int) -> float:
     return time.perf_counter() - started
 
 
-def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.device, precision: str = "fp32",
-                 compile: bool = False) -> float:
-    """Seconds for one training epoch of gdtrain's engine (a), logging included, compiling not."""
-    config = validate({
+def _config(batch_size: int, precision: str = "fp32", compile: bool = False, max_steps: int | None = None) -> Config:
+    """The bench's run: configs/mnist_adam.yaml's MLP and Adam with the seeds' (0.5, 0.5) pixels."""
+    length = {"epochs": 1} if max_steps is None else {"max_steps": max_steps}
+    return validate({
         "data": {"name": "mnist", "normalize": "half"}, "model": {"name": "mlp", "hidden_sizes": [128]},
         "optimizer": {"name": "adam", "lr": 1e-3},
-        "train": {"epochs": 1, "batch_size": batch_size, "loss": "cross_entropy", "log_every": 100,
+        "train": {**length, "batch_size": batch_size, "loss": "cross_entropy", "log_every": 100,
                   "precision": precision, "compile": compile},
     }, "bench")
-    torch.manual_seed(0)
+
+
+def _dataset(images: Tensor, labels: Tensor, device: torch.device) -> Dataset:
+    """The images as (0.5, 0.5)-normalised float rows on the device; the last 1,000 (at most) for validation."""
     x = images.reshape(len(images), -1).float().div(255).sub(0.5).div(0.5)
-    n_val = min(1000, len(x) // 10)  # validation runs once, after the timed epoch
-    data = Dataset(x[:-n_val], labels[:-n_val], x[-n_val:], labels[-n_val:], 10).to(device)
-    model = build_model(config.model, 784, 10).to(device)
+    n_val = min(1000, len(x) // 10)  # validation runs once, after the timed steps
+    return Dataset(x[:-n_val], labels[:-n_val], x[-n_val:], labels[-n_val:], 10).to(device)
+
+
+def engine_run(data: Dataset, config: Config, seed: int, device: torch.device) -> engine.Outcome:
+    """One run of gdtrain's engine from `seed`; outcome.train_seconds has its logging, not its compiling."""
+    torch.manual_seed(seed)
+    model = build_model(config.model, data.in_features, data.n_classes).to(device)
     optimizer = build_optimizer(config.optimizer, model)
     steps = engine.plan(len(data.x_train), config.train)
-    order = torch.Generator(device=device).manual_seed(0)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    order = torch.Generator(device=device).manual_seed(seed)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
     parts = engine.Parts(device, data, model, optimizer, None, None, scaler, config.train, steps, order, World())
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(Path(tmp))
-        outcome = engine.train(parts, tracker=tracker, quiet=True, model=compiled(model, data, config, batch_size))
+        outcome = engine.train(parts, tracker=tracker, quiet=True,
+                               model=compiled(model, data, config, config.train.batch_size))
         tracker.close()
+    return outcome
+
+
+def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.device, precision: str = "fp32",
+                 compile: bool = False) -> float:
+    """Seconds for one training epoch of gdtrain's engine (a), logging included, compiling not."""
+    outcome = engine_run(_dataset(images, labels, device), _config(batch_size, precision, compile), 0, device)
     return outcome.train_seconds * len(images) / outcome.samples  # scaled to one epoch of all `images`
 
 
@@ -156,9 +177,89 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def stacked_run(data: Dataset, config: Config, runs: int, device: torch.device) -> tuple[float, int]:
+    """Seconds and samples per run of `runs` runs of `config` (seeds 0, 1, ...) trained together as one
+    stacked model for its max_steps.
+
+    The loop a stacked training loop runs: each member its own generator and per-epoch permutation, its
+    batches rows of the one shared data.x_train taken by index each step (a gather per epoch, as one run
+    does, would copy the table M times); one forward, member_losses, sum().backward(), one
+    StackedOptimizer step at MemberSchedules' lr; losses read back every log_every steps, as engine.train.
+    Validation and epoch-end schedules are left out, as engine.train's train_seconds leaves them out.
+    """
+    models = []
+    for seed in range(runs):
+        torch.manual_seed(seed)
+        models.append(build_model(config.model, data.in_features, data.n_classes).to(device))
+    model = StackedModel(config.model, models)
+    optimizer = StackedOptimizer(model.params, [config.optimizer] * runs)
+    schedules = MemberSchedules([config.optimizer] * runs, [config.schedule] * runs, config.train.epochs)
+    orders = [torch.Generator(device=device).manual_seed(seed) for seed in range(runs)]
+    settings, (n, d) = config.train, data.x_train.shape
+    # The batches' rows go into one buffer: a fresh (M·B, D) tensor past glibc's 32 MB mmap threshold is
+    # page-faulted in anew every step (M = 64, batch 256: 51 MB, +35 ms a step here).
+    inputs = torch.empty(runs * min(settings.batch_size, n), d, device=device)
+    steps, samples, pending = 0, 0, []
+    started = time.perf_counter()
+    while steps < settings.max_steps:
+        order = torch.stack([torch.randperm(n, generator=g, device=device) for g in orders])  # (M, n)
+        for start in range(0, n, settings.batch_size):
+            rows = order[:, start : start + settings.batch_size].reshape(-1)  # (M·B,) member-major
+            xb = torch.index_select(data.x_train, 0, rows, out=inputs[: len(rows)]).view(runs, -1, d)  # (M, B, D)
+            yb = data.y_train.index_select(0, rows).view(runs, -1)  # (M, B)
+            losses = member_losses(settings.loss, model(xb), yb)  # (M,)
+            for p in model.params:
+                p.grad = None
+            losses.sum().backward()
+            optimizer.step(schedules.lr)
+            schedules.step()
+            pending.append(losses.detach())
+            steps, samples = steps + 1, samples + yb.shape[1]
+            if len(pending) == settings.log_every or steps == settings.max_steps:
+                torch.stack(pending).tolist()  # the read-back (a sync on a GPU) where a loop checks for NaN
+                pending.clear()
+            if steps == settings.max_steps:
+                break
+    return time.perf_counter() - started, samples
+
+
+def stacked_table(images: Tensor, labels: Tensor, batch_sizes: list[int], runs: list[int], steps: int,
+                  floor: float, device: torch.device, echo: Callable[[str], None], repeats: int = 3) -> None:
+    """`echo` the stacked table: N runs trained together against N engine runs one after another.
+
+    Each run takes `steps` steps: one epoch of the first steps × batch training images, not all of them
+    (N = 64 would take minutes), so that each still pays its epoch's start (the permutation's gather) in
+    proportion. Each side is timed `repeats` times, the best kept. `floor`: the matmul floor's s/sample.
+    """
+    full = _dataset(images, labels, device)
+    echo("")
+    echo(f"N runs trained together (one stacked model, one StackedOptimizer) and one after another (N engine "
+         f"runs, as (a)): each run {steps} steps, one epoch of the first {steps} × batch images, not all of them; "
+         f"best of {repeats}; run-samples/s:")
+    echo("")
+    echo("| N | batch | together | one after another | together vs one after another | together vs floor "
+         "| one after another vs floor |")
+    echo("|---|---|---|---|---|---|---|")
+    for batch_size in batch_sizes:
+        config = _config(batch_size, max_steps=steps)
+        k = steps * batch_size
+        data = Dataset(full.x_train[:k], full.y_train[:k], full.x_val, full.y_val, full.n_classes)
+        for n in runs:
+            together, alone = [], []  # seconds, the two sides in turn: a change of load hits both
+            for _ in range(repeats):
+                seconds, samples = stacked_run(data, config, n, device)
+                together.append(seconds)
+                alone.append(sum(engine_run(data, config, seed, device).train_seconds for seed in range(n)))
+            per = min(together) / (n * samples), min(alone) / (n * samples)  # seconds per run-sample
+            echo(f"| {n} | {batch_size} | {1 / per[0]:,.0f} | {1 / per[1]:,.0f} | {per[1] / per[0]:.1f}x | "
+                 f"{per[0] / floor:.1f}x the floor | {per[1] / floor:.1f}x the floor |")
+
+
 def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device, echo: Callable[[str], None],
-              samples: int | None = None, variants: bool = True) -> None:
-    """Measure every row and `echo` the benchmark as markdown: machine, data, then the table."""
+              samples: int | None = None, variants: bool = True, runs: list[int] | None = None,
+              steps: int = 50) -> None:
+    """Measure every row and `echo` the benchmark as markdown: machine, data, then the tables; `runs`: the
+    stacked table's numbers of runs (None: no stacked table), each run `steps` steps."""
     images, labels, source = mnist_or_random(root)
     images, labels = images[:samples], labels[:samples]  # None: the whole training set
     gflops = matmul_gflops(device)
@@ -179,16 +280,17 @@ def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device, e
         cell = lambda seconds: f"{seconds:.2f} ({n / seconds:,.0f})"  # noqa: E731
         echo(f"| {batch_size} | {cell(ours)} | {cell(plain)} | {cell(lean)} | {plain / ours:.1f}x faster "
              f"| {ours / floor:.1f}x the floor |")
-    if not variants:
-        return
-    echo("")
-    echo("| batch | gdtrain fp32 s/epoch | bf16 autocast | torch.compile (fp32) |")
-    echo("|---|---|---|---|")
-    for batch_size in batch_sizes:
-        fp32 = engine_epoch(images, labels, batch_size, device)
-        bf16 = engine_epoch(images, labels, batch_size, device, precision="bf16")
-        started = time.perf_counter()
-        fast = engine_epoch(images, labels, batch_size, device, compile=True)
-        whole = time.perf_counter() - started
-        echo(f"| {batch_size} | {fp32:.2f} | {bf16:.2f} ({fp32 / bf16:.2f}x) | {fast:.2f} ({fp32 / fast:.2f}x; "
-             f"{whole:.0f} s with compiling) |")
+    if variants:
+        echo("")
+        echo("| batch | gdtrain fp32 s/epoch | bf16 autocast | torch.compile (fp32) |")
+        echo("|---|---|---|---|")
+        for batch_size in batch_sizes:
+            fp32 = engine_epoch(images, labels, batch_size, device)
+            bf16 = engine_epoch(images, labels, batch_size, device, precision="bf16")
+            started = time.perf_counter()
+            fast = engine_epoch(images, labels, batch_size, device, compile=True)
+            whole = time.perf_counter() - started
+            echo(f"| {batch_size} | {fp32:.2f} | {bf16:.2f} ({fp32 / bf16:.2f}x) | {fast:.2f} ({fp32 / fast:.2f}x; "
+                 f"{whole:.0f} s with compiling) |")
+    if runs:
+        stacked_table(images, labels, batch_sizes, runs, steps, floor / n, device, echo)

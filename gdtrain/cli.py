@@ -536,18 +536,28 @@ def bench(
     device: Annotated[Device, typer.Option("--device", case_sensitive=False)] = Device.auto,
     samples: Annotated[Optional[int], typer.Option("--samples", min=1000, help="Images per epoch (default: all 60,000).")] = None,
     variants: Annotated[bool, typer.Option("--variants/--no-variants", help="Also time bf16 autocast and torch.compile (compiling takes ~30 s).")] = True,
+    stacked: Annotated[bool, typer.Option("--stacked/--no-stacked", help="Also time N runs trained together as one stacked model against the same N runs one after another (1-3 min).")] = True,
+    runs: Annotated[str, typer.Option("--runs", help="The stacked table's numbers of runs N, comma-separated.")] = "1,8,21,64",
+    stacked_steps: Annotated[int, typer.Option("--stacked-steps", min=1, help="Steps each run of the stacked table takes (not whole epochs).")] = 50,
 ) -> None:
-    """Seconds per epoch of the seeds' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor."""
+    """Seconds per epoch of the seeds' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor; stacked runs."""
     from gdtrain import bench as benchmark
     from gdtrain.idx import data_root as default_root
     from gdtrain.device import resolve_device
 
     with user_errors():
-        sizes = [int(b) for b in batch_sizes.split(",") if b.strip().isdigit() and int(b) > 0]
-        if not sizes or len(sizes) != len(batch_sizes.split(",")):
-            raise UserError(f"--batch-sizes: expected whole numbers >= 1 separated by commas, got {batch_sizes!r}")
+        sizes, members = _whole_numbers("--batch-sizes", batch_sizes), _whole_numbers("--runs", runs)
         root = data_root or default_root(None)
-        benchmark.run_bench(root, sizes, resolve_device(device.value), typer.echo, samples, variants)
+        benchmark.run_bench(root, sizes, resolve_device(device.value), typer.echo, samples, variants,
+                            members if stacked else None, stacked_steps)
+
+
+def _whole_numbers(option: str, text: str) -> list[int]:
+    """`text`'s comma-separated whole numbers >= 1; a UserError naming `option` otherwise."""
+    numbers = [int(b) for b in text.split(",") if b.strip().isdigit() and int(b) > 0]
+    if not numbers or len(numbers) != len(text.split(",")):
+        raise UserError(f"{option}: expected whole numbers >= 1 separated by commas, got {text!r}")
+    return numbers
 
 
 @app.command("list")

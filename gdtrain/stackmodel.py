@@ -3,9 +3,11 @@
 Member m's weights are the ones its solo run starts from (the same models.build_model after the same
 seed), stacked in the layout of torch.func.stack_module_state. A forward takes (M, B, D) inputs,
 member m's batch in row m, and gives (M, B, out); dropout draws its own mask for every member.
-Batched matmuls (torch.baddbmm) were chosen over vmap(functional_call(...)): they are the same
-kernels without vmap's per-call dispatch (benchmarks/stackmodel.py measures both). Losses come back
-per member, (M,), so the sum's backward gives each member exactly the gradient of its own mean loss.
+Batched matmuls (torch.baddbmm), feature-major, were chosen over vmap(functional_call(...)): vmap's
+linear, like x @ W.mT, hands each weight's gradient back transposed, and AccumulateGrad copies it into
+the weight's layout, a strided pass that costs more than the matmul it follows; vmap also adds its
+dispatch to every call (benchmarks/stackmodel.py measures the three). Losses come back per member,
+(M,), so the sum's backward gives each member exactly the gradient of its own mean loss.
 """
 
 from __future__ import annotations
@@ -41,13 +43,18 @@ class StackedModel:
 
     def forward(self, x: Tensor) -> Tensor:
         """(M, B, D) → (M, B, out): every member's model on its own batch."""
+        # Feature-major: h = W @ x.mT, (M, features, B). The weight's gradient, gh @ x, then comes out
+        # (M, out, in) like the weight, which autograd keeps as it is; from x @ W.mT it would come out
+        # transposed and AccumulateGrad would copy it into the weight's layout, a strided pass slower
+        # than the matmuls (benchmarks/stackmodel.py: twice the step at batch 32 for M >= 8).
+        h = x.mT
         for i, (weight, bias) in enumerate(self.layers):
             if i > 0:
-                x = self.activation(x)
+                h = self.activation(h)
                 if self.dropout > 0:
-                    x = F.dropout(x, self.dropout, self.training)
-            x = torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight.mT)
-        return x
+                    h = F.dropout(h, self.dropout, self.training)
+            h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, h)
+        return h.mT
 
     __call__ = forward
 

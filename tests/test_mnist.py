@@ -452,7 +452,8 @@ def test_fused_kernel_follows_the_for_loop_one(name):
 
 def test_bench_prints_one_row_per_batch_size(tmp_path):
     result = CliRunner().invoke(app, ["bench", "--data-root", str(tmp_path), "--samples", "2000",
-                                      "--batch-sizes", "64,500", "--device", "cpu", "--no-variants"])
+                                      "--batch-sizes", "64,500", "--device", "cpu", "--no-variants",
+                                      "--no-stacked"])
     assert result.exit_code == 0, result.output
     assert "random data of MNIST's shape" in result.stdout
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
