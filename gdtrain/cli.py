@@ -69,7 +69,7 @@ SetOpt = Annotated[
 
 ExecutorOpt = Annotated[Optional[str], typer.Option(
     "--executor", metavar="local|slurm", show_default=False,
-    help="Run each point as a submitit job: local (processes on this machine) or slurm (sbatch); job logs go to "
+    help="Run each point, or each stacked group of points, as a submitit job: local (processes on this machine) or slurm (sbatch); job logs go to "
          "<experiment folder>/_jobs/. Default: in this process, or --jobs worker processes.")]
 PartitionOpt = Annotated[Optional[str], typer.Option("--slurm-partition", show_default=False,
                                                      help="The jobs' Slurm partition (with --executor slurm).")]

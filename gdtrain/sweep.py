@@ -136,7 +136,7 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, repo
     if any(len(unit) > 1 for unit in units):
         sizes = ", ".join(str(len(unit)) for unit in units)
         say(f"stacked: {len(tasks)} runs train as {len(units)} group(s) of {sizes} runs "
-            "(gdtrain/groups.py; --batch-runs 1 trains each alone)")
+            "(--batch-runs 1 trains each alone)")
     parallel = jobs > 1 and len(units) > 1
     guard = Guard(message="stopping the sweep: the running points save a checkpoint and stop, no other point "
                           "starts (again to stop them at once)" if parallel or options is not None else
