@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from gdtrain.errors import UserError
 from gdtrain.runs import runs_named
-from gdtrain.tasks import Result, Task, recorded_result
+from gdtrain.tasks import Result, Task, lost_result
 from gdtrain.units import attempt
 from gdtrain.workers import STOP_SIGNALS, Guard
 
@@ -227,19 +227,9 @@ def outcome(one: Submitted, local: bool, stopping: bool) -> list[Result] | UserE
     how = "its process was killed or died" if local else f"Slurm state {job.state}"
     why = f"its job {job.job_id} " + (f"raised {raised}" if raised else f"ended without a result ({how})")
     why += f"; its log: {job.paths.stderr}"
-    return [_lost(task, before, why) for task, before in zip(one.unit, one.before)]
+    return [lost_result(task, before, why) for task, before in zip(one.unit, one.before)]
 
 
-def _lost(task: Task, before: frozenset[Path], why: str) -> Result:
-    """The result of a task whose job ended without one: its run's, when that finished on disk."""
-    made = sorted(set(runs_named(Path(task.runs_dir), task.experiment, task.name)) - before)
-    made = ([Path(task.resume)] if task.resume is not None else []) + made  # the run it continued, if any
-    for run_dir in made:
-        recorded = recorded_result(task.name, run_dir)
-        if recorded is not None:
-            return recorded
-    hint = f"; its run folder keeps its last checkpoint: gdtrain resume {made[-1]}" if made else ""
-    return Result(task.name, "failed", str(made[-1]) if made else None, error=why + hint)
 
 
 def run_job(unit: list[Task], threads: int | None, sweep: int | None) -> list[Result] | UserError:

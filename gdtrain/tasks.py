@@ -81,3 +81,17 @@ def recorded_result(name: str, run_dir: Path) -> Result | None:
     except (TypeError, KeyError, ValueError):
         return None
     return Result(name, summary["status"], str(run_dir), final, seconds=seconds) if summary["status"] in runs.RESULTS else None
+
+
+def lost_result(task: Task, before: frozenset[Path], why: str) -> Result:
+    """The result of a task whose process or job ended without giving one (`why`): its run's, when
+    that finished on disk (a folder made since `before`, or the one it continued), else failed."""
+    made = sorted(set(runs.runs_named(Path(task.runs_dir), task.experiment, task.name)) - before)
+    made = ([Path(task.resume)] if task.resume is not None else []) + made  # the run it continued, if any
+    for run_dir in made:
+        recorded = recorded_result(task.name, run_dir)
+        if recorded is not None:
+            return recorded
+    hint = f"; its run folder keeps its last checkpoint: gdtrain resume {made[-1]}" if made else ""
+    return Result(task.name, "failed", str(made[-1]) if made else None, error=why + hint)
+

@@ -35,7 +35,7 @@ from types import FrameType
 
 from gdtrain.errors import UserError
 from gdtrain.runs import runs_named
-from gdtrain.tasks import Result, Task, recorded_result
+from gdtrain.tasks import Result, Task, lost_result
 from gdtrain.units import attempt
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -183,19 +183,9 @@ class Worker:
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         except ValueError:
             how = f"was killed by signal {-code}"
-        return [self._lost(task, how) for task in self.task]
+        return [lost_result(task, self.before[task.name], f"its worker process {self.process.pid} {how} while it ran")
+                for task in self.task]
 
-    def _lost(self, task: Task, how: str) -> Result:
-        """What became of `task` when its worker died (`how`)."""
-        made = sorted(set(runs_named(Path(task.runs_dir), task.experiment, task.name)) - self.before[task.name])
-        made = ([Path(task.resume)] if task.resume is not None else []) + made  # the run it continued, if any
-        for run_dir in made:
-            recorded = recorded_result(task.name, run_dir)
-            if recorded is not None:
-                return recorded
-        hint = f"; its run folder keeps its last checkpoint: gdtrain resume {made[-1]}" if made else ""
-        return Result(task.name, "failed", str(made[-1]) if made else None,
-                      error=f"its worker process {self.process.pid} {how} while it ran{hint}")
 
 
 def run_parallel(units: list[list[Task]], jobs: int, guard: Guard) -> Iterator[list[Result]]:
