@@ -15,8 +15,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from gdtrain import recipe
-from gdtrain.config import load_config
+from gdtrain.training import recipe
+from gdtrain.core.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # (config, dataset) → the test accuracy it must reach; a plain PyTorch loop with the same

@@ -1,4 +1,4 @@
-"""gdtrain/memory.py's estimate against the measured peak memory of real runs.
+"""gdtrain/training/memory.py's estimate against the measured peak memory of real runs.
 
     python benchmarks/memory.py [--data-root DIR]
 
@@ -39,8 +39,9 @@ CASES = {
 
 def measure(config: str, overrides: list[str]) -> None:
     """In this process: run the config, print the estimate and the measured peak as JSON."""
-    from gdtrain import memory, recipe
-    from gdtrain.config import load_config
+    from gdtrain.training import memory
+    from gdtrain.training import recipe
+    from gdtrain.core.config import load_config
 
     def rss(key: str) -> int:
         return next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
@@ -73,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         return measure(args.one[0], args.one[1:])
-    from gdtrain.memory import size
+    from gdtrain.training.memory import size
 
     print("| case | largest part | measured peak | estimate | ratio | the check |")
     print("|---|---|---|---|---|---|")

@@ -40,10 +40,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from gdtrain.bench import machine, matmul_gflops
-from gdtrain.config import Config, load_config
-from gdtrain.models import build_model
-from gdtrain.stackmodel import StackedModel, member_losses
-from gdtrain.stackopt import StackedOptimizer
+from gdtrain.core.config import Config, load_config
+from gdtrain.components.models import build_model
+from gdtrain.stacked.model import StackedModel, member_losses
+from gdtrain.stacked.optimizer import StackedOptimizer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_adam.yaml"  # the seeds' MLP with Adam
 N_TABLE, D, CLASSES = 60000, 784, 10

@@ -33,11 +33,11 @@ import torch
 from torch import nn
 
 from gdtrain.bench import machine
-from gdtrain.config import AdamConfig, ConstantSchedule, SGDConfig
-from gdtrain.optimizers import IMPLEMENTATIONS, implementation
-from gdtrain.stackopt import StackedOptimizer, clip_grad_norms_
-from gdtrain.stacklr import MemberSchedules
-from gdtrain.stackrules import RULES, Rows
+from gdtrain.core.config import AdamConfig, ConstantSchedule, SGDConfig
+from gdtrain.components.optimizers import IMPLEMENTATIONS, implementation
+from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_
+from gdtrain.stacked.lr import MemberSchedules
+from gdtrain.stacked.rules import RULES, Rows
 
 SHAPES = [(128, 784), (128,), (10, 128), (10,)]  # the seeds' MNIST MLP: fc1 weight and bias, fc2 weight and bias
 

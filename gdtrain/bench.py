@@ -26,18 +26,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from gdtrain import engine, idx
-from gdtrain.config import Config, validate
-from gdtrain.datasets import Dataset
-from gdtrain.distributed import World
-from gdtrain.errors import UserError
-from gdtrain.models import build_model
-from gdtrain.optimizers import build_optimizer
-from gdtrain.recipe import compiled
-from gdtrain.stacklr import MemberSchedules
-from gdtrain.stackmodel import StackedModel, member_losses
-from gdtrain.stackopt import StackedOptimizer
-from gdtrain.tracker import Tracker
+from gdtrain.training import engine
+from gdtrain.components import idx
+from gdtrain.core.config import Config, validate
+from gdtrain.components.datasets import Dataset
+from gdtrain.training.distributed import World
+from gdtrain.core.errors import UserError
+from gdtrain.components.models import build_model
+from gdtrain.components.optimizers import build_optimizer
+from gdtrain.training.recipe import compiled
+from gdtrain.stacked.lr import MemberSchedules
+from gdtrain.stacked.model import StackedModel, member_losses
+from gdtrain.stacked.optimizer import StackedOptimizer
+from gdtrain.training.tracker import Tracker
 
 
 def mnist_or_random(root: Path | None) -> tuple[Tensor, Tensor, str]:

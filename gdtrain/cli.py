@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 import typer
 
 from gdtrain import __version__
-from gdtrain.config import Config, load_config, to_dict
-from gdtrain.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
-from gdtrain.errors import StoppedElsewhere, UserError
-from gdtrain.yamlio import dump_yaml
+from gdtrain.core.config import Config, load_config, to_dict
+from gdtrain.core.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
+from gdtrain.core.errors import StoppedElsewhere, UserError
+from gdtrain.core.yamlio import dump_yaml
 
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-    from gdtrain.compare import Run
+    from gdtrain.core.folders import Run
 
 app = typer.Typer(
     help="Train and compare gradient-descent optimizers from YAML experiment configs.",
@@ -137,7 +137,8 @@ def run(
     nproc: NprocOpt = 1,
 ) -> None:
     """Train one experiment into runs/<experiment>/<name>-<timestamp>/ and log it to TensorBoard."""
-    from gdtrain import recipe, runs  # torch: only the commands that train import it
+    from gdtrain.training import recipe  # torch: only the commands that train import it
+    from gdtrain.core import runs
 
     if nproc > 1:
         with user_errors():  # what one process can check, before torchrun starts several
@@ -170,7 +171,7 @@ def _torchrun(nproc: int, args: list[str]) -> NoReturn:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run as launch
 
-    from gdtrain.distributed import AGENT
+    from gdtrain.training.distributed import AGENT
 
     argv = ["--standalone", f"--nproc-per-node={nproc}", "-m", "gdtrain", *args]
     typer.echo(f"launching: torchrun {shlex.join(argv)}", err=True)
@@ -236,7 +237,7 @@ def _interruptible(train, where: Path):
 
 def _report(run_dir: Path, outcome, cfg: Config) -> None:
     """The closing lines of run and resume (from rank 0 only), and their exit code."""
-    from gdtrain.runs import resume_command
+    from gdtrain.core.runs import resume_command
 
     rank, size = _world()
     if rank != 0:
@@ -273,7 +274,7 @@ def paths(
     device: Annotated[Optional[Device], typer.Option("--device", help="Overrides train.device.", case_sensitive=False)] = None,
 ) -> None:
     """Run each optimizer on a `data: {name: function}` config and draw all their paths in one figure."""
-    from gdtrain import descent
+    from gdtrain.training import descent
 
     with user_errors():
         cfg = _load(config, overrides, device)
@@ -296,7 +297,7 @@ def resume(
     nproc: NprocOpt = 1,
 ) -> None:
     """Continue an interrupted run from its newest checkpoint, into the same folder."""
-    from gdtrain import recipe
+    from gdtrain.training import recipe
 
     if nproc > 1:
         with user_errors():
@@ -321,7 +322,7 @@ def evaluate(
     checkpoint: Annotated[Weights, typer.Option("--checkpoint", "-c", help="best: lowest validation loss; last: the final (or newest) weights.")] = Weights.last,
 ) -> None:
     """Validation and test metrics of a saved run's best or last weights."""
-    from gdtrain import recipe
+    from gdtrain.training import recipe
 
     with user_errors():
         path, results = recipe.evaluate_run(run_dir, checkpoint.value)
@@ -344,9 +345,9 @@ def sweep(
     slurm_time: TimeOpt = None,
 ) -> None:
     """Run a grid of configs (from --grid and the config's grid: section) into one experiment folder."""
-    from gdtrain import executors
-    from gdtrain import sweep as sweeping
-    from gdtrain.manifest import Manifest
+    from gdtrain.execution import executors
+    from gdtrain.execution import sweep as sweeping
+    from gdtrain.core.manifest import Manifest
 
     with user_errors():
         _check_batch_runs(batch_runs)
@@ -413,15 +414,15 @@ def study(
     slurm_time: TimeOpt = None,
 ) -> None:
     """Tune each optimizer on an equal budget, rerun the best over seeds, and state which is better and how surely."""
-    from gdtrain import executors
-    from gdtrain import study as studying
-    from gdtrain.studyreport import verdict_lines
+    from gdtrain.execution import executors
+    from gdtrain.study import runner, spec
+    from gdtrain.study.report import verdict_lines
 
     with user_errors():
         _check_batch_runs(batch_runs)
         options = executors.job_options(executor, slurm_partition, slurm_gpus_per_job, slurm_time)
-        spec = studying.load_study(study_file, overrides or [])
-        folder, results, code = studying.run_study(spec, runs_dir, jobs, resume, typer.echo, batch_runs, options)
+        planned = spec.load_study(study_file, overrides or [])
+        folder, results, code = runner.run_study(planned, runs_dir, jobs, resume, typer.echo, batch_runs, options)
     if results is None:
         raise typer.Exit(code)
     typer.echo("")
@@ -448,19 +449,20 @@ def compare(
     everything: Annotated[bool, typer.Option("--all", help="Every run folder, also those a sweep's or study's manifest.json does not list.")] = False,
 ) -> None:
     """Tabulate the runs under a folder by a metric, best first; optionally plot their curves."""
-    from gdtrain import compare as comparing
-    from gdtrain import comparetable
-    from gdtrain.manifest import describe
+    from gdtrain.core import folders
+    from gdtrain.report import compare as comparing
+    from gdtrain.report import table as comparetable
+    from gdtrain.core.manifest import describe
 
     with user_errors():
         if plot is not None:
-            from gdtrain.plotting import require_matplotlib
+            from gdtrain.core.plotting import require_matplotlib
 
             require_matplotlib("--plot")
-        runs = comparing.read_runs(folder)
+        runs = folders.read_runs(folder)
         manifest, others = None, []
         if not everything:
-            manifest, runs, others = comparing.members(folder, runs)
+            manifest, runs, others = folders.members(folder, runs)
             if manifest is not None and not runs:
                 raise UserError(f"{folder}: none of its run folders is part of {describe(manifest)} yet; "
                                 f"--all compares every run folder in it")
@@ -482,7 +484,7 @@ def compare(
         if others:
             _set_apart(others, manifest, folder, fmt)
         if plot is not None:
-            from gdtrain.curveplot import plot as draw
+            from gdtrain.report.curveplot import plot as draw
 
             ranked = [row for row in rows if row.status in comparing.RANKED]  # the others have no figures
             draw(ranked, metric, f"{folder}: {len(ranked)} configurations, {sum(len(r.runs) for r in ranked)} runs", plot)
@@ -492,7 +494,7 @@ def compare(
 def _set_apart(others: list[Run], manifest: dict[str, Any], folder: Path, fmt: Format) -> None:
     """The run folders beside a sweep's or study's that its manifest does not list: after the table
     (text and markdown), on stderr for csv and json."""
-    from gdtrain.manifest import describe
+    from gdtrain.core.manifest import describe
 
     machine = fmt in (Format.csv, Format.json)
     if not machine:
@@ -505,7 +507,7 @@ def _set_apart(others: list[Run], manifest: dict[str, Any], folder: Path, fmt: F
 @app.command()
 def check(config: ConfigArg, overrides: SetOpt = None) -> None:
     """Validate a config and print it fully resolved, every default filled in, with its memory estimate; touches no data."""
-    from gdtrain.memory import describe  # no torch: check stays quick
+    from gdtrain.training.memory import describe  # no torch: check stays quick
 
     with user_errors():
         cfg = _load(config, overrides)
@@ -521,7 +523,7 @@ def download(
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on each mirror.")] = 10.0,
 ) -> None:
     """Download the four IDX files from the public mirrors, md5-checked, into <root>/<Folder>/raw/."""
-    from gdtrain import idx
+    from gdtrain.components import idx
 
     folder = idx.data_root(None if root is None else str(root))
     with user_errors():
@@ -542,8 +544,8 @@ def bench(
 ) -> None:
     """Seconds per epoch of the seeds' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor; stacked runs."""
     from gdtrain import bench as benchmark
-    from gdtrain.idx import data_root as default_root
-    from gdtrain.device import resolve_device
+    from gdtrain.components.idx import data_root as default_root
+    from gdtrain.training.device import resolve_device
 
     with user_errors():
         sizes, members = _whole_numbers("--batch-sizes", batch_sizes), _whole_numbers("--runs", runs)

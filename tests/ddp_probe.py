@@ -22,7 +22,9 @@ from typing import Any
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from gdtrain import cli, distributed, engine
+from gdtrain import cli
+from gdtrain.training import distributed
+from gdtrain.training import engine
 
 PROBE = os.environ["PROBE"]
 RANK = int(os.environ["RANK"])

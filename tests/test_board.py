@@ -26,7 +26,10 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from test_mnist import make_set
 
 from clihelp import gdtrain, write
-from gdtrain import board, checkpoints, compare, runs
+from gdtrain.training import board
+from gdtrain.training import checkpoints
+from gdtrain.core import folders
+from gdtrain.core import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -193,7 +196,7 @@ def test_custom_scalars_open_on_the_four_charts_with_one_band_per_configuration(
 
 
 def test_groups_are_no_runs_and_a_resumed_sweep_rewrites_them(experiment, tmp_path):
-    assert {run.path for run in compare.read_runs(experiment)} == set(runs.run_folders(experiment))  # no _groups
+    assert {run.path for run in folders.read_runs(experiment)} == set(runs.run_folders(experiment))  # no _groups
     copy = tmp_path / "runs" / experiment.name
     shutil.copytree(experiment, copy)
     groups = lambda: sorted(p.name for p in (copy / board.GROUPS).iterdir() if p.is_dir())  # noqa: E731
@@ -226,7 +229,7 @@ def test_a_sweep_stopped_by_a_signal_writes_the_groups_of_what_finished(tmp_path
 
 
 def test_a_band_is_the_mean_and_range_of_its_seeds(experiment):
-    momentum = [run for run in compare.read_runs(experiment) if run.config.get("optimizer.momentum") == 0.9]
+    momentum = [run for run in folders.read_runs(experiment) if run.config.get("optimizer.momentum") == 0.9]
     finals = [run.curve("loss/val")[-1][2] for run in momentum]
     assert len(finals) == 2
     bands = []
@@ -242,7 +245,7 @@ def test_a_band_is_the_mean_and_range_of_its_seeds(experiment):
 
 
 def test_a_run_holds_its_session_and_no_experiment(experiment):
-    (run_dir,) = [run.path for run in compare.read_runs(experiment)
+    (run_dir,) = [run.path for run in folders.read_runs(experiment)
                   if run.config.get("optimizer.nesterov") is True and run.config["experiment.seed"] == 0]
     events = EventAccumulator(str(run_dir))
     events.Reload()
@@ -262,7 +265,7 @@ def test_runs_added_at_once_all_reach_the_definition(tmp_path):
     folder.mkdir()
     code = """import sys
 from pathlib import Path
-from gdtrain import board
+from gdtrain.training import board
 run_dir = Path(sys.argv[1]) / f"run{sys.argv[2]}-20250101-000000"
 run_dir.mkdir()
 (run_dir / "config.yaml").write_text(f"experiment: {{name: together}}\\noptimizer: {{name: sgd, lr: 0.{sys.argv[2]}}}\\n")

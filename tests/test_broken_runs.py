@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from clihelp import one_error
-from gdtrain import checkpoints
+from gdtrain.training import checkpoints
 from gdtrain.cli import app
-from gdtrain.compare import read_rows
-from gdtrain.errors import UserError
-from gdtrain.runs import run_folders
+from gdtrain.core.folders import read_rows
+from gdtrain.core.errors import UserError
+from gdtrain.core.runs import run_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

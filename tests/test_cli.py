@@ -18,13 +18,14 @@ import torch
 import yaml
 
 from clihelp import gdtrain, write
-from gdtrain import __version__, runs
-from gdtrain.config import Config, load_config
-from gdtrain.catalog import DATASET_HELP, SCHEDULE_HELP
-from gdtrain.losses import LOSSES
-from gdtrain.models import MODELS
-from gdtrain.optimizers import OPTIMIZERS
-from gdtrain.runs import run_folders
+from gdtrain import __version__
+from gdtrain.core import runs
+from gdtrain.core.config import Config, load_config
+from gdtrain.core.catalog import DATASET_HELP, SCHEDULE_HELP
+from gdtrain.components.losses import LOSSES
+from gdtrain.components.models import MODELS
+from gdtrain.components.optimizers import OPTIMIZERS
+from gdtrain.core.runs import run_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -243,7 +244,7 @@ def test_run_says_its_folder_before_it_trains(tmp_path, monkeypatch):
     """The line comes as soon as the folder exists, not at the end: here the engine fails at its start."""
     import typer
 
-    from gdtrain import engine
+    from gdtrain.training import engine
 
     said = []
     monkeypatch.setattr(typer, "echo", lambda message="", err=False, **kwargs: said.append(str(message)))

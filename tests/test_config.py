@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from gdtrain import cli
-from gdtrain.config import LOSS_TASKS, Config, ImageData, MLPModel, TrainConfig, load_config, to_dict, validate
-from gdtrain.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
-from gdtrain.datasets import SYNTHETIC
-from gdtrain.errors import UserError
-from gdtrain.losses import LOSSES
-from gdtrain.models import ACTIVATIONS, MODELS, build_model
-from gdtrain.optimizers import FUSED, IMPLEMENTATIONS, OPTIMIZERS, build_optimizer, build_schedule
-from gdtrain.yamlio import dump_yaml, parse_value
+from gdtrain.core.config import LOSS_TASKS, Config, ImageData, MLPModel, TrainConfig, load_config, to_dict, validate
+from gdtrain.core.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
+from gdtrain.components.datasets import SYNTHETIC
+from gdtrain.core.errors import UserError
+from gdtrain.components.losses import LOSSES
+from gdtrain.components.models import ACTIVATIONS, MODELS, build_model
+from gdtrain.components.optimizers import FUSED, IMPLEMENTATIONS, OPTIMIZERS, build_optimizer, build_schedule
+from gdtrain.core.yamlio import dump_yaml, parse_value
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))

@@ -13,11 +13,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from clihelp import gdtrain, write
-from gdtrain import descent, recipe
-from gdtrain.config import FunctionData, load_config, validate
-from gdtrain.functions import FUNCTIONS
-from gdtrain.optimizers import OPTIMIZERS
-from gdtrain.runs import run_folders
+from gdtrain.training import descent
+from gdtrain.training import recipe
+from gdtrain.core.config import FunctionData, load_config, validate
+from gdtrain.components.functions import FUNCTIONS
+from gdtrain.components.optimizers import OPTIMIZERS
+from gdtrain.core.runs import run_folders
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUADRATIC = CONFIGS / "path_quadratic_sgd.yaml"  # the seeds': x² from 10, lr 0.1, 20 steps

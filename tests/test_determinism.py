@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdtrain import recipe
-from gdtrain.compare import read_rows
-from gdtrain.config import load_config
-from gdtrain.determinism import set_determinism
-from gdtrain.runs import run_folders
+from gdtrain.training import recipe
+from gdtrain.core.folders import read_rows
+from gdtrain.core.config import load_config
+from gdtrain.training.determinism import set_determinism
+from gdtrain.core.runs import run_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

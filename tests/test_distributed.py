@@ -21,7 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from gdtrain.cli import app
-from gdtrain.runs import run_folders
+from gdtrain.core.runs import run_folders
 from prochelp import Launch, launched, tagged
 
 # 192 training samples in batches of 25: the last batch of each epoch (17) splits 8 / 9.
@@ -231,7 +231,7 @@ def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
 
 
 def test_the_parent_death_signal_twice_is_still_one_stop_with_a_checkpoint(tmp_path):
-    # The kernel may send it once per dying thread of the launcher (see distributed.die_with_parent).
+    # The kernel may send it once per dying thread of the launcher (see signals.die_with_parent).
     config = tmp_path / "long.yaml"
     config.write_text(LONG)
     with launched("-m", "gdtrain", "run", config, "--nproc", "2", "--runs-dir", tmp_path / "runs", "--quiet") as launch:
@@ -250,11 +250,11 @@ def test_the_parent_death_signal_twice_is_still_one_stop_with_a_checkpoint(tmp_p
 
 PARENT_DIES_TWICE = """
 import signal, sys
-from gdtrain import distributed, engine, recipe
-distributed.die_with_parent()
+from gdtrain.core import signals
+signals.die_with_parent(None)
 died = signal.getsignal(signal.SIGHUP)
-stop = engine.Stop()
-with recipe.stop_on_signals(stop):
+stop = signals.Stop()
+with signals.stop_on_signals(stop):
     died(signal.SIGHUP, None)  # the second parent-death signal comes before the first call has
     died(signal.SIGHUP, None)  # set SIGHUP aside: only the first call counts
     for _ in range(1000):  # the SIGTERMs are handled between bytecodes

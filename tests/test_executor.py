@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain, one_error
-from gdtrain import executors
-from gdtrain.tasks import Task
+from gdtrain.execution import executors
+from gdtrain.training.tasks import Task
 from prochelp import launched, tagged
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -66,7 +66,7 @@ def test_a_local_job_gives_the_run_of_the_default_path_and_resume_skips_finished
 CRASHES = """\
 import os, signal
 if "SUBMITIT_LOCAL_JOB_ID" in os.environ:  # in a job's process only: a crash outside the run, or a kill
-    from gdtrain import tasks
+    from gdtrain.training import tasks
     real_run_point = tasks.run_point
 
     def crashing(task):
@@ -146,7 +146,7 @@ def test_slurm_jobs_are_one_array_with_the_options_and_their_logs_in_the_experim
 
 
 def test_a_study_passes_the_executor_on_and_names_it_in_its_resume_command(tmp_path, monkeypatch):
-    from gdtrain import sweep
+    from gdtrain.execution import sweep
 
     seen = []
 
@@ -200,9 +200,9 @@ def test_ctrl_c_stops_local_jobs_with_checkpoints_and_leaves_no_process(tmp_path
 
 WATCHER = """\
 import os, signal, sys, time
-from gdtrain.executors import die_with_sweep
+from gdtrain.core.signals import die_with_process
 signal.signal(signal.SIGTERM, lambda signum, frame: (print("SIGTERM", flush=True), os._exit(0)))
-die_with_sweep(int(sys.argv[1]))
+die_with_process(int(sys.argv[1]))
 print("watching", flush=True)
 time.sleep(600)
 """

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from clihelp import gdtrain, one_error, write
-from gdtrain import checkpoints, runs
+from gdtrain.training import checkpoints
+from gdtrain.core import runs
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

@@ -22,11 +22,11 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from gdtrain.cli import app
-from gdtrain.config import Config, check_name, load_config, to_dict
-from gdtrain.errors import UserError
-from gdtrain.runs import run_folders
-from gdtrain.sweep import expand
-from gdtrain.yamlio import dump_yaml
+from gdtrain.core.config import Config, check_name, load_config, to_dict
+from gdtrain.core.errors import UserError
+from gdtrain.core.runs import run_folders
+from gdtrain.execution.sweep import expand
+from gdtrain.core.yamlio import dump_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

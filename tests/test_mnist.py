@@ -19,10 +19,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gdtrain import idx, memory, recipe
+from gdtrain.components import idx
+from gdtrain.training import memory
+from gdtrain.training import recipe
 from gdtrain.cli import app
-from gdtrain.config import validate
-from gdtrain.datasets import build_dataset
+from gdtrain.core.config import validate
+from gdtrain.components.datasets import build_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -408,7 +410,7 @@ def test_real_mnist_files_match_their_upstream_md5():
 @pytest.mark.skipif(not (REAL_DATA / "MNIST" / "raw").is_dir(), reason="real MNIST not found in ../shared/data")
 def test_real_mnist_one_epoch_of_the_seeds_mlp(tmp_path):
     """One epoch of configs/mnist_adam.yaml (the full 10 epochs reach 97.5%+, see the README)."""
-    from gdtrain.config import load_config
+    from gdtrain.core.config import load_config
 
     cfg = load_config(CONFIGS / "mnist_adam.yaml", [f"data.root={REAL_DATA}", "train.epochs=1"])
     _, outcome = recipe.run(cfg, tmp_path, quiet=True)
@@ -421,8 +423,8 @@ def test_real_mnist_one_epoch_of_the_seeds_mlp(tmp_path):
 @pytest.mark.parametrize(("name", "kernel"), [("sgd", "fused"), ("adam", "fused"), ("adamw", "fused"),
                                               ("adagrad", "fused"), ("rmsprop", "foreach")])
 def test_auto_takes_the_fastest_kernel_torch_has_on_cpu(name, kernel):
-    from gdtrain.models import build_model
-    from gdtrain.optimizers import build_optimizer
+    from gdtrain.components.models import build_model
+    from gdtrain.components.optimizers import build_optimizer
 
     cfg = validate({"optimizer": {"name": name}}, "test")
     optimizer = build_optimizer(cfg.optimizer, build_model(cfg.model, 4, 1))
@@ -431,8 +433,8 @@ def test_auto_takes_the_fastest_kernel_torch_has_on_cpu(name, kernel):
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adagrad"])
 def test_fused_kernel_follows_the_for_loop_one(name):
-    from gdtrain.models import build_model
-    from gdtrain.optimizers import build_optimizer
+    from gdtrain.components.models import build_model
+    from gdtrain.components.optimizers import build_optimizer
 
     finals = []
     for kernel in ("for_loop", "fused"):

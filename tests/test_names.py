@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain, write
-from gdtrain import compare, names, runs, sweep
-from gdtrain.config import to_dict
-from gdtrain.yamlio import dump_yaml
+from gdtrain.core import folders
+from gdtrain.report import compare
+from gdtrain.core import names
+from gdtrain.core import runs
+from gdtrain.execution import sweep
+from gdtrain.core.config import to_dict
+from gdtrain.core.yamlio import dump_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -121,14 +125,14 @@ def test_plot_colours_follow_the_optimizer_and_shade_by_lr(tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.colors import rgb_to_hsv
 
-    from gdtrain.curveplot import row_colours
+    from gdtrain.report.curveplot import row_colours
 
     spec = write(tmp_path, MIXED.split("grid:")[0] + "grid:\n  optimizer.name: [sgd, adam, rmsprop]\n"
                  "  optimizer.lr: [0.1, 0.01, 0.001]\n")
     points = sweep.expand(spec, [], None, [])
     for k, point in enumerate(points):
         fake_run(tmp_path / "mixed", point, 0.9, 1000.0, f"20261125-1200{k:02d}")
-    rows = compare.group(compare.read_runs(tmp_path / "mixed"), "accuracy/val", None, per_run=False)
+    rows = compare.group(folders.read_runs(tmp_path / "mixed"), "accuracy/val", None, per_run=False)
     colours = dict(zip([row.label for row in rows], row_colours(rows)))
     hue = {label: rgb_to_hsv(c[:3])[0] for label, c in colours.items()}  # 0-1, a circle: red is at both ends
     value = {label: rgb_to_hsv(c[:3])[2] for label, c in colours.items()}

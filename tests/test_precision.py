@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdtrain import engine, recipe
-from gdtrain.config import load_config
+from gdtrain.training import engine
+from gdtrain.training import recipe
+from gdtrain.core.config import load_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

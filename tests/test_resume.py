@@ -17,9 +17,10 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from clihelp import gdtrain, one_error
-from gdtrain import checkpoints, recipe
-from gdtrain.config import validate
-from gdtrain.runs import run_folders
+from gdtrain.training import checkpoints
+from gdtrain.training import recipe
+from gdtrain.core.config import validate
+from gdtrain.core.runs import run_folders
 
 # Mid-epoch checkpoints (every 70 steps, 250 steps an epoch), dropout, warm-up and a step
 # schedule: every piece of state a resume has to restore.

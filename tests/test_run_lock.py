@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain, one_error, write
-from gdtrain import runs
-from gdtrain.errors import UserError
+from gdtrain.core import runs
+from gdtrain.core.errors import UserError
 
 # Minutes of training: the owner is frozen and killed long before it could finish.
 LONG = """\

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from clihelp import gdtrain, one_error, write
-from gdtrain import memory, recipe
-from gdtrain.config import load_config, validate
-from gdtrain.errors import UserError
-from gdtrain.optimizers import build_optimizer
+from gdtrain.training import memory
+from gdtrain.training import recipe
+from gdtrain.core.config import load_config, validate
+from gdtrain.core.errors import UserError
+from gdtrain.components.optimizers import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -180,7 +181,7 @@ def test_the_host_limit_is_memavailable_on_linux():
 
 def test_ulimit_v_is_a_limit_too():
     """A real process under `ulimit -v`: what is left under it is what may be allocated."""
-    code = "from gdtrain.memory import host_available; print(*host_available(), sep='|')"
+    code = "from gdtrain.training.memory import host_available; print(*host_available(), sep='|')"
     limit = 300_000_000  # bytes: the interpreter with gdtrain.memory takes about 40 MB of it
 
     def lower() -> None:

@@ -17,10 +17,13 @@ import pytest
 import torch
 
 from clihelp import gdtrain, one_error
-from gdtrain import checkpoints, groups, memory, recipe
-from gdtrain.config import apply_overrides, read_config, validate
-from gdtrain.tasks import Task
-from gdtrain.units import run_unit
+from gdtrain.training import checkpoints
+from gdtrain.execution import groups
+from gdtrain.training import memory
+from gdtrain.training import recipe
+from gdtrain.core.config import apply_overrides, read_config, validate
+from gdtrain.training.tasks import Task
+from gdtrain.execution.units import run_unit
 from test_sweep_signals import start  # noqa: F401  (a fixture: the sweeps it starts are killed at the end)
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -255,9 +258,9 @@ def test_a_member_that_alone_cannot_fit_is_the_run_s_own_one_line_refusal(tmp_pa
 
 
 def test_dropout_draws_its_own_mask_for_every_member():
-    from gdtrain.config import MLPModel
-    from gdtrain.models import build_model
-    from gdtrain.stackmodel import StackedModel
+    from gdtrain.core.config import MLPModel
+    from gdtrain.components.models import build_model
+    from gdtrain.stacked.model import StackedModel
 
     cfg = MLPModel(name="mlp", hidden_sizes=[64], dropout=0.5)
     torch.manual_seed(0)

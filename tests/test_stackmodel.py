@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gdtrain.config import validate
-from gdtrain.models import build_model
-from gdtrain.stackmodel import StackedModel, member_losses
+from gdtrain.core.config import validate
+from gdtrain.components.models import build_model
+from gdtrain.stacked.model import StackedModel, member_losses
 
 MODELS = [{"name": "mlp", "hidden_sizes": [16, 8], "activation": "tanh"}, {"name": "linear", "bias": False},
           {"name": "linear"}]

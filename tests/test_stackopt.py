@@ -16,11 +16,11 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from gdtrain.config import (AdagradConfig, AdamConfig, AdamWConfig, ConstantSchedule, CosineSchedule,
+from gdtrain.core.config import (AdagradConfig, AdamConfig, AdamWConfig, ConstantSchedule, CosineSchedule,
                             ExponentialSchedule, PlateauSchedule, RMSpropConfig, SGDConfig, StepSchedule)
-from gdtrain.optimizers import OPTIMIZERS, build_schedule, build_warmup
-from gdtrain.stackopt import StackedOptimizer, clip_grad_norms_, kind_key
-from gdtrain.stacklr import MemberSchedules
+from gdtrain.components.optimizers import OPTIMIZERS, build_schedule, build_warmup
+from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_, kind_key
+from gdtrain.stacked.lr import MemberSchedules
 
 SHAPES = [(3, 4), (4,), (2, 3, 2)]  # a matrix, a bias, a 3-d tensor
 STEPS, STEPS_PER_EPOCH = 25, 5

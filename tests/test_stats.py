@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from gdtrain import stats
+from gdtrain.report import stats
 
 
 def test_identical_samples_tie() -> None:

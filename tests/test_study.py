@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from clihelp import gdtrain, one_error, write
-from gdtrain import study as studying
-from gdtrain.config import load_config
-from gdtrain.studyreport import fmt
+from gdtrain.study import spec as studying
+from gdtrain.core.config import load_config
+from gdtrain.study.report import fmt
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -284,7 +284,7 @@ def test_a_study_lists_its_runs_in_its_manifest(finished: tuple[Path, dict, str]
 
 
 def test_a_stopped_study_s_resume_command_repeats_its_set_options(tmp_path: Path, monkeypatch) -> None:
-    from gdtrain import sweep
+    from gdtrain.execution import sweep
 
     monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: ([], signal.SIGINT))
     result = gdtrain("study", ROOT / "studies" / "quick.yaml", "--set", "study.name=quick8", "--runs-dir", tmp_path)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain, one_error
-from gdtrain import recipe, sweep
+from gdtrain.training import recipe
+from gdtrain.execution import sweep
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain
-from gdtrain import checkpoints, recipe, tasks
+from gdtrain.training import checkpoints
+from gdtrain.training import recipe
+from gdtrain.training import tasks
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 LONG = ["--set", "train.epochs=5000"]  # minutes of training: every test stops it long before
@@ -215,7 +217,7 @@ def test_a_killed_worker_fails_its_own_point_only_and_the_sweep_goes_on(start):
 def test_a_dead_worker_whose_run_finished_on_disk_reports_it_finished(tmp_path):
     runs = tmp_path / "runs"
     task = tasks.Task({}, "lr=0.1", str(runs), "smoke")
-    from gdtrain import workers
+    from gdtrain.execution import workers
 
     process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
     process.start()
@@ -238,7 +240,7 @@ def test_a_worker_whose_parent_died_before_it_asked_for_the_signal_exits(tmp_pat
     """The race PR_SET_PDEATHSIG leaves open: the parent dies before the request is made."""
     asking, alive = tmp_path / "asking", tmp_path / "alive"
     child = ("import os, sys, time\n"
-             "from gdtrain.workers import die_with_parent\n"
+             "from gdtrain.core.signals import die_with_parent\n"
              "parent = os.getppid()\n"
              "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
              "while os.getppid() == parent:\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdtrain import recipe
-from gdtrain.config import validate
-from gdtrain.losses import LOSSES
+from gdtrain.training import recipe
+from gdtrain.core.config import validate
+from gdtrain.components.losses import LOSSES
 
 LR, START, WARMUP = 0.1, 0.2, 6  # warm-up from 0.2·lr over 6 steps
 

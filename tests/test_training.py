@@ -10,11 +10,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gdtrain import engine, recipe
-from gdtrain.config import load_config, validate
-from gdtrain.determinism import seed_everything
-from gdtrain.models import build_model
-from gdtrain.runs import run_folders
+from gdtrain.training import engine
+from gdtrain.training import recipe
+from gdtrain.core.config import load_config, validate
+from gdtrain.training.determinism import seed_everything
+from gdtrain.components.models import build_model
+from gdtrain.core.runs import run_folders
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -1,0 +1,101 @@
+"""What every picture gdtrain draws shares: the optional matplotlib, a figure, its file, a seed band.
+
+matplotlib is the optional `plot` extra (`pip install 'gdtrain[plot]'`). The commands call
+`require_matplotlib` before they start, so a missing extra is one `error:` line and no run. Figures
+are matplotlib's object API (`Figure`, drawn by the Agg canvas): no pyplot, no global state, no
+display needed. curveplot (compare --plot), pathplot (optimizer paths) and studyplot (a study's
+figures) draw with these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gdtrain.core.errors import UserError
+
+Curve = list[tuple[float, float]]  # (x, value) points of one run
+
+
+def require_matplotlib(what: str) -> None:
+    """A UserError naming the extra to install when matplotlib is missing; `what` needs it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError(f"{what} needs matplotlib, which is not installed; pip install 'gdtrain[plot]' "
+                        "(or matplotlib)") from None
+
+
+def figure(width: float, height: float) -> Any:
+    """A new matplotlib Figure of width × height inches, laid out so labels and legends fit."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def colour(i: int) -> Any:
+    """The i-th colour of matplotlib's tab10 cycle, repeating after ten."""
+    return f"C{i % 10}"
+
+
+HUES = {"sgd": "Blues", "adagrad": "Greens", "rmsprop": "Purples", "adam": "Reds", "adamw": "RdPu"}
+SPARE_HUES = ("Greys", "Oranges", "YlGn", "BuPu", "GnBu")  # for other families, in order of appearance
+
+
+def shades(families: list[str], order: list[Any]) -> list[Any]:
+    """One colour per row: a matplotlib colormap per family (the optimizer's name: sgd is always
+    blue, adam red), and within a family a shade per row, lighter to darker by `order` (e.g. lr)."""
+    from matplotlib import colormaps
+
+    spare = iter(SPARE_HUES * (len(families) // len(SPARE_HUES) + 1))
+    hues = {family: HUES.get(family) or next(spare) for family in dict.fromkeys(families)}
+    colours: list[Any] = [None] * len(families)
+    for family, hue in hues.items():
+        rows = sorted((i for i, f in enumerate(families) if f == family), key=lambda i: order[i])
+        for k, i in enumerate(rows):  # 0.45-0.95 of the map: its lightest shades barely show on white
+            colours[i] = colormaps[hue](0.7 if len(rows) == 1 else 0.45 + 0.5 * k / (len(rows) - 1))
+    return colours
+
+
+def save(fig: Any, path: Path, fix: str) -> None:
+    """Write the figure as a PNG; a folder that cannot take it is a UserError ending with `fix`."""
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write the picture ({err.strerror or err}); {fix}") from None
+
+
+def band(curves: list[Curve]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """x, mean, min and max over the curves, at the x values every curve has."""
+    shared = sorted(set.intersection(*(set(x for x, _ in c) for c in curves)))
+    at = [dict(c) for c in curves]
+    values = [[a[x] for a in at] for x in shared]
+    return shared, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def draw_band(ax: Any, curves: list[Curve], color: Any, label: str, marker: str | None = None) -> None:
+    """One line for one run; for seeds, their mean with a band from the lowest to the highest."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return
+    x, mean, low, high = band(curves)
+    ax.plot(x, mean, color=color, lw=1.6, marker=marker, markersize=3, label=label)
+    if len(curves) > 1:
+        ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
+
+
+def render(fig: Any) -> Any:
+    """The figure's pixels, an (H, W, 3) uint8 array, drawn once for both a PNG and TensorBoard."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_pixels(image: Any, path: Path) -> None:
+    """Write (H, W, 3) uint8 pixels as a PNG."""
+    from matplotlib.image import imsave
+
+    imsave(path, image)

@@ -1,0 +1,1 @@
+"""Many points of a sweep or study: tasks, units, grouping, worker processes, executors, the sweep itself."""

@@ -1,0 +1,103 @@
+"""Which points of a sweep or study train together as one stacked group (gdtrain/stacked/loop.py), and how many.
+
+Points are compatible when their configs are equal but for what each member may have of its own:
+the seed (initialisation, data order, validation split), the optimizer and all its settings, the
+schedule and warm-up, gradient clipping, early stopping (patience, min_delta) and keep_last. So a
+group shares the model's architecture and sizes, the data, loss, precision, batch size and number
+of steps; interrupted points join a group only with points stopped at the same step. fp16,
+torch.compile and function descents always train alone (stacked.py says why). Grouping never
+changes what a run computes, only how fast: a group too large for the device's free memory, or
+for `--batch-runs`, is split into groups of near-equal size, and members using the same optimizer
+rule sit next to each other (stackopt updates them through a view instead of a gather).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gdtrain.training import memory
+from gdtrain.core import runs
+from gdtrain.training.checkpoints import STEP_FILE
+from gdtrain.core.config import Config, FunctionData, to_dict, validate
+from gdtrain.training.tasks import Task
+
+if TYPE_CHECKING:
+    import torch
+
+FREE = ("experiment.seed", "optimizer.", "schedule.", "train.grad_clip", "train.patience", "train.min_delta",
+        "train.keep_last")
+
+
+def key(config: Config, task: Task) -> str | None:
+    """What members of one group share; None for a point that always trains alone."""
+    train = config.train
+    if isinstance(config.data, FunctionData) or train.precision == "fp16" or train.compile:
+        return None
+    shared = {k: v for k, v in runs.flatten(to_dict(config)).items() if not k.startswith(FREE)}
+    return json.dumps(shared, sort_keys=True) + f" at step {resumed_step(task)}"
+
+
+def resumed_step(task: Task) -> int:
+    """The step of the newest checkpoint the task continues from; 0 when it starts anew."""
+    if task.resume is None:
+        return 0
+    folder = Path(task.resume) / "checkpoints"
+    steps = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else []) if (m := STEP_FILE.fullmatch(p.name))]
+    return max(steps, default=0)
+
+
+def member_bytes(config: Config, sizes: memory.Sizes, batch_size: int) -> int:
+    """Memory one more member adds to a group: its weights, gradients, best copy and optimizer state,
+    the optimizer's scratch (two tensors per parameter, two more when its rows are gathered), its
+    batch's and evaluation's activations, and its split and epoch order as indices."""
+    _, model, train, evaluation = memory.estimate(config, sizes, batch_size)
+    params = model.bytes // (memory.FLOAT * (3 + memory.state_copies(config.optimizer)))
+    indices = (2 * sizes.n_train + sizes.n_val) * memory.LABEL
+    return model.bytes + 4 * params * memory.FLOAT + max(train.bytes, evaluation.bytes) + indices
+
+
+def fit(config: Config, device: torch.device) -> int | None:
+    """How many members like `config` fit in the device's free memory together; None when unknown.
+    The data counts once: members share it (gdtrain/stacked/data.py)."""
+    sizes = memory.data_sizes(config)
+    batch_size = sizes.n_train if config.train.batch_size == "full" else config.train.batch_size
+    free = memory.available(device)
+    if free is None:
+        return None
+    data = memory.estimate(config, sizes, batch_size)[0].bytes
+    room = (free[0] - memory.OVERHEAD) / memory.MARGIN - data
+    return max(1, int(room // member_bytes(config, sizes, batch_size)))
+
+
+def plan(tasks: list[Task], batch_runs: int | None, jobs: int = 1) -> list[list[Task]]:
+    """The tasks as groups, in the order their first point comes: compatible points together, at most
+    `batch_runs` (None: as many as fit) and, with `jobs` processes, split so that each has a group."""
+    from gdtrain.training.device import resolve_device
+    from gdtrain.stacked.optimizer import kind_key
+
+    configs = {task.name: validate(task.raw, task.name) for task in tasks}
+    by_key: dict[str, list[Task]] = {}
+    alone: list[tuple[int, list[Task]]] = []
+    first: dict[str, int] = {}
+    for i, task in enumerate(tasks):
+        k = key(configs[task.name], task) if batch_runs != 1 else None
+        if k is None:
+            alone.append((i, [task]))
+            continue
+        first.setdefault(k, i)
+        by_key.setdefault(k, []).append(task)
+    units = list(alone)
+    for k, members in by_key.items():
+        config = configs[members[0].name]
+        device = resolve_device(config.train.device)
+        cap = min(x for x in (batch_runs, fit(config, device), len(members)) if x)
+        if jobs > 1:
+            cap = min(cap, math.ceil(len(members) / jobs))
+        members.sort(key=lambda t: kind_key(configs[t.name].optimizer, device))  # stable: the grid's order within a kind
+        count = math.ceil(len(members) / cap)  # near-equal sizes: 21 capped at 8 is 7 + 7 + 7
+        for j in range(count):
+            units.append((first[k], members[j * len(members) // count : (j + 1) * len(members) // count]))
+    return [unit for _, unit in sorted(units, key=lambda u: u[0])]

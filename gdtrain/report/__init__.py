@@ -1,0 +1,1 @@
+"""Run folders read back: statistics, the compare rows and table, the compare plot."""

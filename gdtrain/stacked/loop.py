@@ -1,0 +1,386 @@
+"""Several runs trained as one: a group of compatible sweep or study points (gdtrain/execution/groups.py).
+
+The members' models are stacked (stackmodel), their data shared by index (stackdata), and one
+vectorised optimizer updates them all, each with its own optimizer, settings, lr schedule, warm-up
+and clipping (stackopt, stacklr). The loop is engine.train's with a member axis: per step one
+forward and one backward for all members, each on its own batch; losses are read back every
+`log_every` steps, where a member whose loss is NaN or infinite is recorded `diverged` at its own
+step and frozen while the others go on (so is a member out of patience: it finishes early).
+
+Every member writes the run folder its solo run would: config.yaml (its provenance says it trained
+in a group), TensorBoard events, metrics.jsonl, checkpoints in the solo format (so `gdtrain resume`
+continues one alone, and a group resumes from its members' checkpoints), best.pt, model.pt and
+summary.json. Its initial weights, split and data order are its solo run's; its numbers differ from
+the solo run's in the last bits only (summation order in batched kernels; README, "Many runs at once").
+Not stacked (groups of one, trained by recipe.run): fp16 (one GradScaler would skip every member's
+step for one member's overflow), torch.compile, function descents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from gdtrain.training import board
+from gdtrain.training import checkpoints
+from gdtrain.training import engine
+from gdtrain.training import memory
+from gdtrain.core import runs
+from gdtrain.stacked import data as stackdata
+from gdtrain.training.checkpoints import Checkpoints, restore_rng, rng_states
+from gdtrain.core.config import Config, to_dict, validate
+from gdtrain.training.determinism import seed_everything, set_determinism
+from gdtrain.training.device import resolve_device
+from gdtrain.core.signals import Stop, stop_on_signals
+from gdtrain.training.engine import PRECISIONS, Outcome, Progress
+from gdtrain.core.errors import UserError
+from gdtrain.components.models import build_model
+from gdtrain.training.recipe import disk_error, open_tracker, summarise
+from gdtrain.stacked.model import StackedModel, member_losses
+from gdtrain.stacked.lr import MemberSchedules
+from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_, grad_norms, kind_key
+from gdtrain.training.tasks import Result, Task
+from gdtrain.training.tracker import Tracker
+
+COUNTERS = ("epochs", "steps", "samples", "train_seconds", "first_epoch_seconds", "first_epoch_samples")
+
+
+@dataclass
+class Member:
+    """One run of the group: its folder, what it logs to, and how far it got."""
+
+    name: str
+    config: Config
+    run_dir: Path
+    owned: BinaryIO  # the run folder's lock (runs.lock_run)
+    tracker: Tracker
+    saved: Checkpoints
+    meta: dict[str, Any]
+    order: torch.Generator  # its data-order RNG
+    at: Progress  # its patience counters and its outcome; the group's Progress holds the shared counters
+    best: dict[str, Any] | None = None  # weights of its lowest val loss, not yet in best.pt
+    live: bool = True
+    result: Result | None = None
+
+
+@dataclass
+class Group:
+    """The stacked objects the loop trains."""
+
+    members: list[Member]
+    data: stackdata.GroupData
+    model: StackedModel
+    optimizer: StackedOptimizer
+    schedules: MemberSchedules
+    settings: Any  # the members' shared TrainConfig (its grad_clip and patience are each member's own)
+    steps: engine.Plan
+    device: torch.device
+    at: Progress  # the shared position and counters; `pending` holds (M,) losses
+    epoch_orders: list[torch.Tensor] = field(default_factory=list)  # each member's data-order RNG state at the epoch's start
+    started: float = field(default_factory=time.perf_counter)
+
+
+def train_group(tasks: list[Task]) -> list[Result]:
+    """Train the tasks' points together (continuing their interrupted runs where tasks say so); one
+    Result per task. A crash fails every member not yet finished; a full disk is a UserError."""
+    configs = [validate(task.raw, task.name) for task in tasks]
+    group = _build(tasks, configs)
+    stop = Stop()
+    try:
+        with stop_on_signals(stop):
+            halt = _loop(group, stop)
+            for member in group.members:
+                if member.live:
+                    _finish(group, member, "finished" if halt is None else "interrupted", halt)
+    except OSError as err:
+        failed = [m for m in group.members if m.result is None]
+        for member in failed:
+            disk_error(member.run_dir, err, member.meta, 1)
+        raise UserError(f"{failed[0].run_dir.parent}: cannot write ({err.strerror or err}); the last checkpoints "
+                        f"and the metrics so far are kept; fix it, then resume the sweep") from None
+    except BaseException as err:  # a bug, or a second signal: recorded in every unfinished member
+        for member in group.members:
+            if member.result is None:
+                runs.record_failure(member.run_dir, err, member.meta, runs.resume_command(member.run_dir))
+                member.result = (Result(member.name, "interrupted", str(member.run_dir), signal=stop.signal,
+                                        error="stopped at once; its last checkpoint, if any, is kept")
+                                 if isinstance(err, KeyboardInterrupt) else
+                                 Result(member.name, "failed", str(member.run_dir), error=f"{type(err).__name__}: {err}"))
+        if not isinstance(err, Exception | KeyboardInterrupt):
+            raise
+    finally:
+        for member in group.members:
+            with contextlib.suppress(OSError):
+                member.tracker.close()
+            member.owned.close()
+    return [member.result for member in group.members]
+
+
+def _build(tasks: list[Task], configs: list[Config]) -> Group:
+    """Data, stacked model, optimizer, schedules and each member's run folder (new, or its
+    interrupted one with its newest checkpoint loaded)."""
+    first = configs[0]
+    set_determinism(first.train.deterministic)
+    device = resolve_device(first.train.device)
+    sizes = memory.data_sizes(first)
+    memory.check(first, sizes, engine.plan(sizes.n_train, first.train).batch_size, device)
+    data = stackdata.build(configs, device)
+    models = []
+    for config in configs:  # each member's initial weights are its solo run's: the same draws after the same seed
+        seed_everything(config.experiment.seed)
+        models.append(build_model(config.model, data.in_features, data.out_features(config.train.loss)).to(device))
+    model = StackedModel(first.model, models)
+    del models
+    steps = engine.plan(data.train.shape[1], first.train)
+    optimizer = StackedOptimizer(model.params, [c.optimizer for c in configs])
+    schedules = MemberSchedules([c.optimizer for c in configs], [c.schedule for c in configs], steps.epochs)
+    note = (f"trained stacked with {len(configs)} runs ({', '.join(t.name for t in tasks)}): the same initial "
+            "weights, split and data order as alone; numbers differ from a run alone in the last bits only "
+            "(README: Many runs at once)")
+    members, states = [], []
+    try:
+        for m, (task, config) in enumerate(zip(tasks, configs)):
+            kernel = "fused" if kind_key(config.optimizer, device)[2] else "for_loop"
+            meta = runs.provenance(device, config.experiment.seed) | {
+                "optimizer_kernel": f"{kernel}, stacked", "stacked": note}
+            order = torch.Generator(device=device).manual_seed(config.experiment.seed)
+            member, state = _member(task, config, meta, order, device)
+            members.append(member)
+            states.append(state)
+    except BaseException:
+        for member in members:
+            member.owned.close()
+        raise
+    board.define(members[0].run_dir.parent)  # once, with every member's settings
+    group = Group(members, data, model, optimizer, schedules, first.train, steps, device, Progress())
+    if states[0] is not None:
+        _restore(group, states)
+    return group
+
+
+def _member(task: Task, config: Config, meta: dict[str, Any], order: torch.Generator,
+            device: torch.device) -> tuple[Member, dict[str, Any] | None]:
+    """The member's run folder, owned: its interrupted one when it has a checkpoint, else a new one."""
+    resolved = to_dict(config)
+    if task.resume is not None:
+        run_dir = Path(task.resume)
+        saved = Checkpoints(run_dir, config.train.keep_last, resolved)
+        latest = saved.latest()
+        if latest is not None:
+            owned = runs.lock_run(run_dir)
+            try:
+                state = checkpoints.load(latest, resolved)
+                meta = meta | {"resumed_from": str(latest)}
+                tracker = open_tracker(run_dir, config, meta, resume_at=state["metrics_offset"], define=False)
+            except BaseException:
+                owned.close()
+                raise
+            at = Progress.from_state(state["progress"], device)
+            return Member(task.name, config, run_dir, owned, tracker, saved, meta, order, at), state
+    run_dir, owned = runs.create_run(Path(task.runs_dir), config, task.name, meta)
+    try:
+        tracker = open_tracker(run_dir, config, meta, define=False)
+    except BaseException:
+        owned.close()
+        raise
+    saved = Checkpoints(run_dir, config.train.keep_last, resolved)
+    return Member(task.name, config, run_dir, owned, tracker, saved, meta, order, Progress()), None
+
+
+def _restore(group: Group, states: list[dict[str, Any]]) -> None:
+    """Put each member's checkpoint into its row; all were written at the same step (groups.py)."""
+    at = group.members[0].at
+    for m, (member, state) in enumerate(zip(group.members, states)):
+        if (member.at.epoch, member.at.step_in_epoch, member.at.outcome.steps) != (at.epoch, at.step_in_epoch,
+                                                                                   at.outcome.steps):
+            raise ValueError("the members' checkpoints were written at different steps")
+        steps = member.at.outcome.steps
+        group.model.load_member_state_dict(m, state["model"])
+        group.optimizer.load_member_state_dict(m, state["optimizer"], steps)
+        group.schedules.load_member(m, state["optimizer"]["param_groups"][0], state["scheduler"], state["warmup"], steps)
+        member.order.set_state(state["rng"]["order"])
+    restore_rng(states[0]["rng"], group.members[0].order)  # torch's, numpy's and Python's RNGs are the group's
+    group.at = Progress(at.epoch, at.step_in_epoch, at.seen, None, pending=[
+        torch.stack(column) for column in zip(*(member.at.pending for member in group.members))])
+    group.epoch_orders = [member.at.epoch_order for member in group.members]
+    for name in COUNTERS:
+        setattr(group.at.outcome, name, getattr(at.outcome, name))
+
+
+def _loop(group: Group, stop: Stop) -> int | None:
+    """engine.train's loop over all members at once; members end on their own (diverged, out of
+    patience), the group when all have, at its last step, or at a signal, which it returns."""
+    settings, steps, at, data = group.settings, group.steps, group.at, group.data
+    model, members = group.model, group.members
+    params = model.params
+    outcome = at.outcome
+    clip = torch.tensor([m.config.train.grad_clip or math.inf for m in members], dtype=torch.float64)
+    clipping = bool(torch.isfinite(clip).any())
+    autocast = torch.autocast(group.device.type, dtype=PRECISIONS[settings.precision],
+                              enabled=settings.precision != "fp32")
+    at_start = at.epoch
+    for epoch in range(at.epoch, steps.epochs + 1):
+        if at.step_in_epoch == 0:
+            at.epoch, group.epoch_orders = epoch, [m.order.get_state() for m in members]
+        else:
+            for member, state in zip(members, group.epoch_orders):
+                member.order.set_state(state)
+        rows = stackdata.epoch_rows(data, [m.order for m in members], steps.batch_size)
+        started = time.perf_counter()
+        seen_before, seconds_before = at.seen, outcome.train_seconds
+        halt = None
+        for xb, yb in stackdata.batches(data, rows, steps.batch_size, at.step_in_epoch):
+            n = xb.shape[1]
+            with autocast:
+                losses = member_losses(settings.loss, model(xb), yb)  # (M,)
+            for p in params:
+                p.grad = None
+            losses.sum().backward()  # member m's rows get the gradient of its own mean loss
+            norms = clip_grad_norms_(params, clip) if clipping else None  # (M,), before clipping
+            lr = group.schedules.lr  # (M,) the lr this step uses
+            group.optimizer.step(lr)
+            group.schedules.step()
+            at.pending.append(losses.detach())
+            outcome.steps, at.step_in_epoch, at.seen = outcome.steps + 1, at.step_in_epoch + 1, at.seen + n
+            last = outcome.steps == steps.max_steps or at.seen == data.train.shape[1]
+            halt = stop.signal
+            if len(at.pending) == settings.log_every or last:
+                _log_steps(group, epoch, lr, norms if norms is not None else grad_norms(params))
+                if not any(m.live for m in members):
+                    break
+            if last:
+                break
+            if halt is not None or (settings.checkpoint_every and outcome.steps % settings.checkpoint_every == 0):
+                outcome.train_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                _checkpoint(group)
+                if halt is not None:
+                    outcome.epochs = epoch - 1
+                    return halt
+        outcome.train_seconds += time.perf_counter() - started
+        if not any(m.live for m in members):
+            return None
+        outcome.samples += at.seen
+        outcome.epochs = epoch
+        if epoch == at_start:  # this process's first epoch pays its start (engine.Outcome)
+            outcome.first_epoch_seconds += outcome.train_seconds - seconds_before
+            outcome.first_epoch_samples += at.seen - seen_before
+        _epoch_end(group, epoch)
+        at.epoch, at.step_in_epoch, at.seen = epoch + 1, 0, 0
+        if not any(m.live for m in members):
+            return None
+        if epoch < steps.epochs:  # the last epoch's end is the run's: model.pt, not a checkpoint
+            halt = stop.signal
+            _checkpoint(group)
+            if halt is not None:
+                return halt
+    return None
+
+
+def _log_steps(group: Group, epoch: int, lr: torch.Tensor, norms: torch.Tensor) -> None:
+    """At a log point: each live member's mean train loss since the last one, the lr and gradient
+    norm of its last step; a member with a non-finite loss in the window diverged at that step."""
+    at = group.at
+    window = torch.stack(at.pending).T.tolist()  # (M, k): the one host sync per log_every steps
+    lrs, norm_values = lr.tolist(), norms.tolist()
+    at.pending.clear()
+    for m, member in enumerate(group.members):
+        if not member.live:
+            continue
+        bad = next((i for i, v in enumerate(window[m]) if not math.isfinite(v)), None)
+        if bad is not None:
+            member.at.outcome.diverged_at_step = at.outcome.steps - len(window[m]) + bad + 1
+            _finish(group, member, "diverged")
+            continue
+        values = {"loss/train": sum(window[m]) / len(window[m]), "lr": lrs[m], "grad_norm": norm_values[m]}
+        member.tracker.log_step(values, step=at.outcome.steps, epoch=epoch)
+        member.at.outcome.final.update(values)
+
+
+def _epoch_end(group: Group, epoch: int) -> None:
+    """Validation for every live member: log it, keep a new best, step its schedule; a member with
+    a non-finite val loss diverged, one out of patience stops early."""
+    data, settings = group.data, group.settings
+    losses, accuracies = stackdata.evaluate(group.model, data.x, data.y, data.val, settings.loss,
+                                            settings.eval_batch_size)
+    for m, member in enumerate(group.members):
+        if not member.live:
+            continue
+        values = {"loss/val": losses[m]} | ({"accuracy/val": accuracies[m]} if accuracies is not None else {})
+        if not math.isfinite(losses[m]):
+            member.at.outcome.diverged_at_step = group.at.outcome.steps
+            _finish(group, member, "diverged")
+            continue
+        member.tracker.log_epoch(values, step=group.at.outcome.steps, epoch=epoch)
+        member.at.outcome.final.update(values)
+        if engine._track_best(member.at.outcome, epoch, values):  # written with the next checkpoint
+            member.best = {"model": group.model.member_state_dict(m), "epoch": epoch,
+                           "step": group.at.outcome.steps, **values}
+    group.schedules.epoch_end([losses[m] if member.live else math.inf for m, member in enumerate(group.members)])
+    for m, member in enumerate(group.members):
+        if member.live and engine._out_of_patience(member.at, losses[m], member.config.train):
+            member.at.outcome.stopped_early = True
+            _finish(group, member, "finished")
+
+
+def _checkpoint(group: Group) -> None:
+    """Each live member's checkpoint in its own folder, in the solo format (best.pt first when waiting)."""
+    at = group.at
+    for m, member in enumerate(group.members):
+        if not member.live:
+            continue
+        if member.best is not None:
+            member.saved.save_best(member.best)
+            member.best = None
+        progress = Progress(at.epoch, at.step_in_epoch, at.seen, group.epoch_orders[m], member.at.stale_epochs,
+                            member.at.best_for_patience, [p[m] for p in at.pending], _counted(group, member))
+        scheduler, warmup = group.schedules.schedulers[m], group.schedules.warmups[m]
+        state = {"model": group.model.member_state_dict(m),
+                 "optimizer": group.optimizer.member_state_dict(m, group.schedules.group(m)), "scaler": {},
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "warmup": warmup.state_dict() if warmup is not None else None,
+                 "progress": progress.state(), "rng": rng_states(member.order), "metrics_offset": member.tracker.flush()}
+        member.saved.save(state, at.outcome.steps)
+
+
+def _counted(group: Group, member: Member) -> Outcome:
+    """The member's outcome with the group's counters (steps, epochs, samples, times) copied in."""
+    for name in COUNTERS:
+        setattr(member.at.outcome, name, getattr(group.at.outcome, name))
+    return member.at.outcome
+
+
+def _finish(group: Group, member: Member, status: str, signal: int | None = None) -> None:
+    """End a member: freeze it, test a finished one, write model.pt (not when interrupted) and its summary.json."""
+    m = group.members.index(member)
+    member.live = False
+    group.optimizer.freeze(torch.arange(len(group.members)) == m)
+    outcome = _counted(group, member)
+    outcome.status = status
+    data = group.data
+    if status == "finished" and member.best is not None:
+        member.saved.save_best(member.best)
+        member.best = None
+    if status == "finished" and data.x_test is not None:
+        losses, accuracies = stackdata.evaluate(group.model, data.x_test, data.y_test, None, group.settings.loss,
+                                                group.settings.eval_batch_size)
+        values = {"loss/test": losses[m]} | ({"accuracy/test": accuracies[m]} if accuracies is not None else {})
+        member.tracker.log_epoch(values, step=outcome.steps, epoch=outcome.epochs)
+        outcome.final.update(values)
+    outcome.signal = signal
+    member.tracker.log_end(status)
+    member.tracker.close()
+    if status != "interrupted":
+        checkpoints.save_atomic(group.model.member_state_dict(m), member.run_dir / "model.pt")
+    summary = summarise(outcome, group.steps, time.perf_counter() - group.started, member.meta)
+    if status == "interrupted":
+        summary |= {"checkpoint": str(member.saved.latest()), "resume": runs.resume_command(member.run_dir)}
+    runs.write_summary(member.run_dir, summary)
+    member.result = Result(member.name, status, str(member.run_dir), outcome.final,
+                           seconds=time.perf_counter() - group.started, signal=outcome.signal)

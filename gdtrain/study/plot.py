@@ -1,0 +1,105 @@
+"""A study's four figures (matplotlib, the optional `plot` extra: gdtrain/core/plotting.py).
+
+One colour per optimizer in every figure, in the order of the study file, so a reader matches
+them at a glance; diverged trials are drawn as crosses at the bottom of the lr plot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gdtrain.core.folders import read_run
+from gdtrain.core.plotting import colour, draw_band, figure, save
+
+
+def _colours(results: dict[str, Any]) -> dict[str, Any]:
+    return {label: colour(i) for i, label in enumerate(results["optimizers"])}
+
+
+def draw_all(folder: Path, results: dict[str, Any]) -> list[str]:
+    """lr_sensitivity.png, budget_curve.png, reruns.png and final_per_seed.png; their names."""
+    colours = _colours(results)
+    drawn = []
+    for name, draw in (("lr_sensitivity.png", _lr), ("budget_curve.png", _budget), ("reruns.png", _reruns),
+                       ("final_per_seed.png", _per_seed)):
+        save(draw(results, colours), folder / name, "free some space, then gdtrain study --resume")
+        drawn.append(name)
+    return drawn
+
+
+def _lr(results: dict[str, Any], colours: dict[str, Any]) -> Any:
+    fig = figure(7, 4.2)
+    ax = fig.subplots()
+    values = [t["select_value"] for e in results["optimizers"].values() for t in e["trials"] if t["select_value"] is not None]
+    floor = (min(values) if results["select"].startswith("accuracy") else max(values)) if values else 0.0
+    for label, e in results["optimizers"].items():
+        trials = sorted(e["trials"], key=lambda t: t["settings"]["lr"])
+        ok = [(t["settings"]["lr"], t["select_value"]) for t in trials if t["select_value"] is not None]
+        bad = [t["settings"]["lr"] for t in trials if t["select_value"] is None]
+        if ok:
+            ax.plot(*zip(*ok), marker="o", ms=4, lw=1.4, color=colours[label], label=label)
+        if bad:
+            ax.scatter(bad, [floor] * len(bad), marker="x", s=40, color=colours[label],
+                       label=f"{label}: diverged" if not ok else None)
+        if e["chosen"] is not None:
+            ax.scatter([e["chosen"]["lr"]], [max(ok, key=lambda p: p[1])[1] if results["select"].startswith("accuracy")
+                                              else min(ok, key=lambda p: p[1])[1]],
+                       s=120, facecolors="none", edgecolors=colours[label], lw=1.5)
+    ax.set_xscale("log")
+    ax.set(xlabel="lr (log scale)", ylabel=f"{results['select']} (final)",
+           title="lr sensitivity: every tuning trial (circled: chosen; x: diverged)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
+def _budget(results: dict[str, Any], colours: dict[str, Any]) -> Any:
+    fig = figure(7, 4.2)
+    ax = fig.subplots()
+    for label, e in results["optimizers"].items():
+        curve = e["budget_curve"]
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, lw=1.6, color=colours[label], label=label)
+    ax.set(xlabel="tuning trials k", ylabel=f"expected best {results['select']}",
+           title="Budget curve: expected best after k trials (Dodge et al. 2019)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
+def _reruns(results: dict[str, Any], colours: dict[str, Any]) -> Any:
+    fig = figure(12, 4.2)
+    left, right = fig.subplots(1, 2)
+    for label, e in results["optimizers"].items():
+        runs = [read_run(Path(p)) for p in e["reruns"]["run_dirs"]]
+        for ax, tag, x_of in ((left, "loss/train", 0), (right, results["select"], 1)):
+            curves = [c for run in runs if (c := [(point[x_of], point[2]) for point in run.curve(tag)])]
+            draw_band(ax, curves, colours[label], f"{label} (n={len(curves)})")
+    left.set(xlabel="step", ylabel="loss/train", yscale="log", title="Reruns: training loss (mean, min-max band)")
+    right.set(xlabel="epoch", ylabel=results["select"], title=f"Reruns: {results['select']} (mean, min-max band)")
+    right.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _per_seed(results: dict[str, Any], colours: dict[str, Any]) -> Any:
+    order = [label for group in results["groups"] for label in group] + results["unranked"]
+    fig = figure(max(5, 1.1 * len(order) + 2), 4.2)
+    ax = fig.subplots()
+    for i, label in enumerate(order):
+        r = results["optimizers"][label]["reruns"]
+        n = len(r["values"])
+        jitter = [(k - (n - 1) / 2) * 0.06 for k in range(n)]  # spread equal values apart, deterministically
+        ax.scatter([i + j for j in jitter], r["values"], color=colours[label], s=22, zorder=3)
+        if "ci" in r:
+            ax.errorbar([i + 0.3], [r["mean"]], yerr=[[r["mean"] - r["ci"][0]], [r["ci"][1] - r["mean"]]],
+                        fmt="D", color=colours[label], ms=5, capsize=4)
+    ax.set_xticks(range(len(order)), [f"{label}\n(group {results['optimizers'][label].get('group', '—')})" for label in order],
+                  fontsize=8)
+    direction = "higher" if results["higher_is_better"] else "lower"
+    ax.set(ylabel=results["report"], title=f"{results['report']} per seed; diamond: mean and 95% CI ({direction} is better)")
+    ax.grid(alpha=0.3, axis="y")
+    return fig

@@ -1,0 +1,110 @@
+"""Running a study: tune every optimizer, choose each one's best trial, rerun it over fresh seeds,
+then hand the runs to the verdict and the report. Each phase is a sweep (gdtrain/execution/sweep.py)."""
+
+from __future__ import annotations
+
+import copy
+import shlex
+from pathlib import Path
+from typing import Any
+
+
+from gdtrain.core import names
+from gdtrain.core.config import (to_dict, validate)
+from gdtrain.core.errors import UserError
+from gdtrain.execution.executors import JOBS, JobOptions
+from gdtrain.core.manifest import MANIFEST, Manifest
+from gdtrain.core.runs import flatten
+
+from gdtrain.study.spec import Arm, Study, rerun_name, rerun_points, rerun_seeds, tuning_points
+
+
+def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
+              batch_runs: int | None = None, options: JobOptions | None = None) -> tuple[Path, dict[str, Any] | None, int]:
+    """Tune, select, rerun and analyse, compatible runs stacked (`batch_runs`, gdtrain/execution/groups.py) and
+    the groups run as submitit jobs with `options`: (study folder, results, exit code); results are
+    None when some run did not end in a result (exit 1), or a signal stopped the study (exit 128 + signal)."""
+    from gdtrain.study import report as studyreport
+    from gdtrain.study import verdict
+
+    folder = runs_dir / study.name
+    if not resume and folder.is_dir() and any(p.name != MANIFEST for p in folder.iterdir()):
+        raise UserError(f"{folder}: already holds a study's runs; continue it with --resume, or give it a new "
+                        f"name: --set study.name=<name>")
+    points = tuning_points(study)
+    manifest = Manifest(folder, "study")
+    manifest.plan(_labelled(study, points))
+    trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning", manifest, batch_runs, options)
+    if trials is None:
+        return folder, None, code
+    arms, chosen = [], {}
+    for arm in study.arms:
+        records = [verdict.trial_record(arm.label, name, _searched(arm, doc), Path(trials[name]), study.select)
+                   for label, name, doc in points if label == arm.label]
+        best = verdict.choose(records, study.higher_is_better(study.select))
+        if best is not None:
+            chosen[arm.label] = next(doc["optimizer"] for _, name, doc in points if name == best["name"])
+        arms.append({"label": arm.label, "trials": records, "chosen": chosen.get(arm.label),
+                     "chosen_trial": best["name"] if best else None})
+    again = rerun_points(study, chosen)
+    manifest.plan(_labelled(study, points + again))
+    reruns, code = _execute(study, again, runs_dir, jobs, echo, "reruns", manifest, batch_runs, options)
+    if reruns is None:
+        return folder, None, code
+    for arm in arms:
+        arm["reruns"] = [reruns[rerun_name(a, seed)] for a in study.arms if a.label == arm["label"] and arm["chosen"]
+                         for seed in rerun_seeds(study)]
+    results = verdict.analyse(arms, study.select, study.report, study.spec.target, study.spec.seeds)
+    results |= {"study": study.name, "source": study.source, "budget": study.spec.budget, "sampler": study.spec.sampler,
+                "tuning_seed": study.spec.study.seed, "rerun_seeds": rerun_seeds(study)}
+    studyreport.write(folder, results, study.base, study.spec.study)
+    return folder, results, 0
+
+
+def _searched(arm: Arm, doc: dict[str, Any]) -> dict[str, Any]:
+    return {key: doc["optimizer"][key] for key in arm.spaces}
+
+
+def _labelled(study: Study, points: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    """(run name, label) of every point: the label as compare shows the run (gdtrain/core/names.py)."""
+    configs = [flatten(to_dict(validate(copy.deepcopy(doc), study.source))) for _, _, doc in points]
+    return [(name, text) for (_, name, _), text in zip(points, names.labels(configs))]
+
+
+def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_dir: Path, jobs: int, echo: Any,
+             phase: str, manifest: Manifest, batch_runs: int | None, options: JobOptions | None) -> tuple[dict[str, str] | None, int]:
+    """Run the points as a sweep: ({run name: run folder}, 0), or (None, exit code) when some did not
+    end in a result or a signal stopped them."""
+    import signal
+
+    from gdtrain.execution import sweep
+
+    todo = [sweep.Point(name, doc, validate(copy.deepcopy(doc), study.source)) for _, name, doc in points]
+    echo(f"study {study.name}: {phase}, {len(todo)} runs" + (f", {jobs} at a time" if jobs > 1 else "")
+         + (f", as {options.executor} jobs (logs in {runs_dir / study.name / JOBS}/)" if options else ""))
+    counter = iter(range(1, len(todo) + 1))
+
+    def report(result: Any) -> None:
+        value = (result.final or {}).get(study.select)
+        shown = f"  {study.select} {value:.4g}" if isinstance(value, float) else ""
+        detail = f"  {result.error}" if result.error else ""
+        echo(f"[{next(counter)}/{len(todo)}] {result.name}: {result.status}{shown}{detail}")
+
+    # resume=True: a run already done with this name and config is never run twice, and an interrupted
+    # one continues from its checkpoint (run_study has refused a non-empty folder without --resume)
+    results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report, manifest, batch_runs, options, echo)
+    again = (f"gdtrain study {study.source} --runs-dir {runs_dir} --resume" + (f" --jobs {jobs}" if jobs > 1 else "")
+             + (f" --batch-runs {batch_runs}" if batch_runs is not None else "")
+             + "".join(f" --set {shlex.quote(o)}" for o in study.overrides)
+             + "".join(f" {shlex.quote(arg)}" for arg in (options.args() if options else [])))
+    missing = [r for r in results if r.status not in ("finished", "diverged", "skipped") or r.run_dir is None]
+    if stopped_by is not None:
+        counts = ", ".join(f"{sum(r.status == s for r in results)} {s}"
+                           for s in ("finished", "diverged", "skipped", "failed", "interrupted", "not started"))
+        echo(f"study {study.name} stopped by {signal.Signals(stopped_by).name} in {phase}: {counts}; continue with: {again}")
+        return None, 128 + stopped_by
+    if missing:
+        echo(f"study {study.name}: {len(missing)} of {len(todo)} {phase} runs did not finish "
+             f"({', '.join(sorted({r.status for r in missing}))}); continue with: {again}")
+        return None, 1
+    return {r.name: r.run_dir for r in results}, 0

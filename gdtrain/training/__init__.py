@@ -1,0 +1,1 @@
+"""One run's life: device, determinism, processes, tracking, checkpoints, the engine and the recipe that builds it."""
