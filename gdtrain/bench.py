@@ -35,10 +35,12 @@ from gdtrain.core.errors import UserError
 from gdtrain.components.models import build_model
 from gdtrain.components.optimizers import build_optimizer
 from gdtrain.training.recipe import compiled
-from gdtrain.stacked.lr import MemberSchedules
-from gdtrain.stacked.model import StackedModel, member_losses
-from gdtrain.stacked.optimizer import StackedOptimizer
-from gdtrain.training.tracker import Tracker
+from gdtrain.core.signals import Stop
+from gdtrain.stacked import loop as stacked
+from gdtrain.stacked.data import GroupData
+from gdtrain.training import lifecycle
+from gdtrain.training.lifecycle import Outcome, Progress
+from gdtrain.training.tracker import NullTracker, Tracker
 
 
 def mnist_or_random(root: Path | None) -> tuple[Tensor, Tensor, str]:
@@ -147,12 +149,12 @@ def _dataset(images: Tensor, labels: Tensor, device: torch.device) -> Dataset:
     return Dataset(x[:-n_val], labels[:-n_val], x[-n_val:], labels[-n_val:], 10).to(device)
 
 
-def engine_run(data: Dataset, config: Config, seed: int, device: torch.device) -> engine.Outcome:
+def engine_run(data: Dataset, config: Config, seed: int, device: torch.device) -> Outcome:
     """One run of gdtrain's engine from `seed`; outcome.train_seconds has its logging, not its compiling."""
     torch.manual_seed(seed)
     model = build_model(config.model, data.in_features, data.n_classes).to(device)
     optimizer = build_optimizer(config.optimizer, model)
-    steps = engine.plan(len(data.x_train), config.train)
+    steps = lifecycle.plan(len(data.x_train), config.train)
     order = torch.Generator(device=device).manual_seed(seed)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
     parts = engine.Parts(device, data, model, optimizer, None, None, scaler, config.train, steps, order, World())
@@ -179,49 +181,24 @@ def machine() -> str:
 
 
 def stacked_run(data: Dataset, config: Config, runs: int, device: torch.device) -> tuple[float, int]:
-    """Seconds and samples per run of `runs` runs of `config` (seeds 0, 1, ...) trained together as one
-    stacked model for its max_steps.
-
-    The loop a stacked training loop runs: each member its own generator and per-epoch permutation, its
-    batches rows of the one shared data.x_train taken by index each step (a gather per epoch, as one run
-    does, would copy the table M times); one forward, member_losses, sum().backward(), one
-    StackedOptimizer step at MemberSchedules' lr; losses read back every log_every steps, as engine.train.
-    Validation and epoch-end schedules are left out, as engine.train's train_seconds leaves them out.
-    """
-    models = []
-    for seed in range(runs):
-        torch.manual_seed(seed)
-        models.append(build_model(config.model, data.in_features, data.n_classes).to(device))
-    model = StackedModel(config.model, models)
-    optimizer = StackedOptimizer(model.params, [config.optimizer] * runs)
-    schedules = MemberSchedules([config.optimizer] * runs, [config.schedule] * runs, config.train.epochs)
-    orders = [torch.Generator(device=device).manual_seed(seed) for seed in range(runs)]
-    settings, (n, d) = config.train, data.x_train.shape
-    # The batches' rows go into one buffer: a fresh (M·B, D) tensor past glibc's 32 MB mmap threshold is
-    # page-faulted in anew every step (M = 64, batch 256: 51 MB, +35 ms a step here).
-    inputs = torch.empty(runs * min(settings.batch_size, n), d, device=device)
-    steps, samples, pending = 0, 0, []
-    started = time.perf_counter()
-    while steps < settings.max_steps:
-        order = torch.stack([torch.randperm(n, generator=g, device=device) for g in orders])  # (M, n)
-        for start in range(0, n, settings.batch_size):
-            rows = order[:, start : start + settings.batch_size].reshape(-1)  # (M·B,) member-major
-            xb = torch.index_select(data.x_train, 0, rows, out=inputs[: len(rows)]).view(runs, -1, d)  # (M, B, D)
-            yb = data.y_train.index_select(0, rows).view(runs, -1)  # (M, B)
-            losses = member_losses(settings.loss, model(xb), yb)  # (M,)
-            for p in model.params:
-                p.grad = None
-            losses.sum().backward()
-            optimizer.step(schedules.lr)
-            schedules.step()
-            pending.append(losses.detach())
-            steps, samples = steps + 1, samples + yb.shape[1]
-            if len(pending) == settings.log_every or steps == settings.max_steps:
-                torch.stack(pending).tolist()  # the read-back (a sync on a GPU) where a loop checks for NaN
-                pending.clear()
-            if steps == settings.max_steps:
-                break
-    return time.perf_counter() - started, samples
+    """Seconds and samples per run of `runs` runs of `config` (seeds 0, 1, ...) trained together by the
+    stacked loop itself (gdtrain/stacked/loop.py's `train`), for its max_steps: its train_seconds,
+    which leave out validation as engine.train's do. The runs keep no checkpoints and log nothing,
+    as engine_run's."""
+    configs = [config.model_copy(update={"experiment": config.experiment.model_copy(update={"seed": seed})})
+               for seed in range(runs)]
+    n_train, n_val = len(data.x_train), len(data.x_val)
+    rows = torch.arange(n_train + n_val, device=device)
+    shared = GroupData(torch.cat([data.x_train, data.x_val]), torch.cat([data.y_train, data.y_val]),
+                       rows[:n_train].expand(runs, n_train), rows[n_train:].expand(runs, n_val), data.n_classes)
+    model, optimizer, schedules, steps = stacked.stack(configs, shared, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        members = [stacked.Member(f"bench-{seed}", c, Path(tmp), None, NullTracker(), None, {},
+                                  torch.Generator(device=device).manual_seed(seed), Progress())
+                   for seed, c in enumerate(configs)]
+        group = stacked.Group(members, shared, model, optimizer, schedules, steps, config.train, device)
+        stacked.train(group, Stop())
+    return group.at.outcome.train_seconds, group.at.outcome.samples
 
 
 def stacked_table(images: Tensor, labels: Tensor, batch_sizes: list[int], runs: list[int], steps: int,

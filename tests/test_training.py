@@ -11,6 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gdtrain.training import engine
+from gdtrain.training import lifecycle
 from gdtrain.training import recipe
 from gdtrain.core.config import load_config, validate
 from gdtrain.training.determinism import seed_everything
@@ -233,9 +234,9 @@ def test_a_crash_inside_training_is_recorded_as_failed(tmp_path, monkeypatch):
 
 def test_plan_counts_steps_and_epochs():
     settings = validate(tiny(epochs=3, batch_size=30), "test").train
-    assert engine.plan(80, settings) == engine.Plan(batch_size=30, steps_per_epoch=3, max_steps=9, epochs=3)
+    assert lifecycle.plan(80, settings) == lifecycle.Plan(batch_size=30, steps_per_epoch=3, max_steps=9, epochs=3)
     budget = validate(tiny(max_steps=10, batch_size=30), "test").train
-    assert engine.plan(80, budget) == engine.Plan(batch_size=30, steps_per_epoch=3, max_steps=10, epochs=4)
+    assert lifecycle.plan(80, budget) == lifecycle.Plan(batch_size=30, steps_per_epoch=3, max_steps=10, epochs=4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

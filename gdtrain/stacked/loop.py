@@ -2,7 +2,9 @@
 
 The members' models are stacked (stackmodel), their data shared by index (stackdata), and one
 vectorised optimizer updates them all, each with its own optimizer, settings, lr schedule, warm-up
-and clipping (stackopt, stacklr). The loop is engine.train's with a member axis: per step one
+and clipping (stackopt, stacklr). The loop is engine.train's with a member axis, and every step of a run's life it shares with one
+run (log window, divergence, checkpoint payload, best weights, patience, schedule, finish) is
+gdtrain/training/lifecycle.py's: per step one
 forward and one backward for all members, each on its own batch; losses are read back every
 `log_every` steps, where a member whose loss is NaN or infinite is recorded `diverged` at its own
 step and frozen while the others go on (so is a member out of patience: it finishes early).
@@ -27,28 +29,23 @@ from typing import Any, BinaryIO
 
 import torch
 
-from gdtrain.training import board
-from gdtrain.training import checkpoints
-from gdtrain.training import engine
-from gdtrain.training import memory
+from gdtrain.components.models import build_model
 from gdtrain.core import runs
-from gdtrain.stacked import data as stackdata
-from gdtrain.training.checkpoints import Checkpoints, restore_rng, rng_states
 from gdtrain.core.config import Config, to_dict, validate
+from gdtrain.core.errors import UserError
+from gdtrain.core.signals import Stop, stop_on_signals
+from gdtrain.stacked import data as stackdata
+from gdtrain.stacked.lr import MemberSchedules
+from gdtrain.stacked.model import StackedModel, member_losses
+from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_, grad_norms, kind_key
+from gdtrain.training import board, checkpoints, lifecycle, memory
+from gdtrain.training.checkpoints import Checkpoints, restore_rng, rng_states
 from gdtrain.training.determinism import seed_everything, set_determinism
 from gdtrain.training.device import resolve_device
-from gdtrain.core.signals import Stop, stop_on_signals
-from gdtrain.training.engine import PRECISIONS, Outcome, Progress
-from gdtrain.core.errors import UserError
-from gdtrain.components.models import build_model
-from gdtrain.training.recipe import disk_error, open_tracker, summarise
-from gdtrain.stacked.model import StackedModel, member_losses
-from gdtrain.stacked.lr import MemberSchedules
-from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_, grad_norms, kind_key
+from gdtrain.training.engine import PRECISIONS
+from gdtrain.training.lifecycle import COUNTERS, Outcome, Plan, Progress
 from gdtrain.training.tasks import Result, Task
-from gdtrain.training.tracker import Tracker
-
-COUNTERS = ("epochs", "steps", "samples", "train_seconds", "first_epoch_seconds", "first_epoch_samples")
+from gdtrain.training.tracker import NullTracker, Tracker
 
 
 @dataclass
@@ -58,9 +55,9 @@ class Member:
     name: str
     config: Config
     run_dir: Path
-    owned: BinaryIO  # the run folder's lock (runs.lock_run)
-    tracker: Tracker
-    saved: Checkpoints
+    owned: BinaryIO | None  # the run folder's lock (runs.lock_run); None for a run with no folder (the bench's)
+    tracker: Tracker | NullTracker
+    saved: Checkpoints | None  # None: no checkpoints (the bench's runs, as engine.train without them)
     meta: dict[str, Any]
     order: torch.Generator  # its data-order RNG
     at: Progress  # its patience counters and its outcome; the group's Progress holds the shared counters
@@ -78,10 +75,10 @@ class Group:
     model: StackedModel
     optimizer: StackedOptimizer
     schedules: MemberSchedules
+    steps: Plan
     settings: Any  # the members' shared TrainConfig (its grad_clip and patience are each member's own)
-    steps: engine.Plan
     device: torch.device
-    at: Progress  # the shared position and counters; `pending` holds (M,) losses
+    at: Progress = field(default_factory=Progress)  # the shared position and counters; `pending` holds (M,) losses
     epoch_orders: list[torch.Tensor] = field(default_factory=list)  # each member's data-order RNG state at the epoch's start
     started: float = field(default_factory=time.perf_counter)
 
@@ -94,14 +91,14 @@ def train_group(tasks: list[Task]) -> list[Result]:
     stop = Stop()
     try:
         with stop_on_signals(stop):
-            halt = _loop(group, stop)
+            halt = train(group, stop)
             for member in group.members:
                 if member.live:
                     _finish(group, member, "finished" if halt is None else "interrupted", halt)
     except OSError as err:
         failed = [m for m in group.members if m.result is None]
         for member in failed:
-            disk_error(member.run_dir, err, member.meta, 1)
+            lifecycle.disk_error(member.run_dir, err, member.meta, 1)
         raise UserError(f"{failed[0].run_dir.parent}: cannot write ({err.strerror or err}); the last checkpoints "
                         f"and the metrics so far are kept; fix it, then resume the sweep") from None
     except BaseException as err:  # a bug, or a second signal: recorded in every unfinished member
@@ -118,8 +115,24 @@ def train_group(tasks: list[Task]) -> list[Result]:
         for member in group.members:
             with contextlib.suppress(OSError):
                 member.tracker.close()
-            member.owned.close()
+            if member.owned is not None:
+                member.owned.close()
     return [member.result for member in group.members]
+
+
+def stack(configs: list[Config], data: stackdata.GroupData,
+          device: torch.device) -> tuple[StackedModel, StackedOptimizer, MemberSchedules, Plan]:
+    """The stacked model, optimizer and lr schedules of the members' configs over their data."""
+    models = []
+    for config in configs:  # each member's initial weights are its solo run's: the same draws after the same seed
+        seed_everything(config.experiment.seed)
+        models.append(build_model(config.model, data.in_features, data.out_features(config.train.loss)).to(device))
+    model = StackedModel(configs[0].model, models)
+    del models
+    steps = lifecycle.plan(data.train.shape[1], configs[0].train)
+    optimizer = StackedOptimizer(model.params, [c.optimizer for c in configs])
+    schedules = MemberSchedules([c.optimizer for c in configs], [c.schedule for c in configs], steps.epochs)
+    return model, optimizer, schedules, steps
 
 
 def _build(tasks: list[Task], configs: list[Config]) -> Group:
@@ -129,23 +142,15 @@ def _build(tasks: list[Task], configs: list[Config]) -> Group:
     set_determinism(first.train.deterministic)
     device = resolve_device(first.train.device)
     sizes = memory.data_sizes(first)
-    memory.check(first, sizes, engine.plan(sizes.n_train, first.train).batch_size, device)
+    memory.check(first, sizes, lifecycle.plan(sizes.n_train, first.train).batch_size, device)
     data = stackdata.build(configs, device)
-    models = []
-    for config in configs:  # each member's initial weights are its solo run's: the same draws after the same seed
-        seed_everything(config.experiment.seed)
-        models.append(build_model(config.model, data.in_features, data.out_features(config.train.loss)).to(device))
-    model = StackedModel(first.model, models)
-    del models
-    steps = engine.plan(data.train.shape[1], first.train)
-    optimizer = StackedOptimizer(model.params, [c.optimizer for c in configs])
-    schedules = MemberSchedules([c.optimizer for c in configs], [c.schedule for c in configs], steps.epochs)
+    model, optimizer, schedules, steps = stack(configs, data, device)
     note = (f"trained stacked with {len(configs)} runs ({', '.join(t.name for t in tasks)}): the same initial "
             "weights, split and data order as alone; numbers differ from a run alone in the last bits only "
             "(README: Many runs at once)")
     members, states = [], []
     try:
-        for m, (task, config) in enumerate(zip(tasks, configs)):
+        for task, config in zip(tasks, configs):
             kernel = "fused" if kind_key(config.optimizer, device)[2] else "for_loop"
             meta = runs.provenance(device, config.experiment.seed) | {
                 "optimizer_kernel": f"{kernel}, stacked", "stacked": note}
@@ -158,7 +163,7 @@ def _build(tasks: list[Task], configs: list[Config]) -> Group:
             member.owned.close()
         raise
     board.define(members[0].run_dir.parent)  # once, with every member's settings
-    group = Group(members, data, model, optimizer, schedules, first.train, steps, device, Progress())
+    group = Group(members, data, model, optimizer, schedules, steps, first.train, device)
     if states[0] is not None:
         _restore(group, states)
     return group
@@ -177,7 +182,7 @@ def _member(task: Task, config: Config, meta: dict[str, Any], order: torch.Gener
             try:
                 state = checkpoints.load(latest, resolved)
                 meta = meta | {"resumed_from": str(latest)}
-                tracker = open_tracker(run_dir, config, meta, resume_at=state["metrics_offset"], define=False)
+                tracker = lifecycle.open_tracker(run_dir, config, meta, resume_at=state["metrics_offset"], define=False)
             except BaseException:
                 owned.close()
                 raise
@@ -185,7 +190,7 @@ def _member(task: Task, config: Config, meta: dict[str, Any], order: torch.Gener
             return Member(task.name, config, run_dir, owned, tracker, saved, meta, order, at), state
     run_dir, owned = runs.create_run(Path(task.runs_dir), config, task.name, meta)
     try:
-        tracker = open_tracker(run_dir, config, meta, define=False)
+        tracker = lifecycle.open_tracker(run_dir, config, meta, define=False)
     except BaseException:
         owned.close()
         raise
@@ -213,28 +218,21 @@ def _restore(group: Group, states: list[dict[str, Any]]) -> None:
         setattr(group.at.outcome, name, getattr(at.outcome, name))
 
 
-def _loop(group: Group, stop: Stop) -> int | None:
+def train(group: Group, stop: Stop) -> int | None:
     """engine.train's loop over all members at once; members end on their own (diverged, out of
     patience), the group when all have, at its last step, or at a signal, which it returns."""
     settings, steps, at, data = group.settings, group.steps, group.at, group.data
     model, members = group.model, group.members
-    params = model.params
-    outcome = at.outcome
+    params, outcome = model.params, at.outcome
     clip = torch.tensor([m.config.train.grad_clip or math.inf for m in members], dtype=torch.float64)
     clipping = bool(torch.isfinite(clip).any())
     autocast = torch.autocast(group.device.type, dtype=PRECISIONS[settings.precision],
                               enabled=settings.precision != "fp32")
     at_start = at.epoch
     for epoch in range(at.epoch, steps.epochs + 1):
-        if at.step_in_epoch == 0:
-            at.epoch, group.epoch_orders = epoch, [m.order.get_state() for m in members]
-        else:
-            for member, state in zip(members, group.epoch_orders):
-                member.order.set_state(state)
-        rows = stackdata.epoch_rows(data, [m.order for m in members], steps.batch_size)
-        started = time.perf_counter()
-        seen_before, seconds_before = at.seen, outcome.train_seconds
-        halt = None
+        clock = lifecycle.Clock(at)
+        group.epoch_orders = lifecycle.epoch_orders(at, epoch, [m.order for m in members], group.epoch_orders)
+        rows = stackdata.epoch_rows(data, [m.order for m in members], steps.batch_size)  # (M, n_train)
         for xb, yb in stackdata.batches(data, rows, steps.batch_size, at.step_in_epoch):
             n = xb.shape[1]
             with autocast:
@@ -256,23 +254,18 @@ def _loop(group: Group, stop: Stop) -> int | None:
                     break
             if last:
                 break
-            if halt is not None or (settings.checkpoint_every and outcome.steps % settings.checkpoint_every == 0):
-                outcome.train_seconds += time.perf_counter() - started
-                started = time.perf_counter()
+            if lifecycle.checkpoint_due(outcome.steps, settings, halt):
+                clock.lap()
                 _checkpoint(group)
                 if halt is not None:
                     outcome.epochs = epoch - 1
                     return halt
-        outcome.train_seconds += time.perf_counter() - started
+        clock.lap()
         if not any(m.live for m in members):
             return None
-        outcome.samples += at.seen
-        outcome.epochs = epoch
-        if epoch == at_start:  # this process's first epoch pays its start (engine.Outcome)
-            outcome.first_epoch_seconds += outcome.train_seconds - seconds_before
-            outcome.first_epoch_samples += at.seen - seen_before
+        clock.count_epoch(epoch, first=epoch == at_start)  # this process's first epoch pays its start
         _epoch_end(group, epoch)
-        at.epoch, at.step_in_epoch, at.seen = epoch + 1, 0, 0
+        lifecycle.next_epoch(at, epoch)
         if not any(m.live for m in members):
             return None
         if epoch < steps.epochs:  # the last epoch's end is the run's: model.pt, not a checkpoint
@@ -284,69 +277,54 @@ def _loop(group: Group, stop: Stop) -> int | None:
 
 
 def _log_steps(group: Group, epoch: int, lr: torch.Tensor, norms: torch.Tensor) -> None:
-    """At a log point: each live member's mean train loss since the last one, the lr and gradient
-    norm of its last step; a member with a non-finite loss in the window diverged at that step."""
+    """At a log point: each live member's log window (lifecycle.log_window); one whose window holds
+    a loss that is not finite diverged at that step and ends."""
     at = group.at
     window = torch.stack(at.pending).T.tolist()  # (M, k): the one host sync per log_every steps
     lrs, norm_values = lr.tolist(), norms.tolist()
     at.pending.clear()
     for m, member in enumerate(group.members):
-        if not member.live:
-            continue
-        bad = next((i for i, v in enumerate(window[m]) if not math.isfinite(v)), None)
-        if bad is not None:
-            member.at.outcome.diverged_at_step = at.outcome.steps - len(window[m]) + bad + 1
+        if member.live and not lifecycle.log_window(member.at.outcome, member.tracker, window[m], at.outcome.steps,
+                                                    epoch, lrs[m], norm_values[m]):
             _finish(group, member, "diverged")
-            continue
-        values = {"loss/train": sum(window[m]) / len(window[m]), "lr": lrs[m], "grad_norm": norm_values[m]}
-        member.tracker.log_step(values, step=at.outcome.steps, epoch=epoch)
-        member.at.outcome.final.update(values)
 
 
 def _epoch_end(group: Group, epoch: int) -> None:
     """Validation for every live member: log it, keep a new best, step its schedule; a member with
     a non-finite val loss diverged, one out of patience stops early."""
-    data, settings = group.data, group.settings
+    data, settings, step = group.data, group.settings, group.at.outcome.steps
     losses, accuracies = stackdata.evaluate(group.model, data.x, data.y, data.val, settings.loss,
                                             settings.eval_batch_size)
     for m, member in enumerate(group.members):
         if not member.live:
             continue
         values = {"loss/val": losses[m]} | ({"accuracy/val": accuracies[m]} if accuracies is not None else {})
-        if not math.isfinite(losses[m]):
-            member.at.outcome.diverged_at_step = group.at.outcome.steps
+        if not lifecycle.validation(member.at.outcome, member.tracker, values, epoch, step):
             _finish(group, member, "diverged")
             continue
-        member.tracker.log_epoch(values, step=group.at.outcome.steps, epoch=epoch)
-        member.at.outcome.final.update(values)
-        if engine._track_best(member.at.outcome, epoch, values):  # written with the next checkpoint
-            member.best = {"model": group.model.member_state_dict(m), "epoch": epoch,
-                           "step": group.at.outcome.steps, **values}
+        if lifecycle.track_best(member.at.outcome, epoch, values) and member.saved is not None:  # with the next checkpoint
+            member.best = lifecycle.best_state(group.model.member_state_dict(m), epoch, step, values)
     group.schedules.epoch_end([losses[m] if member.live else math.inf for m, member in enumerate(group.members)])
     for m, member in enumerate(group.members):
-        if member.live and engine._out_of_patience(member.at, losses[m], member.config.train):
+        if member.live and lifecycle.out_of_patience(member.at, losses[m], member.config.train):
             member.at.outcome.stopped_early = True
             _finish(group, member, "finished")
 
 
 def _checkpoint(group: Group) -> None:
-    """Each live member's checkpoint in its own folder, in the solo format (best.pt first when waiting)."""
+    """Each live member's checkpoint in its own folder, in a solo run's format (best.pt first when waiting)."""
     at = group.at
     for m, member in enumerate(group.members):
-        if not member.live:
+        if not member.live or member.saved is None:
             continue
-        if member.best is not None:
-            member.saved.save_best(member.best)
-            member.best = None
         progress = Progress(at.epoch, at.step_in_epoch, at.seen, group.epoch_orders[m], member.at.stale_epochs,
                             member.at.best_for_patience, [p[m] for p in at.pending], _counted(group, member))
-        scheduler, warmup = group.schedules.schedulers[m], group.schedules.warmups[m]
-        state = {"model": group.model.member_state_dict(m),
-                 "optimizer": group.optimizer.member_state_dict(m, group.schedules.group(m)), "scaler": {},
-                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                 "warmup": warmup.state_dict() if warmup is not None else None,
-                 "progress": progress.state(), "rng": rng_states(member.order), "metrics_offset": member.tracker.flush()}
-        member.saved.save(state, at.outcome.steps)
+        state = lifecycle.checkpoint_state(
+            group.model.member_state_dict(m), group.optimizer.member_state_dict(m, group.schedules.group(m)),
+            group.schedules.schedulers[m], group.schedules.warmups[m], progress, rng_states(member.order),
+            member.tracker.flush())
+        lifecycle.save_checkpoint(member.saved, member.best, state, at.outcome.steps)
+        member.best = None
 
 
 def _counted(group: Group, member: Member) -> Outcome:
@@ -371,16 +349,12 @@ def _finish(group: Group, member: Member, status: str, signal: int | None = None
         losses, accuracies = stackdata.evaluate(group.model, data.x_test, data.y_test, None, group.settings.loss,
                                                 group.settings.eval_batch_size)
         values = {"loss/test": losses[m]} | ({"accuracy/test": accuracies[m]} if accuracies is not None else {})
-        member.tracker.log_epoch(values, step=outcome.steps, epoch=outcome.epochs)
-        outcome.final.update(values)
+        lifecycle.log_test(outcome, member.tracker, values)
     outcome.signal = signal
     member.tracker.log_end(status)
     member.tracker.close()
-    if status != "interrupted":
-        checkpoints.save_atomic(group.model.member_state_dict(m), member.run_dir / "model.pt")
-    summary = summarise(outcome, group.steps, time.perf_counter() - group.started, member.meta)
-    if status == "interrupted":
-        summary |= {"checkpoint": str(member.saved.latest()), "resume": runs.resume_command(member.run_dir)}
-    runs.write_summary(member.run_dir, summary)
-    member.result = Result(member.name, status, str(member.run_dir), outcome.final,
-                           seconds=time.perf_counter() - group.started, signal=outcome.signal)
+    lifecycle.save_weights(member.run_dir, outcome, group.model.member_state_dict(m))
+    seconds = time.perf_counter() - group.started
+    lifecycle.write_summary(member.run_dir, outcome, group.steps, seconds, member.meta, member.saved)
+    member.result = Result(member.name, status, str(member.run_dir), outcome.final, seconds=seconds,
+                           signal=outcome.signal)

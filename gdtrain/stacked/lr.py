@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import lr_scheduler
 
 from gdtrain.core.config import OptimizerConfig, ScheduleConfig
 from gdtrain.components.optimizers import build_schedule, build_warmup
+from gdtrain.training.lifecycle import step_schedule
 
 
 class MemberSchedules:
@@ -59,10 +59,7 @@ class MemberSchedules:
     def epoch_end(self, val_loss: Sequence[float]) -> None:
         """At an epoch's end: plateau schedules on each member's validation loss, the others on the epoch count."""
         for scheduler, loss in zip(self.schedulers, val_loss, strict=True):
-            if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(loss)
-            elif scheduler is not None:
-                scheduler.step()
+            step_schedule(scheduler, loss)
         self._lr = self._read()
 
     def state_dict(self) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim import lr_scheduler
 
 from gdtrain.training import board
 from gdtrain.training import pathplot
@@ -33,7 +32,7 @@ from gdtrain.core import runs
 from gdtrain.core.config import Config, FunctionData, OptimizerConfig, ScheduleConfig, TrainConfig, to_dict, validate
 from gdtrain.training.determinism import seed_everything
 from gdtrain.training.device import resolve_device
-from gdtrain.training.engine import Outcome
+from gdtrain.training.lifecycle import Outcome, step_schedule
 from gdtrain.core.errors import UserError
 from gdtrain.components.functions import FUNCTIONS, Objective
 from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation
@@ -90,10 +89,7 @@ def descend(objective: Objective, start: list[float], optimizer_cfg: OptimizerCo
             break
         if warmup is not None and step <= warmup.total_iters:
             warmup.step()
-        if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(loss.item())
-        elif scheduler is not None:
-            scheduler.step()
+        step_schedule(scheduler, loss.item())  # an epoch is a step: plateau on f(x)
         points.append(x.detach().cpu().clone())
         values = {"loss/train": loss.item(), "lr": lr, "grad_norm": grad_norm, **_coordinates(x)}
         tracker.log_step(values, step=step, epoch=step)

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,30 +28,14 @@ from torch.optim import lr_scheduler
 from tqdm import tqdm
 
 from gdtrain.core.signals import Stop
+from gdtrain.training import lifecycle
 from gdtrain.training.checkpoints import Checkpoints, rng_states
 from gdtrain.core.config import TrainConfig
 from gdtrain.components.datasets import Dataset, shuffled_batches
 from gdtrain.training.distributed import World, all_sum, gather
 from gdtrain.components.losses import LOSSES, count_correct
+from gdtrain.training.lifecycle import Outcome, Plan, Progress
 from gdtrain.training.tracker import NullTracker, Tracker
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How a run is cut into steps, from the training-set size and the train settings."""
-
-    batch_size: int  # samples per optimizer step
-    steps_per_epoch: int
-    max_steps: int  # optimizer steps in the whole run
-    epochs: int  # epochs started, the last one possibly cut short by max_steps
-
-
-def plan(n_train: int, settings: TrainConfig) -> Plan:
-    """Batch size, steps per epoch and run length; `batch_size: full` is one step per epoch."""
-    batch_size = n_train if settings.batch_size == "full" else settings.batch_size
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    max_steps = settings.max_steps or settings.epochs * steps_per_epoch
-    return Plan(batch_size, steps_per_epoch, max_steps, math.ceil(max_steps / steps_per_epoch))
 
 
 @dataclass
@@ -70,52 +53,6 @@ class Parts:
     steps: Plan
     order: torch.Generator  # the data-order RNG
     world: World  # this process among torchrun's; World() alone
-
-
-@dataclass
-class Outcome:
-    """What a run did; the recipe turns it into summary.json."""
-
-    status: str = "finished"  # finished | diverged | interrupted
-    epochs: int = 0  # epochs completed or cut short
-    steps: int = 0  # optimizer steps taken
-    samples: int = 0  # training samples seen
-    train_seconds: float = 0.0  # time in training steps, validation excluded
-    # The first epoch each process trains pays its start (lazy initialisation, kernel choice, the
-    # allocator's growth): samples/s in summary.json leaves these out when later epochs exist.
-    first_epoch_seconds: float = 0.0
-    first_epoch_samples: int = 0
-    stopped_early: bool = False
-    diverged_at_step: int | None = None
-    signal: int | None = None  # the signal that interrupted the run
-    final: dict[str, float] = field(default_factory=dict)  # last value of each tag
-    best: dict[str, float] = field(default_factory=dict)  # best val metrics and their epochs
-
-
-@dataclass
-class Progress:
-    """Where the loop is; with the trained objects' states, what a checkpoint holds."""
-
-    epoch: int = 1  # the epoch in progress
-    step_in_epoch: int = 0  # its optimizer steps already taken
-    seen: int = 0  # its training samples already seen
-    epoch_order: Tensor | None = None  # data-order RNG state at its start: redraws its permutation
-    stale_epochs: int = 0  # epochs since the validation loss last improved by min_delta
-    best_for_patience: float = math.inf
-    pending: list[Tensor] = field(default_factory=list)  # 0-d train losses since the last log point
-    outcome: Outcome = field(default_factory=Outcome)
-
-    def state(self) -> dict[str, Any]:
-        """As plain values and CPU tensors, for a checkpoint."""
-        fields = {k: v for k, v in self.__dict__.items() if k not in ("pending", "outcome")}
-        pending = torch.stack(self.pending).cpu() if self.pending else torch.zeros(0)
-        return fields | {"pending": pending, "outcome": asdict(self.outcome)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> Progress:
-        """The Progress a checkpoint saved, its pending losses back on `device`."""
-        fields = {k: v for k, v in state.items() if k not in ("pending", "outcome")}
-        return cls(**fields, pending=list(state["pending"].to(device).unbind()), outcome=Outcome(**state["outcome"]))
 
 
 def agree(stop: Stop, world: World) -> int | None:
@@ -168,10 +105,7 @@ def _metrics(model: nn.Module, x: Tensor, y: Tensor, split: str, settings: Train
 
 def _batches(parts: Parts, at: Progress, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
     """The epoch's batches; resuming mid-epoch, the same permutation without the batches already taken."""
-    if at.step_in_epoch == 0:
-        at.epoch, at.epoch_order = epoch, parts.order.get_state()
-    else:
-        parts.order.set_state(at.epoch_order)
+    (at.epoch_order,) = lifecycle.epoch_orders(at, epoch, [parts.order], [at.epoch_order])
     data = parts.data
     batches = shuffled_batches(data.x_train, data.y_train, parts.steps.batch_size, parts.order)
     return itertools.islice(batches, at.step_in_epoch, None)
@@ -204,48 +138,9 @@ def _checkpoint(parts: Parts, at: Progress, tracker: Tracker | NullTracker, chec
     rng = gather(rng_states(parts.order), parts.world)
     if checkpoints is None:
         return
-    if best is not None:
-        checkpoints.save_best(best)
-    state = {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-             "scaler": parts.scaler.state_dict(),  # {} unless fp16
-             "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
-             "warmup": parts.warmup.state_dict() if parts.warmup is not None else None,
-             "progress": at.state(), "rng": rng, "metrics_offset": tracker.flush()}
-    checkpoints.save(state, at.outcome.steps)
-
-
-def _track_best(outcome: Outcome, epoch: int, values: dict[str, float]) -> bool:
-    """Record the best validation figures; True when loss/val is a new best."""
-    improved = values["loss/val"] < outcome.best.get("loss/val", math.inf)
-    if improved:
-        outcome.best.update({"loss/val": values["loss/val"], "loss/val_epoch": epoch})
-    if "accuracy/val" in values and values["accuracy/val"] > outcome.best.get("accuracy/val", -1.0):
-        outcome.best.update({"accuracy/val": values["accuracy/val"], "accuracy/val_epoch": epoch})
-    return improved
-
-
-def _schedule(scheduler: lr_scheduler.LRScheduler | None, val_loss: float) -> None:
-    """Step the epoch schedule: plateau on the validation loss, the others on the epoch count."""
-    if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(val_loss)
-    elif scheduler is not None:
-        scheduler.step()
-
-
-def _out_of_patience(at: Progress, val_loss: float, settings: TrainConfig) -> bool:
-    """Count the epochs since val_loss last improved by min_delta; True once they reach `patience`."""
-    if val_loss < at.best_for_patience - settings.min_delta:
-        at.best_for_patience, at.stale_epochs = val_loss, 0
-    else:
-        at.stale_epochs += 1
-    return settings.patience is not None and at.stale_epochs >= settings.patience
-
-
-def _test(model: nn.Module, parts: Parts, tracker: Tracker | NullTracker, outcome: Outcome) -> None:
-    """Evaluate the finished model on the test split; log it at the last epoch and keep it in outcome.final."""
-    values = _metrics(model, parts.data.x_test, parts.data.y_test, "test", parts.settings, parts.world)
-    tracker.log_epoch(values, step=outcome.steps, epoch=outcome.epochs)
-    outcome.final.update(values)
+    state = lifecycle.checkpoint_state(parts.model.state_dict(), parts.optimizer.state_dict(), parts.scheduler,
+                                       parts.warmup, at, rng, tracker.flush(), parts.scaler.state_dict())
+    lifecycle.save_checkpoint(checkpoints, best, state, at.outcome.steps)
 
 
 def _epoch_line(epoch: int, epochs: int, outcome: Outcome, rate: float) -> str:
@@ -273,8 +168,7 @@ def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoi
     for epoch in range(at.epoch, steps.epochs + 1):
         model.train()
         bar = _bar(parts, at, epoch, quiet)
-        started = epoch_started = time.perf_counter()
-        seen_before, seconds_before = at.seen, outcome.train_seconds
+        clock = lifecycle.Clock(at)
         for xb, yb in _batches(parts, at, epoch):
             n = len(xb)  # the global batch; with several processes this rank takes its shard
             if world.size > 1:
@@ -301,53 +195,39 @@ def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoi
             if len(at.pending) == settings.log_every or last:
                 losses = _losses(at.pending, world)
                 halt = agree(stop, world)  # the same answer on every rank
-                bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
-                if bad is not None:
-                    outcome.status, outcome.diverged_at_step = "diverged", outcome.steps - len(losses) + bad + 1
-                    break
                 if settings.grad_clip is None:  # never clipped, this step's gradients are still in .grad
                     grad_norm = _grad_norm(params)
-                values = {"loss/train": sum(losses) / len(losses), "lr": lr, "grad_norm": grad_norm.item()}
-                tracker.log_step(values, step=outcome.steps, epoch=epoch)
-                outcome.final.update(values)
+                if not lifecycle.log_window(outcome, tracker, losses, outcome.steps, epoch, lr, grad_norm):
+                    break
                 bar.update(at.seen - bar.n)
-                bar.set_postfix(loss=f"{values['loss/train']:.4g}", refresh=False)
+                bar.set_postfix(loss=f"{outcome.final['loss/train']:.4g}", refresh=False)
                 at.pending.clear()
             if last:
                 break
-            if halt is not None or (settings.checkpoint_every and outcome.steps % settings.checkpoint_every == 0):
-                outcome.train_seconds += time.perf_counter() - started
-                started = time.perf_counter()
+            if lifecycle.checkpoint_due(outcome.steps, settings, halt):
+                clock.lap()
                 _checkpoint(parts, at, tracker, checkpoints, best)
                 best = None
                 if halt is not None:
                     outcome.status, outcome.epochs, outcome.signal = "interrupted", epoch - 1, halt
                     break
         bar.close()
-        outcome.train_seconds += time.perf_counter() - started
+        clock.lap()
         if outcome.status != "finished":
             break
-        outcome.samples += at.seen
-        outcome.epochs = epoch
-        if epoch == at_start:  # this process's first epoch
-            outcome.first_epoch_seconds += outcome.train_seconds - seconds_before
-            outcome.first_epoch_samples += at.seen - seen_before
+        clock.count_epoch(epoch, first=epoch == at_start)  # this process's first epoch pays its start
 
         values = _metrics(model, data.x_val, data.y_val, "val", settings, world)
-        if not math.isfinite(values["loss/val"]):
-            outcome.status, outcome.diverged_at_step = "diverged", outcome.steps
+        if not lifecycle.validation(outcome, tracker, values, epoch, outcome.steps):
             break
-        tracker.log_epoch(values, step=outcome.steps, epoch=epoch)
-        outcome.final.update(values)
-        if _track_best(outcome, epoch, values) and checkpoints is not None:  # written with the next checkpoint
+        if lifecycle.track_best(outcome, epoch, values) and checkpoints is not None:  # written with the next checkpoint
             weights = {name: t.detach().clone() for name, t in parts.model.state_dict().items()}
-            best = {"model": weights, "epoch": epoch, "step": outcome.steps, **values}
+            best = lifecycle.best_state(weights, epoch, outcome.steps, values)
         if not quiet and (epoch % math.ceil(steps.epochs / 25) == 0 or epoch == steps.epochs):  # ≤ 25 lines
-            rate = (at.seen - seen_before) / max(time.perf_counter() - epoch_started, 1e-9)
-            tqdm.write(_epoch_line(epoch, steps.epochs, outcome, rate))
-        _schedule(parts.scheduler, values["loss/val"])
-        at.epoch, at.step_in_epoch, at.seen = epoch + 1, 0, 0
-        if _out_of_patience(at, values["loss/val"], settings):
+            tqdm.write(_epoch_line(epoch, steps.epochs, outcome, clock.rate()))
+        lifecycle.step_schedule(parts.scheduler, values["loss/val"])
+        lifecycle.next_epoch(at, epoch)
+        if lifecycle.out_of_patience(at, values["loss/val"], settings):
             outcome.stopped_early = True
             break
         if epoch < steps.epochs:  # the last epoch's end is the run's: model.pt, not a checkpoint
@@ -361,5 +241,5 @@ def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoi
     if best is not None and outcome.status == "finished":
         checkpoints.save_best(best)
     if outcome.status == "finished" and data.x_test is not None:
-        _test(model, parts, tracker, outcome)
+        lifecycle.log_test(outcome, tracker, _metrics(model, data.x_test, data.y_test, "test", settings, world))
     return outcome

@@ -12,18 +12,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from gdtrain.training import board
 from gdtrain.training import checkpoints
 from gdtrain.training import descent
 from gdtrain.training import distributed
 from gdtrain.training import engine
+from gdtrain.training import lifecycle
 from gdtrain.training import memory
 from gdtrain.core import runs
 from gdtrain.training.checkpoints import Checkpoints
@@ -32,6 +31,7 @@ from gdtrain.components.datasets import Dataset, build_dataset
 from gdtrain.training.determinism import seed_everything, set_determinism
 from gdtrain.training.device import resolve_device
 from gdtrain.training.engine import Parts
+from gdtrain.training.lifecycle import Outcome, Progress
 from gdtrain.core.errors import UserError
 from gdtrain.core.signals import Stop, stop_on_signals
 from gdtrain.components.models import build_model
@@ -49,11 +49,11 @@ def build(config: Config) -> Parts:
         device = torch.device("cuda", world.local_rank)
     seed_everything(config.experiment.seed)
     sizes = memory.data_sizes(config)  # from the config or the IDX headers: nothing is read or made yet
-    memory.check(config, sizes, engine.plan(sizes.n_train, config.train).batch_size, device, world.size)
+    memory.check(config, sizes, lifecycle.plan(sizes.n_train, config.train).batch_size, device, world.size)
     data = build_dataset(config).to(device)
     model = build_model(config.model, data.in_features, data.out_features(config.train.loss)).to(device)
     optimizer = build_optimizer(config.optimizer, model)
-    steps = engine.plan(len(data.x_train), config.train)
+    steps = lifecycle.plan(len(data.x_train), config.train)
     distributed.check_batch(world, steps.batch_size)
     scheduler = build_schedule(config.schedule, optimizer, steps.epochs)
     warmup = build_warmup(config.schedule, optimizer)
@@ -83,7 +83,7 @@ def compiled(model: nn.Module, data: Dataset, config: Config, batch_size: int) -
 
 
 def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool = False,
-        say: Callable[[str], None] | None = None) -> tuple[Path, engine.Outcome]:
+        say: Callable[[str], None] | None = None) -> tuple[Path, Outcome]:
     """Train the configured experiment into a new run folder; return the folder and the outcome.
     `say` (rank 0's) is told the folder as soon as it exists."""
     name = runs.run_name(config, run_name)
@@ -102,13 +102,13 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
     with owned:  # the folder is this process's from its first file to its last
         with distributed.together(parts.world):
             if parts.world.main:
-                tracker = open_tracker(run_dir, config, meta, parts.world.size)
+                tracker = lifecycle.open_tracker(run_dir, config, meta, parts.world.size)
         run_dir = Path(distributed.gather(str(run_dir) if parts.world.main else "", parts.world)[0]
                        if parts.world.size > 1 else run_dir)
         return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
 
 
-def resume(run_dir: Path, quiet: bool = False, say: Callable[[str], None] | None = None) -> engine.Outcome:
+def resume(run_dir: Path, quiet: bool = False, say: Callable[[str], None] | None = None) -> Outcome:
     """Continue a run from its newest checkpoint, into the same folder, as if it had never stopped;
     `say` (rank 0's) is told where it continues."""
     config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
@@ -134,7 +134,7 @@ def own(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
         raise UserError(f"{run_dir}: cannot write in it ({err.strerror or err})") from None
 
 
-def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], None] | None = None) -> engine.Outcome:
+def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], None] | None = None) -> Outcome:
     """resume() once the folder is this process's: restore the newest checkpoint and train on."""
     resolved = to_dict(config)
     latest = Checkpoints(run_dir, config.train.keep_last, resolved).latest()
@@ -156,7 +156,7 @@ def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], N
         raise UserError(f"{latest}: written by {saved_by} process(es); resume it with as many "
                         f"(gdtrain resume --nproc {saved_by}), not {world.size}")
     checkpoints.restore_rng(rng[world.rank] if world.size > 1 else rng, parts.order)
-    progress = engine.Progress.from_state(state["progress"], parts.device)
+    progress = Progress.from_state(state["progress"], parts.device)
     if say is not None and world.main:
         within = f", its step {progress.step_in_epoch}" if progress.step_in_epoch else " from its start"
         say(f"resuming {run_dir} at epoch {progress.epoch}/{parts.steps.epochs}{within}, step "
@@ -165,7 +165,7 @@ def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], N
     tracker: Tracker | NullTracker = NullTracker()
     with distributed.together(world):
         if world.main:
-            tracker = open_tracker(run_dir, config, meta, world.size, state["metrics_offset"])
+            tracker = lifecycle.open_tracker(run_dir, config, meta, world.size, state["metrics_offset"])
     return _train(config, parts, run_dir, tracker, progress, meta, quiet)
 
 
@@ -174,24 +174,8 @@ def _meta(config: Config, parts: Parts) -> dict[str, Any]:
         "optimizer_kernel": implementation(config.optimizer, parts.device)}
 
 
-def open_tracker(run_dir: Path, config: Config, meta: dict[str, Any], processes: int = 1,
-                 resume_at: int | None = None, define: bool = True) -> Tracker:
-    """Rank 0's Tracker, its HParams session logged and (with `define`) the experiment's definition
-    updated; a full disk here is the same one line as mid-run."""
-    try:
-        if resume_at is not None:
-            runs.reopen(run_dir)
-        tracker = Tracker(run_dir, resume_at)
-        tracker.log_hparams(runs.flatten(to_dict(config)))
-    except OSError as err:
-        raise disk_error(run_dir, err, meta, processes) from None
-    if define:
-        board.define(run_dir.parent)  # the experiment's HParams now list this run's settings too
-    return tracker
-
-
 def _run_engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, saved: Checkpoints | None,
-                progress: engine.Progress | None, stop: Stop, quiet: bool) -> engine.Outcome:
+                progress: Progress | None, stop: Stop, quiet: bool) -> Outcome:
     """engine.train on the model, wrapped in DistributedDataParallel with several processes."""
     world = parts.world
     model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
@@ -207,8 +191,8 @@ def _run_engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, sa
     return outcome
 
 
-def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullTracker, progress: engine.Progress | None,
-           meta: dict[str, Any], quiet: bool) -> engine.Outcome:
+def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullTracker, progress: Progress | None,
+           meta: dict[str, Any], quiet: bool) -> Outcome:
     """Run the engine with checkpoints and signal handling; write model.pt and summary.json."""
     world = parts.world
     saved = Checkpoints(run_dir, config.train.keep_last, to_dict(config)) if world.main else None
@@ -226,29 +210,16 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
             distributed.leave(world)
             if not world.main:
                 return outcome
-            if outcome.status != "interrupted":
-                checkpoints.save_atomic(parts.model.state_dict(), run_dir / "model.pt")
+            lifecycle.save_weights(run_dir, outcome, parts.model.state_dict())
         except OSError as err:  # disk full, folder removed or made read-only while training
-            raise disk_error(run_dir, err, meta, world.size) if world.main else UserError(
+            raise lifecycle.disk_error(run_dir, err, meta, world.size) if world.main else UserError(
                 f"{run_dir}: cannot write ({err.strerror or err}); {runs.resume_command(run_dir, world.size)} once fixed") from None
         except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
             if world.main:
                 runs.record_failure(run_dir, err, meta, runs.resume_command(run_dir, world.size))
             raise
-        summary = summarise(outcome, parts.steps, time.perf_counter() - started, meta)
-        if outcome.status == "interrupted":
-            summary |= {"checkpoint": str(saved.latest()), "resume": runs.resume_command(run_dir, world.size)}
-        if world.size > 1:
-            summary["processes"] = world.size
-        runs.write_summary(run_dir, summary)
+        lifecycle.write_summary(run_dir, outcome, parts.steps, time.perf_counter() - started, meta, saved, world.size)
     return outcome
-
-
-def disk_error(run_dir: Path, err: OSError, meta: dict[str, Any], nproc: int) -> UserError:
-    """The one line for a write that failed (summary.json records it, when the disk still takes it)."""
-    runs.record_failure(run_dir, err, meta, runs.resume_command(run_dir, nproc))
-    return UserError(f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far "
-                     f"are kept; fix it, then {runs.resume_command(run_dir, nproc)}")
 
 
 def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:
@@ -286,26 +257,3 @@ def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:
             if acc is not None:
                 results[f"accuracy/{split}"] = acc
     return path, results
-
-
-def summarise(outcome: engine.Outcome, steps: engine.Plan, wall_seconds: float, meta: dict[str, Any]) -> dict[str, Any]:
-    """summary.json: status, final and best metrics, counts, times and throughput."""
-    fields = asdict(outcome)
-    # samples/s of the epochs after each process's first, which pays its start (engine.Outcome);
-    # a run of one epoch has no other: its rate includes the start, and says so
-    samples = outcome.samples - outcome.first_epoch_samples
-    seconds = outcome.train_seconds - outcome.first_epoch_seconds
-    with_first = samples <= 0 or seconds <= 0
-    if with_first:
-        samples, seconds = outcome.samples, outcome.train_seconds
-    return {
-        "status": fields.pop("status"),
-        "final": fields.pop("final"),
-        "best": fields.pop("best"),
-        **fields,
-        "batch_size": steps.batch_size,
-        "wall_seconds": round(wall_seconds, 3),
-        "samples_per_second": round(samples / seconds, 1) if seconds > 0 else None,
-        "samples_per_second_with_first_epoch": with_first,
-        "environment": meta,
-    }
