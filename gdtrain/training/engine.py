@@ -12,6 +12,8 @@ run's end writes model.pt instead), and stops after the step in progress when a 
 `Stop.signal` (several processes stop together, at a log point or an epoch end where they all agree:
 see `agree`); given a `Progress` from a checkpoint it continues where that stopped, redrawing the
 epoch's permutation from its saved RNG state and skipping the batches already done.
+The steps of a run's life that a stacked group's members take too (the log window, checkpoints,
+best weights, patience, the schedule's step, the test figures) are gdtrain/training/lifecycle.py's.
 """
 
 from __future__ import annotations
