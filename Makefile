@@ -67,7 +67,7 @@ study-fashion: install ## the same study on Fashion-MNIST
 download-mnist: install ## fetch MNIST into GDTRAIN_DATA (md5-checked; a no-op when the files are there)
 	$(BIN)/gdtrain data download mnist
 
-paths: install ## the seeds' pictures: every optimizer's path on x², x² + 10y² and Rosenbrock (PNG + TensorBoard)
+paths: install ## the tutorials' pictures: every optimizer's path on x², x² + 10y² and Rosenbrock (PNG + TensorBoard)
 	$(BIN)/gdtrain paths configs/path_quadratic_sgd.yaml --optimizers sgd,momentum,nesterov,adagrad,rmsprop,adam,adamw
 	$(BIN)/gdtrain paths configs/path_ill_conditioned_sgd.yaml --optimizers sgd,momentum:0.02,nesterov:0.02,adagrad:1,rmsprop:0.3,adam:0.5,adamw:0.5
 	$(BIN)/gdtrain paths configs/path_rosenbrock_adam.yaml --optimizers sgd:0.002,momentum:0.001,nesterov:0.001,adagrad:0.1,rmsprop:0.01,adam,adamw

@@ -1,7 +1,7 @@
-"""`gdtrain bench`: seconds per epoch of the seeds' MNIST MLP, four ways, in one process.
+"""`gdtrain bench`: seconds per epoch of the tutorials' MNIST MLP, four ways, in one process.
 
 (a) gdtrain's engine (data on the device, one permutation per epoch, slices per step);
-(b) a plain hand-written loop over a torch DataLoader of per-sample tensors, the seeds' style
+(b) a plain hand-written loop over a torch DataLoader of per-sample tensors, the tutorials' style
     (torchvision's ToTensor + Normalize per sample, default collate, `loss.item()` every step);
 (c) the same hand-written loop over tensor slices instead of a DataLoader (a lean plain loop:
     torch.optim's default kernel, `loss.item()` every step), to show what the data path alone buys;
@@ -70,7 +70,7 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeat: int = 10) -> floa
 
 
 class PerSample(TorchDataset):
-    """The seeds' dataset: torchvision's MNIST with ToTensor and Normalize((0.5,), (0.5,)).
+    """The tutorials' dataset: torchvision's MNIST with ToTensor and Normalize((0.5,), (0.5,)).
 
     Op for op what torchvision runs per image, minus its PIL round trip (torchvision does not
     import here): a numpy copy, view/permute/contiguous, float / 255, then Normalize's clone,
@@ -132,7 +132,7 @@ def lean_loop_epoch(images: Tensor, labels: Tensor, batch_size: int) -> float:
 
 
 def _config(batch_size: int, precision: str = "fp32", compile: bool = False, max_steps: int | None = None) -> Config:
-    """The bench's run: configs/mnist_adam.yaml's MLP and Adam with the seeds' (0.5, 0.5) pixels."""
+    """The bench's run: configs/mnist_adam.yaml's MLP and Adam with the tutorials' (0.5, 0.5) pixels."""
     length = {"epochs": 1} if max_steps is None else {"max_steps": max_steps}
     return validate({
         "data": {"name": "mnist", "normalize": "half"}, "model": {"name": "mlp", "hidden_sizes": [128]},

@@ -542,7 +542,7 @@ def bench(
     runs: Annotated[str, typer.Option("--runs", help="The stacked table's numbers of runs N, comma-separated.")] = "1,8,21,64",
     stacked_steps: Annotated[int, typer.Option("--stacked-steps", min=1, help="Steps each run of the stacked table takes (not whole epochs).")] = 50,
 ) -> None:
-    """Seconds per epoch of the seeds' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor; stacked runs."""
+    """Seconds per epoch of the tutorials' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor; stacked runs."""
     from gdtrain import bench as benchmark
     from gdtrain.components.idx import data_root as default_root
     from gdtrain.training.device import resolve_device

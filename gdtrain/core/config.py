@@ -172,7 +172,7 @@ class FunctionData(Section):
 
     task: ClassVar[str] = "function"
     n_classes: ClassVar[None] = None
-    # Dimensions each function is defined in, and its usual start (the seeds': x² from 10).
+    # Dimensions each function is defined in, and its usual start (the tutorials': x² from 10).
     DIMENSIONS: ClassVar[dict[str, tuple[int, ...]]] = {
         "quadratic": (1, 2), "ill_conditioned": (2,), "rosenbrock": (2,), "rastrigin": (2,), "beale": (2,)}
     STARTS: ClassVar[dict[str, list[float]]] = {

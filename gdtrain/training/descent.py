@@ -6,10 +6,10 @@ of batch gradient descent: the epoch schedules step once per optimizer step (pla
 Logged per step s: loss/train = f(x_s) (s = 0 is the start), lr and grad_norm = |∇f(x_{s-1})|
 (before clipping) as used by step s, and the coordinates x/0, x/1, so metrics.jsonl holds the path.
 
-torch's SGD with momentum = dampening = β follows the seeds' v = βv + (1 − β)g except on its first
-step, where it takes v₁ = g₁ instead of (1 − β)g₁ (the seeds start from v = 0), so its first step is
+torch's SGD with momentum = dampening = β follows the tutorials' v = βv + (1 − β)g except on its first
+step, where it takes v₁ = g₁ instead of (1 − β)g₁ (the tutorials start from v = 0), so its first step is
 1/(1 − β) times longer and the paths differ from there on. Set the optimizer's momentum buffer to
-zero before the first step and torch takes the seeds' path exactly (tests/test_descent.py checks both).
+zero before the first step and torch takes the tutorials' path exactly (tests/test_descent.py checks both).
 """
 
 from __future__ import annotations
