@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 from gdtrain.core import names
@@ -18,9 +18,12 @@ from gdtrain.core.runs import flatten
 
 from gdtrain.study.spec import Arm, Study, rerun_name, rerun_points, rerun_seeds, tuning_points
 
+if TYPE_CHECKING:
+    from gdtrain.study.verdict import StudyResults  # imported where it runs: scipy takes a second
+
 
 def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
-              batch_runs: int | None = None, options: JobOptions | None = None) -> tuple[Path, dict[str, Any] | None, int]:
+              batch_runs: int | None = None, options: JobOptions | None = None) -> tuple[Path, StudyResults | None, int]:
     """Tune, select, rerun and analyse, compatible runs stacked (`batch_runs`, gdtrain/execution/groups.py) and
     the groups run as submitit jobs with `options`: (study folder, results, exit code); results are
     None when some run did not end in a result (exit 1), or a signal stopped the study (exit 128 + signal)."""
