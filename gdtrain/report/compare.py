@@ -19,16 +19,11 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 
-from gdtrain.core import names
+from gdtrain.core import metrics, names
 from gdtrain.core.folders import Run
 from gdtrain.core.runs import RESULTS
 
 RANKED = RESULTS  # runs whose figures are results; diverging is one
-
-
-def lower_is_better(metric: str) -> bool:
-    """Losses go down, accuracies go up."""
-    return metric.startswith("loss")
 
 
 def default_metric(runs: list[Run]) -> str:
@@ -52,12 +47,10 @@ def figures(run: Run, metric: str, target: float | None) -> Figures:
     curve = [(s, e, v) for s, e, v in run.curve(metric) if math.isfinite(v)]
     if not curve:
         return Figures(None, None, None, None)
-    pick = min if lower_is_better(metric) else max
-    best = pick(curve, key=lambda point: point[2])
+    best = metrics.best_of(metric)(curve, key=lambda point: point[2])
     reached = None
     if target is not None:
-        hit = (lambda v: v <= target) if lower_is_better(metric) else (lambda v: v >= target)
-        reached = next((s for s, _, v in curve if hit(v)), None)
+        reached = next((s for s, _, v in curve if metrics.reaches(metric, v, target)), None)
     return Figures(curve[-1][2], best[2], best[1], reached)
 
 
@@ -89,7 +82,7 @@ def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> 
     for (_, status), (text, members) in buckets.items():
         shown = [figures(r, metric, target) if status in RANKED else Figures(None, None, None, None) for r in members]
         rows.append(Row(text, members, shown, status))
-    sign = 1 if lower_is_better(metric) else -1
+    sign = -1 if metrics.higher_is_better(metric) else 1
     rows.sort(key=lambda row: (row.status not in RANKED, _mean([f.final for f in row.figures]) is None,
                                sign * (_mean([f.final for f in row.figures]) or 0.0)))
     return rows
@@ -109,7 +102,7 @@ def rank(rows: list[Row], metric: str) -> list[Row]:
         return rows
     from gdtrain.report import stats  # scipy, a second to import: only when there are seeds to compare
 
-    up = not lower_is_better(metric)
+    up = metrics.higher_is_better(metric)
     pairs = [stats.compare_pair(a.label, _known(a), b.label, _known(b), up)
              for i, a in enumerate(compared) for b in compared[i + 1:]]
     for number, labels in enumerate(stats.tie_groups([row.label for row in compared], pairs), 1):

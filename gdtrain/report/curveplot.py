@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gdtrain.report.compare import Row, lower_is_better
+from gdtrain.core import metrics
 from gdtrain.core.plotting import draw_band, figure, save, shades
+from gdtrain.report.compare import Row
 
 
 def row_colours(rows: list[Row]) -> list[Any]:
@@ -40,10 +41,10 @@ def plot(rows: list[Row], metric: str, title: str, path: Path) -> None:
     loss_ax.set(xlabel="optimizer step", ylabel="training loss (mean over log_every steps)", title="loss/train")
     loss_ax.set_yscale("log")
     metric_ax.set(xlabel="epoch" if per_epoch else "optimizer step", ylabel=metric,
-                  title=f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)")
+                  title=f"{metric} ({metrics.direction(metric)} is better)")
     if per_epoch:
         metric_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if lower_is_better(metric):
+    if not metrics.higher_is_better(metric):
         metric_ax.set_yscale("log")
     for ax in (loss_ax, metric_ax):
         ax.grid(True, which="major", alpha=0.3)

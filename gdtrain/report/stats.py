@@ -56,6 +56,16 @@ class Pair:
         """A is detectably better than B."""
         return self.verdict == f"{self.a} beats {self.b}"
 
+    @property
+    def winner(self) -> str | None:
+        """The detectably better of the two; None when there is no detectable difference."""
+        return self.a if self.a_beats_b else self.b if self.verdict == f"{self.b} beats {self.a}" else None
+
+    @property
+    def loser(self) -> str | None:
+        """The detectably worse of the two; None when there is no detectable difference."""
+        return None if self.winner is None else self.b if self.winner == self.a else self.a
+
 
 def _interval(result: Any, fallback: float) -> tuple[float, float]:
     """A bootstrap result's interval; `fallback` twice when there is none or it is NaN (no spread)."""
@@ -128,10 +138,8 @@ def tie_groups(names: Sequence[str], pairs: Sequence[Pair]) -> list[list[str]]:
     Within a group nothing is detectably better, so the report never ranks noise."""
     beaten_by = {name: set() for name in names}
     for pair in pairs:
-        if pair.verdict == f"{pair.a} beats {pair.b}":
-            beaten_by[pair.b].add(pair.a)
-        elif pair.verdict == f"{pair.b} beats {pair.a}":
-            beaten_by[pair.a].add(pair.b)
+        if pair.winner is not None:
+            beaten_by[pair.loser].add(pair.winner)
     left, groups = list(names), []
     while left:
         top = [name for name in left if not beaten_by[name] & set(left)]

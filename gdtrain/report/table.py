@@ -21,8 +21,9 @@ import statistics
 import textwrap
 from typing import Any
 
+from gdtrain.core import metrics
 from gdtrain.core.folders import number
-from gdtrain.report.compare import RANKED, Row, lower_is_better
+from gdtrain.report.compare import RANKED, Row
 
 COLUMNS = ("run", "optimizer", "lr", "batch", "seeds", "final", "best", "best epoch", "steps to target",
            "wall s", "samples/s", "status")  # csv and json; with seeds compared, also group and 95% CI
@@ -120,7 +121,7 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
     compared = any(r["group"] is not None for r in records)
     _, same = display(records, target)
     seeds = f"mean of {same['seeds']} seeds" if "seeds" in same else "mean over seeds"
-    said = [f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better): final value"
+    said = [f"{metric} ({metrics.direction(metric)} is better): final value"
             + (f", {seeds} with its 95% bootstrap CI" if compared else "") + "; best first."]
     if compared:
         said += ["group 1: no other row beats it (P(A beats B) 95% CI above 0.5 and Mann-Whitney p < 0.05).",

@@ -9,15 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gdtrain.core import metrics
 from gdtrain.core.folders import read_run
 from gdtrain.core.plotting import colour, draw_band, figure, save
+from gdtrain.study.verdict import StudyResults
 
 
-def _colours(results: dict[str, Any]) -> dict[str, Any]:
-    return {label: colour(i) for i, label in enumerate(results["optimizers"])}
+def _colours(results: StudyResults) -> dict[str, Any]:
+    return {label: colour(i) for i, label in enumerate(results.optimizers)}
 
 
-def draw_all(folder: Path, results: dict[str, Any]) -> list[str]:
+def draw_all(folder: Path, results: StudyResults) -> list[str]:
     """lr_sensitivity.png, budget_curve.png, reruns.png and final_per_seed.png; their names."""
     colours = _colours(results)
     drawn = []
@@ -28,56 +30,59 @@ def draw_all(folder: Path, results: dict[str, Any]) -> list[str]:
     return drawn
 
 
-def _lr(results: dict[str, Any], colours: dict[str, Any]) -> Any:
+def _lr(results: StudyResults, colours: dict[str, Any]) -> Any:
     fig = figure(7, 4.2)
     ax = fig.subplots()
-    values = [t["select_value"] for e in results["optimizers"].values() for t in e["trials"] if t["select_value"] is not None]
-    floor = (min(values) if results["select"].startswith("accuracy") else max(values)) if values else 0.0
-    for label, e in results["optimizers"].items():
-        trials = sorted(e["trials"], key=lambda t: t["settings"]["lr"])
-        ok = [(t["settings"]["lr"], t["select_value"]) for t in trials if t["select_value"] is not None]
-        bad = [t["settings"]["lr"] for t in trials if t["select_value"] is None]
+    select = results.setup.select
+    trials = [t for e in results.optimizers.values() for t in e.tuning.trials]
+    values = [t.select_value for t in trials if t.select_value is not None]
+    floor = metrics.worst_of(select)(values) if values else 0.0
+    for label, e in results.optimizers.items():
+        trials = sorted(e.tuning.trials, key=lambda t: t.lr)
+        ok = [(t.lr, t.select_value) for t in trials if t.select_value is not None]
+        bad = [t.lr for t in trials if t.select_value is None]
         if ok:
             ax.plot(*zip(*ok), marker="o", ms=4, lw=1.4, color=colours[label], label=label)
         if bad:
             ax.scatter(bad, [floor] * len(bad), marker="x", s=40, color=colours[label],
                        label=f"{label}: diverged" if not ok else None)
-        if e["chosen"] is not None:
-            ax.scatter([e["chosen"]["lr"]], [max(ok, key=lambda p: p[1])[1] if results["select"].startswith("accuracy")
-                                              else min(ok, key=lambda p: p[1])[1]],
-                       s=120, facecolors="none", edgecolors=colours[label], lw=1.5)
+        chosen = next((t for t in trials if t.name == e.tuning.chosen_trial), None)
+        if chosen is not None:
+            ax.scatter([chosen.lr], [chosen.select_value], s=120, facecolors="none",
+                       edgecolors=colours[label], lw=1.5)
     ax.set_xscale("log")
-    ax.set(xlabel="lr (log scale)", ylabel=f"{results['select']} (final)",
+    ax.set(xlabel="lr (log scale)", ylabel=f"{select} (final)",
            title="lr sensitivity: every tuning trial (circled: chosen; x: diverged)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return fig
 
 
-def _budget(results: dict[str, Any], colours: dict[str, Any]) -> Any:
+def _budget(results: StudyResults, colours: dict[str, Any]) -> Any:
     fig = figure(7, 4.2)
     ax = fig.subplots()
-    for label, e in results["optimizers"].items():
-        curve = e["budget_curve"]
+    for label, e in results.optimizers.items():
+        curve = e.budget_curve
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, lw=1.6, color=colours[label], label=label)
-    ax.set(xlabel="tuning trials k", ylabel=f"expected best {results['select']}",
+    ax.set(xlabel="tuning trials k", ylabel=f"expected best {results.setup.select}",
            title="Budget curve: expected best after k trials (Dodge et al. 2019)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return fig
 
 
-def _reruns(results: dict[str, Any], colours: dict[str, Any]) -> Any:
+def _reruns(results: StudyResults, colours: dict[str, Any]) -> Any:
     fig = figure(12, 4.2)
     left, right = fig.subplots(1, 2)
-    for label, e in results["optimizers"].items():
-        runs = [read_run(Path(p)) for p in e["reruns"]["run_dirs"]]
-        for ax, tag, x_of in ((left, "loss/train", 0), (right, results["select"], 1)):
+    select = results.setup.select
+    for label, e in results.optimizers.items():
+        runs = [read_run(Path(p)) for p in e.reruns.run_dirs]
+        for ax, tag, x_of in ((left, "loss/train", 0), (right, select, 1)):
             curves = [c for run in runs if (c := [(point[x_of], point[2]) for point in run.curve(tag)])]
             draw_band(ax, curves, colours[label], f"{label} (n={len(curves)})")
     left.set(xlabel="step", ylabel="loss/train", yscale="log", title="Reruns: training loss (mean, min-max band)")
-    right.set(xlabel="epoch", ylabel=results["select"], title=f"Reruns: {results['select']} (mean, min-max band)")
+    right.set(xlabel="epoch", ylabel=select, title=f"Reruns: {select} (mean, min-max band)")
     right.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
     for ax in (left, right):
         ax.grid(alpha=0.3)
@@ -85,21 +90,21 @@ def _reruns(results: dict[str, Any], colours: dict[str, Any]) -> Any:
     return fig
 
 
-def _per_seed(results: dict[str, Any], colours: dict[str, Any]) -> Any:
-    order = [label for group in results["groups"] for label in group] + results["unranked"]
+def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
+    order = [*results.ranked, *results.unranked]
     fig = figure(max(5, 1.1 * len(order) + 2), 4.2)
     ax = fig.subplots()
     for i, label in enumerate(order):
-        r = results["optimizers"][label]["reruns"]
-        n = len(r["values"])
+        r = results.optimizers[label].reruns
+        n = len(r.values)
         jitter = [(k - (n - 1) / 2) * 0.06 for k in range(n)]  # spread equal values apart, deterministically
-        ax.scatter([i + j for j in jitter], r["values"], color=colours[label], s=22, zorder=3)
-        if "ci" in r:
-            ax.errorbar([i + 0.3], [r["mean"]], yerr=[[r["mean"] - r["ci"][0]], [r["ci"][1] - r["mean"]]],
+        ax.scatter([i + j for j in jitter], r.values, color=colours[label], s=22, zorder=3)
+        if (s := r.summary) is not None:
+            ax.errorbar([i + 0.3], [s.mean], yerr=[[s.mean - s.ci[0]], [s.ci[1] - s.mean]],
                         fmt="D", color=colours[label], ms=5, capsize=4)
-    ax.set_xticks(range(len(order)), [f"{label}\n(group {results['optimizers'][label].get('group', '—')})" for label in order],
-                  fontsize=8)
-    direction = "higher" if results["higher_is_better"] else "lower"
-    ax.set(ylabel=results["report"], title=f"{results['report']} per seed; diamond: mean and 95% CI ({direction} is better)")
+    groups = [results.optimizers[label].group or "—" for label in order]
+    ax.set_xticks(range(len(order)), [f"{label}\n(group {group})" for label, group in zip(order, groups)], fontsize=8)
+    report = results.setup.report
+    ax.set(ylabel=report, title=f"{report} per seed; diamond: mean and 95% CI ({metrics.direction(report)} is better)")
     ax.grid(alpha=0.3, axis="y")
     return fig

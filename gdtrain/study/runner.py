@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 from gdtrain.core import names
@@ -18,9 +18,12 @@ from gdtrain.core.runs import flatten
 
 from gdtrain.study.spec import Arm, Study, rerun_name, rerun_points, rerun_seeds, tuning_points
 
+if TYPE_CHECKING:
+    from gdtrain.study.verdict import StudyResults  # imported where it runs: scipy takes a second
+
 
 def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
-              batch_runs: int | None = None, options: JobOptions | None = None) -> tuple[Path, dict[str, Any] | None, int]:
+              batch_runs: int | None = None, options: JobOptions | None = None) -> tuple[Path, StudyResults | None, int]:
     """Tune, select, rerun and analyse, compatible runs stacked (`batch_runs`, gdtrain/execution/groups.py) and
     the groups run as submitit jobs with `options`: (study folder, results, exit code); results are
     None when some run did not end in a result (exit 1), or a signal stopped the study (exit 128 + signal)."""
@@ -37,26 +40,24 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
     trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning", manifest, batch_runs, options)
     if trials is None:
         return folder, None, code
-    arms, chosen = [], {}
+    tunings, chosen = [], {}
     for arm in study.arms:
-        records = [verdict.trial_record(arm.label, name, _searched(arm, doc), Path(trials[name]), study.select)
+        records = [verdict.trial_record(name, _searched(arm, doc), Path(trials[name]), study.select)
                    for label, name, doc in points if label == arm.label]
-        best = verdict.choose(records, study.higher_is_better(study.select))
+        best = verdict.choose(records, study.select)
         if best is not None:
-            chosen[arm.label] = next(doc["optimizer"] for _, name, doc in points if name == best["name"])
-        arms.append({"label": arm.label, "trials": records, "chosen": chosen.get(arm.label),
-                     "chosen_trial": best["name"] if best else None})
+            chosen[arm.label] = next(doc["optimizer"] for _, name, doc in points if name == best.name)
+        tunings.append(verdict.Tuning(arm.label, tuple(records), chosen.get(arm.label), best.name if best else None))
     again = rerun_points(study, chosen)
     manifest.plan(_labelled(study, points + again))
     reruns, code = _execute(study, again, runs_dir, jobs, echo, "reruns", manifest, batch_runs, options)
     if reruns is None:
         return folder, None, code
-    for arm in arms:
-        arm["reruns"] = [reruns[rerun_name(a, seed)] for a in study.arms if a.label == arm["label"] and arm["chosen"]
-                         for seed in rerun_seeds(study)]
-    results = verdict.analyse(arms, study.select, study.report, study.spec.target, study.spec.seeds)
-    results |= {"study": study.name, "source": study.source, "budget": study.spec.budget, "sampler": study.spec.sampler,
-                "tuning_seed": study.spec.study.seed, "rerun_seeds": rerun_seeds(study)}
+    rerun_dirs = {arm.label: [reruns[rerun_name(arm, seed)] for seed in rerun_seeds(study) if arm.label in chosen]
+                  for arm in study.arms}
+    setup = verdict.Setup(study.select, study.report, study.spec.seeds, study.spec.target, study.name, study.source,
+                          study.spec.budget, study.spec.sampler, study.spec.study.seed, tuple(rerun_seeds(study)))
+    results = verdict.analyse(tunings, rerun_dirs, setup)
     studyreport.write(folder, results, study.base, study.spec.study)
     return folder, results, 0
 

@@ -154,10 +154,6 @@ class Study:
         """The study's folder name."""
         return self.spec.study.name
 
-    def higher_is_better(self, metric: str) -> bool:
-        """Accuracies go up, losses down."""
-        return metric.startswith("accuracy")
-
 
 def load_study(path: Path, overrides: list[str] = ()) -> Study:
     """Read and check a study file and every trial it implies; any problem is a UserError line."""

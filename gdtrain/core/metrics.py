@@ -1,0 +1,39 @@
+"""Which way a metric improves, decided once for compare, a study's choice and verdict, and every figure.
+
+A run logs `loss/<split>`, `accuracy/<split>`, `lr`, `grad_norm` and, on the function problem, its
+coordinates. Losses go down and accuracies go up. The other tags have no better direction; compare
+ranks them like an accuracy, higher first, as it always has, and a study accepts only losses and
+accuracies (study/spec.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Pick = Callable[..., Any]  # the builtin max or min: (values, key=...) -> the value picked
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a higher value of `metric` is the better one: every tag but a loss."""
+    return not metric.startswith("loss")
+
+
+def direction(metric: str) -> str:
+    """"higher" or "lower", as "{metric} ({direction} is better)" reads."""
+    return "higher" if higher_is_better(metric) else "lower"
+
+
+def best_of(metric: str) -> Pick:
+    """max or min: the one that picks the best value of `metric` (the first among equals)."""
+    return max if higher_is_better(metric) else min
+
+
+def worst_of(metric: str) -> Pick:
+    """min or max: the one that picks the worst value of `metric` (the first among equals)."""
+    return min if higher_is_better(metric) else max
+
+
+def reaches(metric: str, value: float, target: float) -> bool:
+    """Whether `value` has reached `target`: at or above it when higher is better, at or below it otherwise."""
+    return value >= target if higher_is_better(metric) else value <= target
