@@ -211,8 +211,8 @@ def test_groups_are_no_runs_and_a_resumed_sweep_rewrites_them(experiment, tmp_pa
 def test_a_sweep_stopped_by_a_signal_writes_the_groups_of_what_finished(tmp_path, monkeypatch):
     real_save, folders = checkpoints.Checkpoints.save, []
 
-    def save_then_signal(self, state, step):
-        real_save(self, state, step)
+    def save_then_signal(self, state, step, prune=True):
+        real_save(self, state, step, prune)
         if self.folder not in folders:
             folders.append(self.folder)
             if len(folders) == 2:

@@ -11,6 +11,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -228,6 +230,49 @@ def test_a_stopped_stacked_sweep_resumes_to_the_uninterrupted_result(start, unin
     assert resumed.exit_code == 0, resumed.output
     assert resumed.stdout.count(": finished") == 6 and len(list(run.runs.glob("smoke/*/config.yaml"))) == 6
     assert finals(run.runs) == uninterrupted  # continued in place, exactly
+
+
+KILLED_MID_CHECKPOINT = """
+import os, signal, sys
+from gdtrain.cli import main
+from gdtrain.training.checkpoints import Checkpoints
+
+real, calls = Checkpoints.save, [0]
+
+
+def save_then_die(self, state, step, prune=True):
+    path = real(self, state, step, prune)
+    calls[0] += 1
+    if calls[0] == int(os.environ["DIE_AFTER"]):  # some members have this step's checkpoint, the others not yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+
+
+Checkpoints.save = save_then_die
+sys.argv = ["gdtrain", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(("written", "keep_last"), [(1, 1), (5, 2)])
+def test_a_group_killed_while_writing_its_checkpoints_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted,
+                                                                                           written, keep_last):
+    """kill -9 after `written` of the 6 members wrote their third checkpoint: the resumed group takes
+    each member from the second, the step all have, and trains them together as the uninterrupted group did."""
+    runs_dir, keep = tmp_path / "runs", ["--set", f"train.keep_last={keep_last}"]
+    env = os.environ | {"DIE_AFTER": str(12 + written)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_CHECKPOINT, "sweep", str(SMOKE), *GRID, *keep,
+                             "--runs-dir", str(runs_dir)], env=env, capture_output=True, text=True, timeout=600,
+                            start_new_session=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    newest = sorted(max(p.name for p in d.glob("checkpoints/step-*.pt")) for d in runs_dir.glob("smoke/*/checkpoints/.."))
+    assert len(set(newest)) == 2 and newest.count(newest[-1]) == written  # members left at two steps
+    held = [sorted(p.name for p in d.glob("checkpoints/step-*.pt")) for d in runs_dir.glob("smoke/*/checkpoints/..")]
+    assert all(newest[0] in names for names in held)  # the older step stays until every member has the new
+    resumed = gdtrain("sweep", SMOKE, *GRID, *keep, "--runs-dir", runs_dir, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "train as 1 group(s) of 6 runs" in resumed.output
+    assert finals(runs_dir) == uninterrupted
 
 
 def test_a_full_disk_stops_a_group_with_one_line_and_every_member_says_so(tmp_path, monkeypatch):

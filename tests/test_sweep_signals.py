@@ -288,8 +288,8 @@ def test_a_signal_while_a_point_is_being_set_up_stops_it_at_once(tmp_path, monke
 def test_resume_continues_interrupted_points_from_their_checkpoints(tmp_path, monkeypatch):
     real_save, saves = checkpoints.Checkpoints.save, []
 
-    def save_then_signal(self, state, step):
-        real_save(self, state, step)
+    def save_then_signal(self, state, step, prune=True):
+        real_save(self, state, step, prune)
         saves.append(step)
         if len(saves) == 1:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the first point's run

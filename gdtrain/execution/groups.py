@@ -13,6 +13,7 @@ rule sit next to each other (stackopt updates them through a view instead of a g
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -41,12 +42,34 @@ def key(config: Config, task: Task) -> str | None:
 
 
 def resumed_step(task: Task) -> int:
-    """The step of the newest checkpoint the task continues from; 0 when it starts anew."""
+    """The step of the checkpoint the task continues from; 0 when it starts anew."""
     if task.resume is None:
         return 0
+    return task.resume_step if task.resume_step is not None else max(checkpoint_steps(task), default=0)
+
+
+def checkpoint_steps(task: Task) -> set[int]:
+    """The steps of the checkpoints in the run folder the task continues."""
     folder = Path(task.resume) / "checkpoints"
-    steps = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else []) if (m := STEP_FILE.fullmatch(p.name))]
-    return max(steps, default=0)
+    return {int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else []) if (m := STEP_FILE.fullmatch(p.name))}
+
+
+def align(tasks: list[Task], configs: dict[str, Config]) -> list[Task]:
+    """Interrupted points that could train together continue from the newest step all of them have
+    a checkpoint of, when there is one. A group killed while it wrote its members' checkpoints
+    left some at the new step and some at the one before (stacked.loop keeps the older one until
+    every member has the new): continued together, they compute what the uninterrupted group did."""
+    compatible: dict[str, list[Task]] = {}
+    for task in tasks:
+        shared = key(configs[task.name], Task({}, task.name, task.runs_dir, task.experiment))
+        if task.resume is not None and shared is not None:
+            compatible.setdefault(shared, []).append(task)
+    step: dict[str, int] = {}
+    for peers in compatible.values():
+        common = set.intersection(*(checkpoint_steps(t) for t in peers))
+        if len(peers) > 1 and common:
+            step |= {t.name: max(common) for t in peers}
+    return [dataclasses.replace(t, resume_step=step[t.name]) if t.name in step else t for t in tasks]
 
 
 def member_bytes(config: Config, sizes: memory.Sizes, batch_size: int) -> int:
@@ -79,6 +102,7 @@ def plan(tasks: list[Task], batch_runs: int | None, jobs: int = 1) -> list[list[
     from gdtrain.stacked.optimizer import kind_key
 
     configs = {task.name: validate(task.raw, task.name) for task in tasks}
+    tasks = align(tasks, configs) if batch_runs != 1 else tasks
     by_key: dict[str, list[Task]] = {}
     alone: list[tuple[int, list[Task]]] = []
     first: dict[str, int] = {}

@@ -176,7 +176,7 @@ def _member(task: Task, config: Config, meta: dict[str, Any], order: torch.Gener
     if task.resume is not None:
         run_dir = Path(task.resume)
         saved = Checkpoints(run_dir, config.train.keep_last, resolved)
-        latest = saved.latest()
+        latest = saved.rewind(task.resume_step) if task.resume_step in saved.steps() else saved.latest()
         if latest is not None:
             owned = runs.lock_run(run_dir)
             try:
@@ -312,8 +312,11 @@ def _epoch_end(group: Group, epoch: int) -> None:
 
 
 def _checkpoint(group: Group) -> None:
-    """Each live member's checkpoint in its own folder, in a solo run's format (best.pt first when waiting)."""
+    """Each live member's checkpoint in its own folder, in a solo run's format (best.pt first when
+    waiting). The older ones go only once every member's new one is written: a kill in between
+    leaves each member the older step too, where the group resumes together (groups.align)."""
     at = group.at
+    live = [member for member in group.members if member.live and member.saved is not None]
     for m, member in enumerate(group.members):
         if not member.live or member.saved is None:
             continue
@@ -323,8 +326,10 @@ def _checkpoint(group: Group) -> None:
             group.model.member_state_dict(m), group.optimizer.member_state_dict(m, group.schedules.group(m)),
             group.schedules.schedulers[m], group.schedules.warmups[m], progress, rng_states(member.order),
             member.tracker.flush())
-        lifecycle.save_checkpoint(member.saved, member.best, state, at.outcome.steps)
+        lifecycle.save_checkpoint(member.saved, member.best, state, at.outcome.steps, prune=False)
         member.best = None
+    for member in live:
+        member.saved.prune()
 
 
 def _counted(group: Group, member: Member) -> Outcome:

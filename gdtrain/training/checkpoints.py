@@ -74,14 +74,35 @@ class Checkpoints:
         self.keep_last = keep_last
         self.resolved = json.dumps(resolved)  # the run's config, saved in each file and checked on load
 
-    def save(self, state: dict[str, Any], step: int) -> Path:
-        """Write `state` as step-<step>.pt, then drop all but the newest `keep_last`."""
+    def save(self, state: dict[str, Any], step: int, prune: bool = True) -> Path:
+        """Write `state` as step-<step>.pt, then (`prune`) drop all but the newest `keep_last`."""
         self.folder.mkdir(exist_ok=True)
-        path = self.folder / f"step-{step:09d}.pt"
+        path = self.path(step)
         save_atomic(state | {"config": self.resolved}, path)
+        if prune:
+            self.prune()
+        return path
+
+    def prune(self) -> None:
+        """Drop all step checkpoints but the newest `keep_last`."""
         for old in self.all()[: -self.keep_last]:
             old.unlink(missing_ok=True)
-        return path
+
+    def path(self, step: int) -> Path:
+        """The file of the checkpoint at optimizer step `step`."""
+        return self.folder / f"step-{step:09d}.pt"
+
+    def steps(self) -> list[int]:
+        """The steps of the step checkpoints there are, oldest first."""
+        return [int(STEP_FILE.fullmatch(p.name).group(1)) for p in self.all()]
+
+    def rewind(self, step: int) -> Path:
+        """The checkpoint at `step`, the newer ones removed: a run continued from an older checkpoint
+        (its group's, groups.align) writes them again, the same, and must not take a stale one for its newest."""
+        for newer in self.all():
+            if int(STEP_FILE.fullmatch(newer.name).group(1)) > step:
+                newer.unlink(missing_ok=True)
+        return self.path(step)
 
     def save_best(self, state: dict[str, Any]) -> None:
         """best.pt: the model at the lowest validation loss so far."""

@@ -191,13 +191,15 @@ def checkpoint_state(model: dict[str, Tensor], optimizer: dict[str, Any], schedu
             "progress": progress.state(), "rng": rng, "metrics_offset": metrics_offset}
 
 
-def save_checkpoint(saved: Checkpoints | None, best: dict[str, Any] | None, state: dict[str, Any], step: int) -> None:
-    """best.pt first when a new best is waiting, then step-<step>.pt (nothing without `saved`)."""
+def save_checkpoint(saved: Checkpoints | None, best: dict[str, Any] | None, state: dict[str, Any], step: int,
+                    prune: bool = True) -> None:
+    """best.pt first when a new best is waiting, then step-<step>.pt (nothing without `saved`);
+    `prune`: then drop all but the newest keep_last."""
     if saved is None:
         return
     if best is not None:
         saved.save_best(best)
-    saved.save(state, step)
+    saved.save(state, step, prune)
 
 
 def validation(outcome: Outcome, tracker: Tracker | NullTracker, values: dict[str, float], epoch: int,

@@ -108,9 +108,10 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
         return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
 
 
-def resume(run_dir: Path, quiet: bool = False, say: Callable[[str], None] | None = None) -> Outcome:
-    """Continue a run from its newest checkpoint, into the same folder, as if it had never stopped;
-    `say` (rank 0's) is told where it continues."""
+def resume(run_dir: Path, quiet: bool = False, say: Callable[[str], None] | None = None,
+           step: int | None = None) -> Outcome:
+    """Continue a run from its newest checkpoint (or the one at `step`, the newer ones dropped), into
+    the same folder, as if it had never stopped; `say` (rank 0's) is told where it continues."""
     config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if config is None:
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run>")
@@ -120,7 +121,7 @@ def resume(run_dir: Path, quiet: bool = False, say: Callable[[str], None] | None
     if isinstance(config.data, FunctionData):
         raise UserError(f"{run_dir}: function runs keep no checkpoints; run again: gdtrain run {run_dir / 'config.yaml'}")
     with own(run_dir):  # before reading a checkpoint: an owner could be replacing it
-        return _continue(run_dir, config, quiet, say)
+        return _continue(run_dir, config, quiet, say, step)
 
 
 def own(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
@@ -134,10 +135,12 @@ def own(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
         raise UserError(f"{run_dir}: cannot write in it ({err.strerror or err})") from None
 
 
-def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], None] | None = None) -> Outcome:
-    """resume() once the folder is this process's: restore the newest checkpoint and train on."""
+def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], None] | None = None,
+              step: int | None = None) -> Outcome:
+    """resume() once the folder is this process's: restore the newest checkpoint (or `step`'s) and train on."""
     resolved = to_dict(config)
-    latest = Checkpoints(run_dir, config.train.keep_last, resolved).latest()
+    saved = Checkpoints(run_dir, config.train.keep_last, resolved)
+    latest = saved.rewind(step) if step is not None and step in saved.steps() else saved.latest()
     if latest is None:
         raise UserError(f"{run_dir}: no checkpoint in it (it stopped before its first); "
                         f"run it again: gdtrain run {run_dir / 'config.yaml'}")

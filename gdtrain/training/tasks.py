@@ -39,6 +39,7 @@ class Task:
     runs_dir: str
     experiment: str  # its folder under runs_dir
     resume: str | None = None  # an interrupted run folder of this point, to continue from its checkpoint
+    resume_step: int | None = None  # the checkpoint to continue from: its newest when None (groups.align)
 
 
 def run_point(task: Task) -> Result:
@@ -68,7 +69,7 @@ def _resume(task: Task) -> tuple[Path, Outcome] | None:
     if task.resume is None:
         return None
     try:
-        return Path(task.resume), recipe.resume(Path(task.resume), quiet=True)
+        return Path(task.resume), recipe.resume(Path(task.resume), quiet=True, step=task.resume_step)
     except UserError:  # stopped before its first checkpoint, or the folder no longer reads: run anew
         return None
 
