@@ -37,3 +37,10 @@ def worst_of(metric: str) -> Pick:
 def reaches(metric: str, value: float, target: float) -> bool:
     """Whether `value` has reached `target`: at or above it when higher is better, at or below it otherwise."""
     return value >= target if higher_is_better(metric) else value <= target
+
+
+def improves(metric: str, value: float, best: float | None) -> bool:
+    """Whether `value` is strictly better than `best` (None: nothing yet, so any value is)."""
+    if best is None:
+        return True
+    return value > best if higher_is_better(metric) else value < best

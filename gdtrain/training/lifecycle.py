@@ -30,6 +30,7 @@ from torch.optim import lr_scheduler
 from gdtrain.core import runs
 from gdtrain.core.config import Config, TrainConfig, to_dict
 from gdtrain.core.errors import UserError
+from gdtrain.core.metrics import improves
 from gdtrain.training import board
 from gdtrain.training.checkpoints import Checkpoints, save_atomic
 from gdtrain.training.tracker import NullTracker, Tracker
@@ -216,11 +217,10 @@ def validation(outcome: Outcome, tracker: Tracker | NullTracker, values: dict[st
 
 def track_best(outcome: Outcome, epoch: int, values: dict[str, float]) -> bool:
     """Record the best validation figures; True when loss/val is a new best."""
-    improved = values["loss/val"] < outcome.best.get("loss/val", math.inf)
-    if improved:
-        outcome.best.update({"loss/val": values["loss/val"], "loss/val_epoch": epoch})
-    if "accuracy/val" in values and values["accuracy/val"] > outcome.best.get("accuracy/val", -1.0):
-        outcome.best.update({"accuracy/val": values["accuracy/val"], "accuracy/val_epoch": epoch})
+    improved = improves("loss/val", values["loss/val"], outcome.best.get("loss/val"))
+    for tag in ("loss/val", "accuracy/val"):
+        if tag in values and improves(tag, values[tag], outcome.best.get(tag)):
+            outcome.best.update({tag: values[tag], f"{tag}_epoch": epoch})
     return improved
 
 
