@@ -20,7 +20,7 @@ help: ## list the targets
 	@echo "  one target per config:"
 	@for c in $(CONFIGS); do printf "    %-26s gdtrain run configs/%s.yaml\n" $$c $$c; done
 
-install: $(VENV)/.installed ## create .venv and install gdtrain with its test and plot extras
+install: $(VENV)/.installed ## create .venv and install gdtrain with its test (pytest, ruff) and plot extras
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,plot]"
 	touch $@
 
-test: install ## run the test suite
+test: install ## lint (ruff) and run the test suite
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 smoke: install ## a few seconds end to end (the config the tests and CI use)
