@@ -13,9 +13,7 @@ import contextlib
 import logging
 import os
 import shlex
-import signal
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -345,59 +343,14 @@ def sweep(
     slurm_time: TimeOpt = None,
 ) -> None:
     """Run a grid of configs (from --grid and the config's grid: section) into one experiment folder."""
-    from gdtrain.execution import executors
+    from gdtrain.execution import options
     from gdtrain.execution import sweep as sweeping
-    from gdtrain.core.manifest import Manifest
 
     with user_errors():
-        _check_batch_runs(batch_runs)
-        options = executors.job_options(executor, slurm_partition, slurm_gpus_per_job, slurm_time)
-        points = sweeping.expand(config, grid or [], seeds, overrides or [])
-        folder = runs_dir / points[0].config.experiment.name
-        manifest = Manifest(folder, "sweep")
-        manifest.plan([(point.name, point.label) for point in points])
-        typer.echo(f"sweep: {len(points)} runs into {folder}/" + (f", {jobs} at a time" if jobs > 1 else "")
-                   + (f", as {options.executor} jobs (logs in {folder / executors.JOBS}/)" if options else ""))
-        counter = iter(range(1, len(points) + 1))
-        labels = {point.name: point.label for point in points}
-
-        def report(result: sweeping.Result) -> None:
-            shown = ", ".join(f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val"))
-            kept = f"checkpoint in {result.run_dir}" if result.status == "interrupted" and result.run_dir else ""
-            detail = result.error or kept or shown or result.run_dir or ""
-            typer.echo(f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
-                       + (f" ({result.seconds:.1f} s)" if result.seconds else "") + (f"  {detail}" if detail else ""))
-
-        results, stopped_by = sweeping.run_sweep(points, runs_dir, jobs, resume, report, manifest, batch_runs, options,
-                                                 typer.echo)
-    counts = Counter(result.status for result in results)
-    again = _sweep_again(config, grid or [], seeds, jobs, overrides or [], runs_dir,
-                         (["--batch-runs", str(batch_runs)] if batch_runs is not None else [])
-                         + (options.args() if options else []))
-    if stopped_by is not None:
-        shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "interrupted", "not started"))
-        typer.echo(f"sweep stopped by {signal.Signals(stopped_by).name}: {len(results)} points: {shown}"
-                   + (f", {counts['skipped']} skipped" if counts["skipped"] else "") + f"; continue with: {again}")
-        raise typer.Exit(128 + stopped_by)
-    shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "skipped") if counts[s] or s == "failed")
-    typer.echo(f"sweep done: {len(results)} runs: {shown}; compare them: gdtrain compare {folder}"
-               + (f"; run the failed ones again: {again}" if counts["failed"] else ""))
-    if counts["failed"]:
-        raise typer.Exit(1)
-
-
-def _check_batch_runs(batch_runs: int | None) -> None:
-    if batch_runs is not None and batch_runs < 1:
-        raise UserError(f"--batch-runs {batch_runs}: must be 1 or more (1 trains each run alone; leave it out "
-                        "to train as many together as fit in memory)")
-
-
-def _sweep_again(config: Path, grid: list[str], seeds: int | None, jobs: int, overrides: list[str], runs_dir: Path,
-                 options: list[str]) -> str:
-    """The `gdtrain sweep ... --resume` command that continues this sweep (`options`: its --batch-runs and --executor ones)."""
-    return shlex.join(["gdtrain", "sweep", str(config), *[arg for g in grid for arg in ("--grid", g)],
-                       *(["--seeds", str(seeds)] if seeds is not None else []), *(["--jobs", str(jobs)] if jobs > 1 else []),
-                       *options, *[arg for o in overrides for arg in ("--set", o)], "--runs-dir", str(runs_dir), "--resume"])
+        execution = options.execution(jobs, batch_runs, executor, slurm_partition, slurm_gpus_per_job, slurm_time,
+                                      resume)
+        status = sweeping.sweep_file(config, grid or [], seeds, overrides or [], runs_dir, execution, typer.echo)
+    raise typer.Exit(status)
 
 
 @app.command()
@@ -414,15 +367,15 @@ def study(
     slurm_time: TimeOpt = None,
 ) -> None:
     """Tune each optimizer on an equal budget, rerun the best over seeds, and state which is better and how surely."""
-    from gdtrain.execution import executors
+    from gdtrain.execution import options
     from gdtrain.study import runner, spec
     from gdtrain.study.report import verdict_lines
 
     with user_errors():
-        _check_batch_runs(batch_runs)
-        options = executors.job_options(executor, slurm_partition, slurm_gpus_per_job, slurm_time)
+        execution = options.execution(jobs, batch_runs, executor, slurm_partition, slurm_gpus_per_job, slurm_time,
+                                      resume)
         planned = spec.load_study(study_file, overrides or [])
-        folder, results, code = runner.run_study(planned, runs_dir, jobs, resume, typer.echo, batch_runs, options)
+        folder, results, code = runner.run_study(planned, runs_dir, execution, typer.echo)
     if results is None:
         raise typer.Exit(code)
     typer.echo("")

@@ -150,8 +150,8 @@ def test_a_study_passes_the_executor_on_and_names_it_in_its_resume_command(tmp_p
 
     seen = []
 
-    def stopped(points, runs_dir, jobs, resume, report, manifest=None, batch_runs=None, options=None, say=None):
-        seen.append(options)
+    def stopped(points, runs_dir, execution, report, manifest=None, say=None):
+        seen.append(execution.job_options)
         return [], signal.SIGINT
 
     monkeypatch.setattr(sweep, "run_sweep", stopped)

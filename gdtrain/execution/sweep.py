@@ -19,31 +19,32 @@ import copy
 import itertools
 import json
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gdtrain.training import board
-from gdtrain.execution import groups
-from gdtrain.core import names
-from gdtrain.core import runs
+from gdtrain.core import names, runs
 from gdtrain.core.config import Config, apply_overrides, read_config, to_dict, validate
 from gdtrain.core.errors import UserError
-from gdtrain.execution.executors import JobOptions, run_units
 from gdtrain.core.manifest import Manifest
-from gdtrain.training.tasks import Result, Task
-from gdtrain.execution.units import attempt
 from gdtrain.core.signals import Guard
-from gdtrain.execution.workers import run_parallel
 from gdtrain.core.yamlio import parse_value
+from gdtrain.execution import groups
+from gdtrain.execution.executors import run_units
+from gdtrain.execution.options import Execution, continue_command
+from gdtrain.execution.units import attempt
+from gdtrain.execution.workers import run_parallel
+from gdtrain.training import board
+from gdtrain.training.tasks import Result, Task
 
 
 @dataclass(frozen=True)
 class Point:
     """One run of a sweep: its name, the overrides that make it, and its validated config."""
 
-    name: str  # its run folder's name without the time: what tells it apart, e.g. adam-lr0.01-s1 (gdtrain/core/names.py)
+    name: str  # its run folder's name without the time: what tells it apart, e.g. adam-lr0.01-s1 (core/names.py)
     raw: dict[str, Any]  # the config document with the point's overrides applied
     config: Config
     label: str = ""  # the same as compare and the plots show it, e.g. `adam lr=0.01 s1`; the name when empty
@@ -76,7 +77,8 @@ def _values(values: Any, where: str) -> list[Any]:
 def expand(path: Path, grid_options: list[str], seeds: int | None, overrides: list[str]) -> list[Point]:
     """Every point of the sweep, validated; a bad key or value anywhere stops it before any run."""
     raw = read_config(path)
-    grid = {key: _values(values, f"{path}: grid.{key}") for key, values in _grid_section(raw.pop("grid", None), path).items()}
+    section = _grid_section(raw.pop("grid", None), path)
+    grid = {key: _values(values, f"{path}: grid.{key}") for key, values in section.items()}
     grid.update(parse_grid(grid_options))
     if seeds is not None:
         base = validate(apply_overrides(copy.deepcopy(raw), list(overrides)), str(path)).experiment.seed
@@ -108,15 +110,58 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
     return section
 
 
-def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, report: Callable[[Result], None],
-              manifest: Manifest | None = None, batch_runs: int | None = None, options: JobOptions | None = None,
+def sweep_file(config: Path, grid: list[str], seeds: int | None, overrides: list[str], runs_dir: Path,
+               execution: Execution, say: Callable[..., None]) -> int:
+    """`gdtrain sweep`: expand the file's grid, run its points as `execution` says, and say each
+    result and the closing counts through `say` (typer.echo's signature); returns the exit status."""
+    points = expand(config, grid, seeds, overrides)
+    folder = runs_dir / points[0].config.experiment.name
+    manifest = Manifest(folder, "sweep")
+    manifest.plan([(point.name, point.label) for point in points])
+    say(f"sweep: {len(points)} runs into {folder}/" + execution.described(folder))
+    counter = iter(range(1, len(points) + 1))
+    labels = {point.name: point.label for point in points}
+
+    def report(result: Result) -> None:
+        shown = ", ".join(f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val"))
+        kept = f"checkpoint in {result.run_dir}" if result.status == "interrupted" and result.run_dir else ""
+        detail = result.error or kept or shown or result.run_dir or ""
+        say(f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
+            + (f" ({result.seconds:.1f} s)" if result.seconds else "") + (f"  {detail}" if detail else ""))
+
+    results, stopped_by = run_sweep(points, runs_dir, execution, report, manifest, say)
+    again = continue_command("sweep", config, runs_dir, overrides, execution, grid, seeds)
+    line, status = ending(results, stopped_by, folder, again)
+    say(line)
+    return status
+
+
+def ending(results: list[Result], stopped_by: int | None, folder: Path, again: str) -> tuple[str, int]:
+    """A sweep's last line, its counts and what to do next, and its exit status: 128 + the signal
+    that stopped it, 1 when a point failed, else 0."""
+    counts = Counter(result.status for result in results)
+    if stopped_by is not None:
+        shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "interrupted", "not started"))
+        skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
+        return (f"sweep stopped by {signal.Signals(stopped_by).name}: {len(results)} points: {shown}{skipped}; "
+                f"continue with: {again}"), 128 + stopped_by
+    shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "skipped")
+                      if counts[s] or s == "failed")
+    failed = f"; run the failed ones again: {again}" if counts["failed"] else ""
+    status = 1 if counts["failed"] else 0
+    return f"sweep done: {len(results)} runs: {shown}; compare them: gdtrain compare {folder}{failed}", status
+
+
+def run_sweep(points: list[Point], runs_dir: Path, execution: Execution, report: Callable[[Result], None],
+              manifest: Manifest | None = None,
               say: Callable[[str], None] = lambda line: None) -> tuple[list[Result], int | None]:
-    """Run the points, compatible points stacked `batch_runs` at most (None: as many as fit;
-    gdtrain/execution/groups.py), `jobs` groups at a time: in this process, in worker processes or, with
-    `options`, as submitit jobs; with `resume` skip finished points and continue interrupted ones.
+    """Run the points as `execution` says: compatible points stacked `batch_runs` at most (None: as
+    many as fit; gdtrain/execution/groups.py), `jobs` groups at a time, in this process, in worker
+    processes or as submitit jobs; with `resume` skip finished points and continue interrupted ones.
     Report each result and record its run folder in `manifest`; then TensorBoard's groups
     (board.write_groups), also after a signal. Returns every point's result and the signal that
     stopped the sweep, if any."""
+    jobs, options = execution.jobs, execution.job_options
     results: list[Result] = []
     tasks = []
 
@@ -125,7 +170,7 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, repo
             manifest.record(result.run_dir, result.name, runs.status(Path(result.run_dir)))
 
     for point in points:
-        before = runs.previous_runs(runs_dir, point.config, point.name) if resume else []
+        before = runs.previous_runs(runs_dir, point.config, point.name) if execution.resume else []
         done = next((run_dir for run_dir, status in before if status in runs.RESULTS), None)
         if done is not None:
             results.append(Result(point.name, "skipped", str(done)))
@@ -136,7 +181,7 @@ def run_sweep(points: list[Point], runs_dir: Path, jobs: int, resume: bool, repo
         paused = next((str(run_dir) for run_dir, status in reversed(before) if status in ("interrupted", "unfinished")),
                       None)
         tasks.append(Task(point.raw, point.name, str(runs_dir), point.config.experiment.name, paused))
-    units = groups.plan(tasks, batch_runs, jobs) if tasks else []
+    units = groups.plan(tasks, execution.batch_runs, jobs) if tasks else []
     if any(len(unit) > 1 for unit in units):
         sizes = ", ".join(str(len(unit)) for unit in units)
         say(f"stacked: {len(tasks)} runs train as {len(units)} group(s) of {sizes} runs "

@@ -4,7 +4,7 @@ then hand the runs to the verdict and the report. Each phase is a sweep (gdtrain
 from __future__ import annotations
 
 import copy
-import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from gdtrain.core import names
 from gdtrain.core.config import (to_dict, validate)
 from gdtrain.core.errors import UserError
-from gdtrain.execution.executors import JOBS, JobOptions
+from gdtrain.execution.options import Execution, continue_command
 from gdtrain.core.manifest import MANIFEST, Manifest
 from gdtrain.core.runs import flatten
 
@@ -22,22 +22,21 @@ if TYPE_CHECKING:
     from gdtrain.study.verdict import StudyResults  # imported where it runs: scipy takes a second
 
 
-def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
-              batch_runs: int | None = None, options: JobOptions | None = None) -> tuple[Path, StudyResults | None, int]:
-    """Tune, select, rerun and analyse, compatible runs stacked (`batch_runs`, gdtrain/execution/groups.py) and
-    the groups run as submitit jobs with `options`: (study folder, results, exit code); results are
+def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> tuple[Path, StudyResults | None, int]:
+    """Tune, select, rerun and analyse, the runs executed as `execution` says (stacked, in workers or as
+    submitit jobs; gdtrain/execution/options.py): (study folder, results, exit code); results are
     None when some run did not end in a result (exit 1), or a signal stopped the study (exit 128 + signal)."""
     from gdtrain.study import report as studyreport
     from gdtrain.study import verdict
 
     folder = runs_dir / study.name
-    if not resume and folder.is_dir() and any(p.name != MANIFEST for p in folder.iterdir()):
+    if not execution.resume and folder.is_dir() and any(p.name != MANIFEST for p in folder.iterdir()):
         raise UserError(f"{folder}: already holds a study's runs; continue it with --resume, or give it a new "
                         f"name: --set study.name=<name>")
     points = tuning_points(study)
     manifest = Manifest(folder, "study")
     manifest.plan(_labelled(study, points))
-    trials, code = _execute(study, points, runs_dir, jobs, echo, "tuning", manifest, batch_runs, options)
+    trials, code = _execute(study, points, runs_dir, execution, echo, "tuning", manifest)
     if trials is None:
         return folder, None, code
     tunings, chosen = [], {}
@@ -50,7 +49,7 @@ def run_study(study: Study, runs_dir: Path, jobs: int, resume: bool, echo: Any,
         tunings.append(verdict.Tuning(arm.label, tuple(records), chosen.get(arm.label), best.name if best else None))
     again = rerun_points(study, chosen)
     manifest.plan(_labelled(study, points + again))
-    reruns, code = _execute(study, again, runs_dir, jobs, echo, "reruns", manifest, batch_runs, options)
+    reruns, code = _execute(study, again, runs_dir, execution, echo, "reruns", manifest)
     if reruns is None:
         return folder, None, code
     rerun_dirs = {arm.label: [reruns[rerun_name(arm, seed)] for seed in rerun_seeds(study) if arm.label in chosen]
@@ -72,8 +71,8 @@ def _labelled(study: Study, points: list[tuple[str, str, dict[str, Any]]]) -> li
     return [(name, text) for (_, name, _), text in zip(points, names.labels(configs))]
 
 
-def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_dir: Path, jobs: int, echo: Any,
-             phase: str, manifest: Manifest, batch_runs: int | None, options: JobOptions | None) -> tuple[dict[str, str] | None, int]:
+def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_dir: Path, execution: Execution,
+             echo: Any, phase: str, manifest: Manifest) -> tuple[dict[str, str] | None, int]:
     """Run the points as a sweep: ({run name: run folder}, 0), or (None, exit code) when some did not
     end in a result or a signal stopped them."""
     import signal
@@ -81,8 +80,7 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
     from gdtrain.execution import sweep
 
     todo = [sweep.Point(name, doc, validate(copy.deepcopy(doc), study.source)) for _, name, doc in points]
-    echo(f"study {study.name}: {phase}, {len(todo)} runs" + (f", {jobs} at a time" if jobs > 1 else "")
-         + (f", as {options.executor} jobs (logs in {runs_dir / study.name / JOBS}/)" if options else ""))
+    echo(f"study {study.name}: {phase}, {len(todo)} runs" + execution.described(runs_dir / study.name))
     counter = iter(range(1, len(todo) + 1))
 
     def report(result: Any) -> None:
@@ -93,11 +91,8 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
 
     # resume=True: a run already done with this name and config is never run twice, and an interrupted
     # one continues from its checkpoint (run_study has refused a non-empty folder without --resume)
-    results, stopped_by = sweep.run_sweep(todo, runs_dir, jobs, True, report, manifest, batch_runs, options, echo)
-    again = (f"gdtrain study {study.source} --runs-dir {runs_dir} --resume" + (f" --jobs {jobs}" if jobs > 1 else "")
-             + (f" --batch-runs {batch_runs}" if batch_runs is not None else "")
-             + "".join(f" --set {shlex.quote(o)}" for o in study.overrides)
-             + "".join(f" {shlex.quote(arg)}" for arg in (options.args() if options else [])))
+    results, stopped_by = sweep.run_sweep(todo, runs_dir, replace(execution, resume=True), report, manifest, echo)
+    again = continue_command("study", study.source, runs_dir, study.overrides, execution)
     missing = [r for r in results if r.status not in ("finished", "diverged", "skipped") or r.run_dir is None]
     if stopped_by is not None:
         counts = ", ".join(f"{sum(r.status == s for r in results)} {s}"
