@@ -2,11 +2,12 @@
 
 Train: run, resume, sweep, study, paths, evaluate, bench. Read and explain: check, compare, list,
 data download. Each command is thin: it parses its options, calls the library inside user_errors()
-and prints. This module and what it imports at the top are torch-free, so the commands that do not
-train start at once (tests/test_startup.py): the others import their modules, and torch with them,
-when they run. A UserError becomes one line on stderr and exit code 2; nothing else is caught here.
-A command's docstring is its help, one line in the command list however long: two pass the line
-length (noqa).
+and prints. At the top this module imports Typer and nothing heavy, so `--help` and `--version`
+start as fast as any Typer app (benchmarks/startup.py): each command imports what it needs when it
+runs, the config schema (pydantic builds it at import) and torch among them, and the commands that
+do not train never import torch (tests/test_startup.py). A UserError becomes one line on stderr and
+exit code 2; nothing else is caught here. A command's docstring is its help, one line in the command
+list however long: two pass the line length (noqa).
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import contextlib
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from gdtrain import __version__
-from gdtrain.core.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
-from gdtrain.core.config import Config, load_config, to_dict
 from gdtrain.core.errors import StoppedElsewhere, UserError
-from gdtrain.core.yamlio import dump_yaml
+
+if TYPE_CHECKING:
+    from gdtrain.core.config import Config
 
 app = typer.Typer(
     help="Train and compare gradient-descent optimizers from YAML experiment configs.",
@@ -127,6 +128,8 @@ def main_options(
 
 
 def _load(config: Path, overrides: list[str] | None, device: Device | None = None) -> Config:
+    from gdtrain.core.config import load_config
+
     extra = [f"train.device={device.value}"] if device is not None else []
     return load_config(config, (overrides or []) + extra)
 
@@ -333,6 +336,8 @@ def compare(
 @app.command()
 def check(config: ConfigArg, overrides: SetOpt = None) -> None:
     """Validate a config and print it fully resolved, every default filled in, with its memory estimate; touches no data."""  # noqa: E501
+    from gdtrain.core.config import to_dict
+    from gdtrain.core.yamlio import dump_yaml
     from gdtrain.training.memory import describe  # no torch: check stays quick
 
     with user_errors():
@@ -403,6 +408,8 @@ def _whole_numbers(option: str, text: str) -> list[int]:
 @app.command("list")
 def list_components() -> None:
     """List the models, datasets, optimizers, schedules and losses gdtrain knows."""
+    from gdtrain.core.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
+
     for title, table in [("models", MODEL_HELP), ("datasets", DATASET_HELP), ("optimizers", OPTIMIZER_HELP),
                          ("schedules", SCHEDULE_HELP), ("losses", LOSS_HELP)]:
         typer.echo(f"{title}:")

@@ -1,4 +1,5 @@
-"""Commands that do not train import no torch, so they answer at once (README, "Start-up times").
+"""Commands that do not train import no torch, so they answer at once (docs/performance.md, "Start-up"), and
+`--help` and `--version` do not build the config schema either.
 
 Each command runs in a fresh interpreter (this one has torch loaded already), which then reports
 whether `torch` is among its modules. The folders they read are written by hand: no run trains.
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from test_mnist import make_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,8 @@ def finished_run(folder: Path, lr: float, seed: int, accuracy: float) -> None:
     """A run folder as `gdtrain run` leaves it, written by hand."""
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(
-        f"experiment: {{name: hand, seed: {seed}}}\noptimizer: {{name: sgd, lr: {lr}}}\ntrain: {{loss: cross_entropy}}\n")
+        f"experiment: {{name: hand, seed: {seed}}}\noptimizer: {{name: sgd, lr: {lr}}}\n"
+        "train: {loss: cross_entropy}\n")
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "epoch": 1, "accuracy/val": accuracy}) + "\n")
     (folder / "summary.json").write_text(json.dumps({"status": "finished", "final": {"accuracy/val": accuracy},
                                                      "wall_seconds": 1.0, "samples_per_second": 100.0}))
@@ -60,9 +63,39 @@ def test_commands_that_do_not_train_import_no_torch(args, tmp_path):
     assert not torch_imported, f"gdtrain {' '.join(args)} imported torch"
 
 
+# Runs `gdtrain ARGS` as the console script does, then prints which of the heavy modules were imported.
+HEAVY = """
+import sys
+from gdtrain.cli import main
+sys.argv = ["gdtrain", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print("imported:", sorted(m for m in ("torch", "gdtrain.core.config", "pydantic") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"]])
+def test_help_and_version_import_neither_the_config_schema_nor_torch(args):
+    """pydantic building the config schema is most of a slow start (benchmarks/startup.py); --help needs none of it."""
+    done = subprocess.run([sys.executable, "-c", HEAVY, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "imported: []", done.stdout
+
+
+def test_the_heavy_module_probe_sees_the_config_schema_when_a_command_loads_a_config():
+    """The probe above can fail: `check` builds the schema."""
+    done = subprocess.run([sys.executable, "-c", HEAVY, "check", "configs/smoke.yaml"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "imported: ['gdtrain.core.config', 'pydantic']", done.stdout
+
+
 def test_check_of_an_image_set_reads_headers_without_torch(tmp_path):
     make_set(tmp_path)
-    code, torch_imported, out = imports_torch("check", "configs/mnist_adam.yaml", "--set", f"data.root={tmp_path}", tmp_path=tmp_path)
+    code, torch_imported, out = imports_torch("check", "configs/mnist_adam.yaml", "--set", f"data.root={tmp_path}",
+                                              tmp_path=tmp_path)
     assert code == 0 and "memory" in out.lower(), out
     assert not torch_imported
 
@@ -85,5 +118,6 @@ def test_data_download_of_files_in_place_imports_no_torch(tmp_path):
 
 def test_a_command_that_trains_does_import_torch(tmp_path):
     """The probe sees torch when it is there: the tests above can fail."""
-    code, torch_imported, _ = imports_torch("run", "configs/smoke.yaml", "--runs-dir", tmp_path, "--quiet", tmp_path=tmp_path)
+    code, torch_imported, _ = imports_torch("run", "configs/smoke.yaml", "--runs-dir", tmp_path, "--quiet",
+                                            tmp_path=tmp_path)
     assert code == 0 and torch_imported
