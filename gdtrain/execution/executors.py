@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 from gdtrain.core.errors import UserError
 from gdtrain.core.runs import runs_named
 from gdtrain.core.signals import STOP_SIGNALS, Guard, die_with_process
-from gdtrain.training.tasks import Result, Task, lost_result
 from gdtrain.execution.units import attempt
+from gdtrain.training.tasks import Result, Task, lost_result
 
 if TYPE_CHECKING:
     from submitit import Executor, Job
@@ -231,9 +231,9 @@ def outcome(one: Submitted, local: bool, stopping: bool) -> list[Result] | UserE
 
 
 def run_job(unit: list[Task], threads: int | None, sweep: int | None) -> list[Result] | UserError:
-    """A job's life: its unit (units.attempt: one point, or a stacked group) under a guard; a signal before it starts leaves it not
-    started. `sweep`, for a local job: the sweep's pid, whose process group it leaves and whose end
-    it follows."""
+    """A job's life: its unit (units.attempt: one point, or a stacked group) under a guard; a signal
+    before it starts leaves it not started. `sweep`, for a local job: the sweep's pid, whose process
+    group it leaves and whose end it follows."""
     if sweep is not None:
         os.setpgid(0, 0)  # Ctrl-C at the terminal reaches the sweep only, which passes it on once
         die_with_process(sweep)

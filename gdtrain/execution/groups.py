@@ -19,10 +19,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gdtrain.training import memory
 from gdtrain.core import runs
-from gdtrain.training.checkpoints import STEP_FILE
 from gdtrain.core.config import Config, FunctionData, to_dict, validate
+from gdtrain.training import memory
+from gdtrain.training.checkpoints import STEP_FILE
 from gdtrain.training.tasks import Task
 
 if TYPE_CHECKING:
@@ -51,7 +51,8 @@ def resumed_step(task: Task) -> int:
 def checkpoint_steps(task: Task) -> set[int]:
     """The steps of the checkpoints in the run folder the task continues."""
     folder = Path(task.resume) / "checkpoints"
-    return {int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else []) if (m := STEP_FILE.fullmatch(p.name))}
+    files = folder.iterdir() if folder.is_dir() else []
+    return {int(m.group(1)) for p in files if (m := STEP_FILE.fullmatch(p.name))}
 
 
 def align(tasks: list[Task], configs: dict[str, Config]) -> list[Task]:
@@ -98,8 +99,8 @@ def fit(config: Config, device: torch.device) -> int | None:
 def plan(tasks: list[Task], batch_runs: int | None, jobs: int = 1) -> list[list[Task]]:
     """The tasks as groups, in the order their first point comes: compatible points together, at most
     `batch_runs` (None: as many as fit) and, with `jobs` processes, split so that each has a group."""
-    from gdtrain.training.device import resolve_device
     from gdtrain.stacked.optimizer import kind_key
+    from gdtrain.training.device import resolve_device
 
     configs = {task.name: validate(task.raw, task.name) for task in tasks}
     tasks = align(tasks, configs) if batch_runs != 1 else tasks
@@ -120,7 +121,8 @@ def plan(tasks: list[Task], batch_runs: int | None, jobs: int = 1) -> list[list[
         cap = min(x for x in (batch_runs, fit(config, device), len(members)) if x)
         if jobs > 1:
             cap = min(cap, math.ceil(len(members) / jobs))
-        members.sort(key=lambda t: kind_key(configs[t.name].optimizer, device))  # stable: the grid's order within a kind
+        # a stable sort: within a kind, points keep the grid's order
+        members.sort(key=lambda t: kind_key(configs[t.name].optimizer, device))
         count = math.ceil(len(members) / cap)  # near-equal sizes: 21 capped at 8 is 7 + 7 + 7
         for j in range(count):
             units.append((first[k], members[j * len(members) // count : (j + 1) * len(members) // count]))

@@ -6,9 +6,8 @@ import signal
 import time
 
 from gdtrain.core.errors import UserError
-from gdtrain.training.tasks import Result, Task, run_point
-
 from gdtrain.core.signals import Guard
+from gdtrain.training.tasks import Result, Task, run_point
 
 
 def run_unit(tasks: list[Task]) -> list[Result]:

@@ -33,8 +33,9 @@ from pathlib import Path
 from gdtrain.core.errors import UserError
 from gdtrain.core.runs import runs_named
 from gdtrain.core.signals import STOP_SIGNALS, Guard, die_with_parent
-from gdtrain.training.tasks import Result, Task, lost_result
 from gdtrain.execution.units import attempt
+from gdtrain.training.tasks import Result, Task, lost_result
+
 
 def _serve(conn: Connection, threads: int, parent: int) -> None:
     """A worker's life: run each group of tasks the parent sends and send back their results, until
