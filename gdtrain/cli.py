@@ -10,8 +10,8 @@ exit code 2; nothing else is caught here. A command's docstring is its help, one
 list however long: two pass the line length (noqa).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Typer would then build every command's options from
+# strings, evaluating each annotation again: 10 ms of `--help`'s 150 (benchmarks/startup.py).
 import contextlib
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -127,7 +127,7 @@ def main_options(
     """Train and compare gradient-descent optimizers from YAML experiment configs."""
 
 
-def _load(config: Path, overrides: list[str] | None, device: Device | None = None) -> Config:
+def _load(config: Path, overrides: list[str] | None, device: Device | None = None) -> "Config":
     from gdtrain.core.config import load_config
 
     extra = [f"train.device={device.value}"] if device is not None else []
