@@ -4,9 +4,14 @@
 
 Each command runs in a fresh interpreter of this venv, `--repeat` times; the best wall-clock time
 counts (the others measure the machine's other load). The bare app is two Typer commands and
-nothing else: what any Typer CLI pays to start. gdtrain's commands that do not train import neither
-torch nor the config schema (pydantic builds it at import), so their start-up is Typer's plus
-gdtrain's option declarations (tests/test_startup.py checks the imports).
+nothing else: what any Typer CLI pays to start. gdtrain's `--help` and `--version` import neither
+torch nor the config schema (pydantic builds it at import; tests/test_startup.py checks), so their
+start-up is Typer's plus gdtrain's option declarations. `--version` answers before Typer imports
+rich to render help, hence faster than the bare app's `--help`.
+
+Measured on a shared 2-core AMD EPYC VM, Python 3.11, best of 5: bare Typer app --help 136 ms,
+gdtrain --help 145 ms (1.07x), gdtrain --version 74 ms (0.54x); before the config schema left them,
+--help was 2.1x and --version 1.8x the bare app's --help.
 """
 
 from __future__ import annotations
