@@ -97,7 +97,8 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
     if stopped_by is not None:
         counts = ", ".join(f"{sum(r.status == s for r in results)} {s}"
                            for s in ("finished", "diverged", "skipped", "failed", "interrupted", "not started"))
-        echo(f"study {study.name} stopped by {signal.Signals(stopped_by).name} in {phase}: {counts}; continue with: {again}")
+        echo(f"study {study.name} stopped by {signal.Signals(stopped_by).name} in {phase}: {counts}; "
+             f"continue with: {again}")
         return None, 128 + stopped_by
     if missing:
         echo(f"study {study.name}: {len(missing)} of {len(todo)} {phase} runs did not finish "
