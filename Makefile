@@ -29,8 +29,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,plot]"
 	touch $@
 
-test: install ## lint (ruff) and run the test suite
+test: install ## lint and format check (ruff), then the test suite
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 smoke: install ## a few seconds end to end (the config the tests and CI use)

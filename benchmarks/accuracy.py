@@ -15,8 +15,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from gdtrain.training import recipe
 from gdtrain.core.config import load_config
+from gdtrain.training import recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # (config, dataset) → the test accuracy it must reach; a plain PyTorch loop with the same
@@ -42,15 +42,22 @@ def main() -> None:
         for (config, dataset), bar in BARS.items():
             accuracies = []
             for seed in range(args.seeds):
-                overrides = [f"data.name={dataset}", f"data.root={args.data_root}", f"experiment.seed={seed}",
-                             f"train.epochs={args.epochs}"]
+                overrides = [
+                    f"data.name={dataset}",
+                    f"data.root={args.data_root}",
+                    f"experiment.seed={seed}",
+                    f"train.epochs={args.epochs}",
+                ]
                 cfg = load_config(CONFIGS / f"{config}.yaml", overrides)
                 _, outcome = recipe.run(cfg, Path(runs), quiet=True)
                 accuracies.append(outcome.final["accuracy/test"])
             mean = statistics.mean(accuracies)
             per_seed = ", ".join(f"{a:.2%}" for a in accuracies)
-            print(f"| {config} | {dataset} | {per_seed} | **{mean:.2%}** | {bar:.1%} | "
-                  f"{'pass' if min(accuracies) >= bar else 'FAIL'} |", flush=True)
+            print(
+                f"| {config} | {dataset} | {per_seed} | **{mean:.2%}** | {bar:.1%} | "
+                f"{'pass' if min(accuracies) >= bar else 'FAIL'} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -64,9 +64,21 @@ def one_run(config: Path, nproc: int, timeout: float, log: Path) -> str:
     tag = uuid.uuid4().hex
     env = os.environ | {TAG: tag, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as runs, log.open("w") as out:
-        command = [sys.executable, "-m", "gdtrain", "run", str(config), "--nproc", str(nproc), "--runs-dir", runs, "--quiet"]
-        launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                    start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "gdtrain",
+            "run",
+            str(config),
+            "--nproc",
+            str(nproc),
+            "--runs-dir",
+            runs,
+            "--quiet",
+        ]
+        launcher = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+        )
         try:
             code = launcher.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -102,12 +114,17 @@ def main() -> None:
         counts[result] += 1
         if result == "ok" and args.logs is None:
             log.unlink()
-        print(f"run {i}/{args.runs}: {result} ({time.perf_counter() - t0:.1f} s)"
-              + ("" if result == "ok" else f"  log: {log}"), flush=True)
+        print(
+            f"run {i}/{args.runs}: {result} ({time.perf_counter() - t0:.1f} s)"
+            + ("" if result == "ok" else f"  log: {log}"),
+            flush=True,
+        )
     seconds = time.perf_counter() - started
-    print(f"runs: {args.runs}, hangs: {counts['hang']}, failed: {counts['failed']}, "
-          f"left a process behind: {counts['leftover']}; {seconds:.0f} s ({seconds / args.runs:.1f} s a run), "
-          f"timeout {args.timeout:g} s, --nproc {args.nproc}, {args.config.name}")
+    print(
+        f"runs: {args.runs}, hangs: {counts['hang']}, failed: {counts['failed']}, "
+        f"left a process behind: {counts['leftover']}; {seconds:.0f} s ({seconds / args.runs:.1f} s a run), "
+        f"timeout {args.timeout:g} s, --nproc {args.nproc}, {args.config.name}"
+    )
     sys.exit(0 if counts["ok"] == args.runs else 1)
 
 

@@ -24,28 +24,51 @@ CASES = {
     "smoke": ("smoke", []),
     "synthetic_moons_mlp": ("synthetic_moons_mlp", []),
     "mnist_adam (1 epoch)": ("mnist_adam", ["train.epochs=1"]),
-    "blobs 2M × 20, linear": ("smoke", ["data.n_samples=2000000", "data.n_features=20", "model={name: linear}",
-                                        "optimizer={name: sgd}", "train.epochs=1", "train.batch_size=256"]),
-    "moons 10M, linear": ("synthetic_moons_mlp", ["data.n_samples=10000000", "model={name: linear}",
-                                                  "train.epochs=1", "train.batch_size=4096"]),
+    "blobs 2M × 20, linear": (
+        "smoke",
+        [
+            "data.n_samples=2000000",
+            "data.n_features=20",
+            "model={name: linear}",
+            "optimizer={name: sgd}",
+            "train.epochs=1",
+            "train.batch_size=256",
+        ],
+    ),
+    "moons 10M, linear": (
+        "synthetic_moons_mlp",
+        ["data.n_samples=10000000", "model={name: linear}", "train.epochs=1", "train.batch_size=4096"],
+    ),
     "mlp [4096, 4096], adam": ("synthetic_moons_mlp", ["model.hidden_sizes=[4096, 4096]", "train.epochs=1"]),
-    "full batch 800k × [64, 64]": ("synthetic_moons_mlp", ["data.n_samples=1000000", "model.hidden_sizes=[64, 64]",
-                                                          "train.batch_size=full", "train.epochs=2"]),
-    "eval batch 200k × [256]": ("synthetic_xor_mlp", ["data.n_samples=400000", "data.val_fraction=0.5",
-                                                      "model.hidden_sizes=[256]", "train.eval_batch_size=200000",
-                                                      "train.epochs=1", "train.batch_size=4096"]),
+    "full batch 800k × [64, 64]": (
+        "synthetic_moons_mlp",
+        ["data.n_samples=1000000", "model.hidden_sizes=[64, 64]", "train.batch_size=full", "train.epochs=2"],
+    ),
+    "eval batch 200k × [256]": (
+        "synthetic_xor_mlp",
+        [
+            "data.n_samples=400000",
+            "data.val_fraction=0.5",
+            "model.hidden_sizes=[256]",
+            "train.eval_batch_size=200000",
+            "train.epochs=1",
+            "train.batch_size=4096",
+        ],
+    ),
 }
 
 
 def measure(config: str, overrides: list[str]) -> None:
     """In this process: run the config, print the estimate and the measured peak as JSON."""
-    from gdtrain.training import memory
-    from gdtrain.training import recipe
     from gdtrain.core.config import load_config
+    from gdtrain.training import memory, recipe
 
     def rss(key: str) -> int:
-        return next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                    if line.startswith(f"{key}:"))
+        return next(
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith(f"{key}:")
+        )
 
     cfg = load_config(ROOT / "configs" / f"{config}.yaml", overrides)
     sizes = memory.data_sizes(cfg)
@@ -62,8 +85,16 @@ def measure(config: str, overrides: list[str]) -> None:
     with tempfile.TemporaryDirectory() as runs:
         recipe.run(cfg, Path(runs), quiet=True)
     estimate = sum(p.bytes for p in parts) - min(parts[2].bytes, parts[3].bytes) + memory.OVERHEAD
-    print(json.dumps({"peak": rss("VmHWM") - start["rss"], "estimate": estimate, "check": memory.total(parts),
-                      "largest": max(parts, key=lambda p: p.bytes).name}))
+    print(
+        json.dumps(
+            {
+                "peak": rss("VmHWM") - start["rss"],
+                "estimate": estimate,
+                "check": memory.total(parts),
+                "largest": max(parts, key=lambda p: p.bytes).name,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -83,11 +114,19 @@ def main() -> None:
             if not (Path(args.data_root) / "MNIST" / "raw").is_dir():
                 continue
             overrides = [*overrides, f"data.root={args.data_root}"]
-        out = subprocess.run([sys.executable, __file__, "--one", config, *overrides], capture_output=True,
-                             text=True, check=True, cwd=ROOT).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", config, *overrides],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
         row = json.loads(out.splitlines()[-1])
-        print(f"| {name} | {row['largest']} | {size(row['peak'])} | {size(row['estimate'])} | "
-              f"{row['estimate'] / row['peak']:.2f} | {size(row['check'])} |", flush=True)
+        print(
+            f"| {name} | {row['largest']} | {size(row['peak'])} | {size(row['estimate'])} | "
+            f"{row['estimate'] / row['peak']:.2f} | {size(row['check'])} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

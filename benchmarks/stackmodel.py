@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from gdtrain.bench import machine, matmul_gflops
-from gdtrain.core.config import Config, load_config
 from gdtrain.components.models import build_model
+from gdtrain.core.config import Config, load_config
 from gdtrain.stacked.model import StackedModel, member_losses
 from gdtrain.stacked.optimizer import StackedOptimizer
 
@@ -115,6 +115,7 @@ def stacked_step(config: Config, m: int, batch: Batches, forward: str) -> tuple[
     def step() -> None:
         backward(*batch())
         optimizer.step(lr)
+
     pieces = {"gather": batch, "forward + backward": lambda: backward(x, y), "optimizer": lambda: optimizer.step(lr)}
     return step, pieces
 
@@ -138,6 +139,7 @@ def vmap_step(config: Config, m: int, batch: Batches) -> Callable[[], None]:
             p.grad = None
         losses(params, buffers, x, y).sum().backward()
         optimizer.step(lr)
+
     return step
 
 
@@ -153,10 +155,14 @@ def main() -> None:
     config = load_config(CONFIG)
     gflops = matmul_gflops(torch.device("cpu"))
     params = sum(p.numel() for p in members(config, 1)[0].parameters())
-    print(f"{machine()}; matmul {gflops:.0f} GFLOP/s; ms per step of all M members, best of "
-          f"{args.repeats} × {args.steps} steps")
-    print("\n| M | batch | (a) StackedModel | (a') batch-major | (b) vmap | (a) run-samples/s | (a) vs floor "
-          "| (a): gather | forward + backward | optimizer |")
+    print(
+        f"{machine()}; matmul {gflops:.0f} GFLOP/s; ms per step of all M members, best of "
+        f"{args.repeats} × {args.steps} steps"
+    )
+    print(
+        "\n| M | batch | (a) StackedModel | (a') batch-major | (b) vmap | (a) run-samples/s | (a) vs floor "
+        "| (a): gather | forward + backward | optimizer |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         for m in [int(s) for s in args.sizes.split(",")]:
@@ -166,8 +172,11 @@ def main() -> None:
             vmapped = timed(vmap_step(config, m, Batches(m, batch_size)), args.steps, args.repeats)
             parts = " | ".join(f"{timed(f, args.steps, args.repeats):.2f}" for f in pieces.values())
             floor = 6 * params * m * batch_size / (gflops * 1e9) * 1e3
-            print(f"| {m} | {batch_size} | {ours:.2f} | {before:.2f} | {vmapped:.2f} | "
-                  f"{m * batch_size / ours * 1e3:,.0f} | {ours / floor:.1f}× | {parts} |", flush=True)
+            print(
+                f"| {m} | {batch_size} | {ours:.2f} | {before:.2f} | {vmapped:.2f} | "
+                f"{m * batch_size / ours * 1e3:,.0f} | {ours / floor:.1f}× | {parts} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

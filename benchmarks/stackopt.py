@@ -26,6 +26,7 @@ Mixed group at M = 64: views 24,186, gathers 37,441 (+55%), masks 151,823.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 
@@ -33,10 +34,10 @@ import torch
 from torch import nn
 
 from gdtrain.bench import machine
-from gdtrain.core.config import AdamConfig, ConstantSchedule, SGDConfig
 from gdtrain.components.optimizers import IMPLEMENTATIONS, implementation
-from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_
+from gdtrain.core.config import AdamConfig, ConstantSchedule, SGDConfig
 from gdtrain.stacked.lr import MemberSchedules
+from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_
 from gdtrain.stacked.rules import RULES, Rows
 
 SHAPES = [(128, 784), (128,), (10, 128), (10,)]  # the seeds' MNIST MLP: fc1 weight and bias, fc2 weight and bias
@@ -75,20 +76,23 @@ def separate(m: int, kernel: str) -> Callable[[], None]:
     def step() -> None:
         for opt in optimizers:
             opt.step()
+
     return step
 
 
 def adam_table(sizes: list[int], steps: int, repeats: int) -> None:
     kernel = implementation(AdamConfig(), torch.device("cpu"))
-    print(f"\n| M | stacked, auto, own lr each | stacked, auto, one lr | stacked, for_loop rules, own lr each "
-          f"| M × Adam {kernel} (gdtrain's pick) | M × Adam foreach | speed-up: own lr each vs M × {kernel} |")
+    print(
+        f"\n| M | stacked, auto, own lr each | stacked, auto, one lr | stacked, for_loop rules, own lr each "
+        f"| M × Adam {kernel} (gdtrain's pick) | M × Adam foreach | speed-up: own lr each vs M × {kernel} |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for m in sizes:
         figures = []
         for kernel_, lrs in (("auto", (1e-3, 2e-3, 3e-3)), ("auto", (1e-3,)), ("for_loop", (1e-3, 2e-3, 3e-3))):
             configs = [AdamConfig(lr=lrs[i % len(lrs)], implementation=kernel_) for i in range(m)]
             opt, lr = StackedOptimizer(stack(m), configs), torch.tensor([c.lr for c in configs], dtype=torch.float64)
-            figures.append(timed(lambda: opt.step(lr), steps, repeats))
+            figures.append(timed(functools.partial(opt.step, lr), steps, repeats))
         solo = timed(separate(m, kernel), steps, repeats)
         foreach = timed(separate(m, "foreach"), steps, repeats)
         cells = " | ".join(f"{f:,.0f}" for f in (*figures, solo, foreach))
@@ -103,11 +107,22 @@ def masked(m: int, configs: list) -> Callable[[], None]:
     for name, switch in (("sgd", (True, False)), ("adam", (False,))):
         member = torch.tensor([c.name == name for c in configs])
         states = ("momentum_buffer",) if name == "sgd" else ("exp_avg", "exp_avg_sq")
-        hypers = ({"momentum": torch.full((m,), 0.9), "dampening": torch.zeros(m), "weight_decay": torch.zeros(m)}
-                  if name == "sgd" else {"beta1": torch.full((m,), 0.9), "beta2": torch.full((m,), 0.999),
-                                         "eps": torch.full((m,), 1e-8), "weight_decay": torch.zeros(m)})
-        kinds[name] = (member, switch, {s: [torch.zeros_like(p) for p in params] for s in states},
-                       {h: v.double() for h, v in hypers.items()})
+        hypers = (
+            {"momentum": torch.full((m,), 0.9), "dampening": torch.zeros(m), "weight_decay": torch.zeros(m)}
+            if name == "sgd"
+            else {
+                "beta1": torch.full((m,), 0.9),
+                "beta2": torch.full((m,), 0.999),
+                "eps": torch.full((m,), 1e-8),
+                "weight_decay": torch.zeros(m),
+            }
+        )
+        kinds[name] = (
+            member,
+            switch,
+            {s: [torch.zeros_like(p) for p in params] for s in states},
+            {h: v.double() for h, v in hypers.items()},
+        )
     lr, step_count = torch.full((m,), 1e-3, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
 
     def step() -> None:
@@ -118,12 +133,15 @@ def masked(m: int, configs: list) -> Callable[[], None]:
             with torch.no_grad():
                 for p, q in zip(params, new):
                     p.copy_(torch.where(member.view(-1, *[1] * (p.dim() - 1)), q, p))
+
     return step
 
 
 def mixed_table(sizes: list[int], steps: int, repeats: int) -> None:
-    print("\n| M (half SGD momentum, half Adam, for_loop rules) | by kind, views (µs/step) | interleaved, gathers "
-          "| masks |")
+    print(
+        "\n| M (half SGD momentum, half Adam, for_loop rules) | by kind, views (µs/step) | interleaved, gathers "
+        "| masks |"
+    )
     print("|---:|---:|---:|---:|")
     for m in [s for s in sizes if s > 1]:
         sgd, adam = SGDConfig(lr=0.01, momentum=0.9), AdamConfig(implementation="for_loop")
@@ -133,7 +151,7 @@ def mixed_table(sizes: list[int], steps: int, repeats: int) -> None:
         figures = []
         for configs in (by_kind, interleaved):
             opt = StackedOptimizer(stack(m), configs)
-            figures.append(timed(lambda: opt.step(lr), steps, repeats))
+            figures.append(timed(functools.partial(opt.step, lr), steps, repeats))
         figures.append(timed(masked(m, interleaved), steps, repeats))
         print(f"| {m} | " + " | ".join(f"{f:,.0f}" for f in figures) + " |")
 
@@ -144,7 +162,7 @@ def helpers_table(sizes: list[int], steps: int, repeats: int) -> None:
     for m in sizes:
         params = stack(m)
         max_norm = torch.tensor([1e9 if i % 2 else float("inf") for i in range(m)])  # half clip (never binding)
-        clip = timed(lambda: clip_grad_norms_(params, max_norm), steps, repeats)
+        clip = timed(functools.partial(clip_grad_norms_, params, max_norm), steps, repeats)
         warm = ConstantSchedule(warmup_steps=10**9)
         schedules = MemberSchedules([AdamConfig()] * m, [warm] * m, epochs=1)
         warming = timed(schedules.step, steps, repeats)

@@ -26,20 +26,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from gdtrain.training import engine
 from gdtrain.components import idx
-from gdtrain.core.config import Config, validate
 from gdtrain.components.datasets import Dataset
-from gdtrain.training.distributed import World
-from gdtrain.core.errors import UserError
 from gdtrain.components.models import build_model
 from gdtrain.components.optimizers import build_optimizer
-from gdtrain.training.recipe import compiled
+from gdtrain.core.config import Config, validate
+from gdtrain.core.errors import UserError
 from gdtrain.core.signals import Stop
 from gdtrain.stacked import loop as stacked
 from gdtrain.stacked.data import GroupData
-from gdtrain.training import lifecycle
+from gdtrain.training import engine, lifecycle
+from gdtrain.training.distributed import World
 from gdtrain.training.lifecycle import Outcome, Progress
+from gdtrain.training.recipe import compiled
 from gdtrain.training.tracker import NullTracker, Tracker
 
 
@@ -134,12 +133,22 @@ def lean_loop_epoch(images: Tensor, labels: Tensor, batch_size: int) -> float:
 def _config(batch_size: int, precision: str = "fp32", compile: bool = False, max_steps: int | None = None) -> Config:
     """The bench's run: configs/mnist_adam.yaml's MLP and Adam with the tutorials' (0.5, 0.5) pixels."""
     length = {"epochs": 1} if max_steps is None else {"max_steps": max_steps}
-    return validate({
-        "data": {"name": "mnist", "normalize": "half"}, "model": {"name": "mlp", "hidden_sizes": [128]},
-        "optimizer": {"name": "adam", "lr": 1e-3},
-        "train": {**length, "batch_size": batch_size, "loss": "cross_entropy", "log_every": 100,
-                  "precision": precision, "compile": compile},
-    }, "bench")
+    return validate(
+        {
+            "data": {"name": "mnist", "normalize": "half"},
+            "model": {"name": "mlp", "hidden_sizes": [128]},
+            "optimizer": {"name": "adam", "lr": 1e-3},
+            "train": {
+                **length,
+                "batch_size": batch_size,
+                "loss": "cross_entropy",
+                "log_every": 100,
+                "precision": precision,
+                "compile": compile,
+            },
+        },
+        "bench",
+    )
 
 
 def _dataset(images: Tensor, labels: Tensor, device: torch.device) -> Dataset:
@@ -160,14 +169,21 @@ def engine_run(data: Dataset, config: Config, seed: int, device: torch.device) -
     parts = engine.Parts(device, data, model, optimizer, None, None, scaler, config.train, steps, order, World())
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(Path(tmp))
-        outcome = engine.train(parts, tracker=tracker, quiet=True,
-                               model=compiled(model, data, config, config.train.batch_size))
+        outcome = engine.train(
+            parts, tracker=tracker, quiet=True, model=compiled(model, data, config, config.train.batch_size)
+        )
         tracker.close()
     return outcome
 
 
-def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.device, precision: str = "fp32",
-                 compile: bool = False) -> float:
+def engine_epoch(
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    compile: bool = False,
+) -> float:
     """Seconds for one training epoch of gdtrain's engine (a), logging included, compiling not."""
     outcome = engine_run(_dataset(images, labels, device), _config(batch_size, precision, compile), 0, device)
     return outcome.train_seconds * len(images) / outcome.samples  # scaled to one epoch of all `images`
@@ -175,8 +191,18 @@ def engine_epoch(images: Tensor, labels: Tensor, batch_size: int, device: torch.
 
 def machine() -> str:
     """CPU model, core count, torch version and threads, for the README."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
@@ -185,24 +211,51 @@ def stacked_run(data: Dataset, config: Config, runs: int, device: torch.device) 
     stacked loop itself (gdtrain/stacked/loop.py's `train`), for its max_steps: its train_seconds,
     which leave out validation as engine.train's do. The runs keep no checkpoints and log nothing,
     as engine_run's."""
-    configs = [config.model_copy(update={"experiment": config.experiment.model_copy(update={"seed": seed})})
-               for seed in range(runs)]
+    configs = [
+        config.model_copy(update={"experiment": config.experiment.model_copy(update={"seed": seed})})
+        for seed in range(runs)
+    ]
     n_train, n_val = len(data.x_train), len(data.x_val)
     rows = torch.arange(n_train + n_val, device=device)
-    shared = GroupData(torch.cat([data.x_train, data.x_val]), torch.cat([data.y_train, data.y_val]),
-                       rows[:n_train].expand(runs, n_train), rows[n_train:].expand(runs, n_val), data.n_classes)
+    shared = GroupData(
+        torch.cat([data.x_train, data.x_val]),
+        torch.cat([data.y_train, data.y_val]),
+        rows[:n_train].expand(runs, n_train),
+        rows[n_train:].expand(runs, n_val),
+        data.n_classes,
+    )
     model, optimizer, schedules, steps = stacked.stack(configs, shared, device)
     with tempfile.TemporaryDirectory() as tmp:
-        members = [stacked.Member(f"bench-{seed}", c, Path(tmp), None, NullTracker(), None, {},
-                                  torch.Generator(device=device).manual_seed(seed), Progress())
-                   for seed, c in enumerate(configs)]
+        members = [
+            stacked.Member(
+                f"bench-{seed}",
+                c,
+                Path(tmp),
+                None,
+                NullTracker(),
+                None,
+                {},
+                torch.Generator(device=device).manual_seed(seed),
+                Progress(),
+            )
+            for seed, c in enumerate(configs)
+        ]
         group = stacked.Group(members, shared, model, optimizer, schedules, steps, config.train, device)
         stacked.train(group, Stop())
     return group.at.outcome.train_seconds, group.at.outcome.samples
 
 
-def stacked_table(images: Tensor, labels: Tensor, batch_sizes: list[int], runs: list[int], steps: int,
-                  floor: float, device: torch.device, echo: Callable[[str], None], repeats: int = 3) -> None:
+def stacked_table(
+    images: Tensor,
+    labels: Tensor,
+    batch_sizes: list[int],
+    runs: list[int],
+    steps: int,
+    floor: float,
+    device: torch.device,
+    echo: Callable[[str], None],
+    repeats: int = 3,
+) -> None:
     """`echo` the stacked table: N runs trained together against N engine runs one after another.
 
     Each run takes `steps` steps: one epoch of the first steps × batch training images, not all of them
@@ -211,12 +264,16 @@ def stacked_table(images: Tensor, labels: Tensor, batch_sizes: list[int], runs: 
     """
     full = _dataset(images, labels, device)
     echo("")
-    echo(f"N runs trained together (one stacked model, one StackedOptimizer) and one after another (N engine "
-         f"runs, as (a)): each run {steps} steps, one epoch of the first {steps} × batch images, not all of them; "
-         f"best of {repeats}; run-samples/s:")
+    echo(
+        f"N runs trained together (one stacked model, one StackedOptimizer) and one after another (N engine "
+        f"runs, as (a)): each run {steps} steps, one epoch of the first {steps} × batch images, not all of them; "
+        f"best of {repeats}; run-samples/s:"
+    )
     echo("")
-    echo("| N | batch | together | one after another | together vs one after another | together vs floor "
-         "| one after another vs floor |")
+    echo(
+        "| N | batch | together | one after another | together vs one after another | together vs floor "
+        "| one after another vs floor |"
+    )
     echo("|---|---|---|---|---|---|---|")
     for batch_size in batch_sizes:
         config = _config(batch_size, max_steps=steps)
@@ -229,13 +286,22 @@ def stacked_table(images: Tensor, labels: Tensor, batch_sizes: list[int], runs: 
                 together.append(seconds)
                 alone.append(sum(engine_run(data, config, seed, device).train_seconds for seed in range(n)))
             per = min(together) / (n * samples), min(alone) / (n * samples)  # seconds per run-sample
-            echo(f"| {n} | {batch_size} | {1 / per[0]:,.0f} | {1 / per[1]:,.0f} | {per[1] / per[0]:.1f}x | "
-                 f"{per[0] / floor:.1f}x the floor | {per[1] / floor:.1f}x the floor |")
+            echo(
+                f"| {n} | {batch_size} | {1 / per[0]:,.0f} | {1 / per[1]:,.0f} | {per[1] / per[0]:.1f}x | "
+                f"{per[0] / floor:.1f}x the floor | {per[1] / floor:.1f}x the floor |"
+            )
 
 
-def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device, echo: Callable[[str], None],
-              samples: int | None = None, variants: bool = True, runs: list[int] | None = None,
-              steps: int = 50) -> None:
+def run_bench(
+    root: Path | None,
+    batch_sizes: list[int],
+    device: torch.device,
+    echo: Callable[[str], None],
+    samples: int | None = None,
+    variants: bool = True,
+    runs: list[int] | None = None,
+    steps: int = 50,
+) -> None:
     """Measure every row and `echo` the benchmark as markdown: machine, data, then the tables; `runs`: the
     stacked table's numbers of runs (None: no stacked table), each run `steps` steps."""
     images, labels, source = mnist_or_random(root)
@@ -245,19 +311,22 @@ def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device, e
     n = len(images)
     floor = 6 * params * n / (gflops * 1e9)  # forward 2, backward 4 FLOPs per parameter per sample
     echo(f"machine: {machine()}; device {device}")
-    echo(f"data: {source}; one epoch = {n:,} samples; matmul {gflops:.0f} GFLOP/s, so the floor is "
-         f"{floor:.3f} s/epoch")
+    echo(f"data: {source}; one epoch = {n:,} samples; matmul {gflops:.0f} GFLOP/s, so the floor is {floor:.3f} s/epoch")
     echo("")
-    echo("| batch | gdtrain s/epoch (samples/s) | (b) DataLoader loop | (c) lean loop | gdtrain vs (b) "
-         "| gdtrain vs floor |")
+    echo(
+        "| batch | gdtrain s/epoch (samples/s) | (b) DataLoader loop | (c) lean loop | gdtrain vs (b) "
+        "| gdtrain vs floor |"
+    )
     echo("|---|---|---|---|---|---|")
     for batch_size in batch_sizes:
         ours = engine_epoch(images, labels, batch_size, device)
         plain = plain_loop_epoch(images, labels, batch_size)
         lean = lean_loop_epoch(images, labels, batch_size)
         cell = lambda seconds: f"{seconds:.2f} ({n / seconds:,.0f})"  # noqa: E731
-        echo(f"| {batch_size} | {cell(ours)} | {cell(plain)} | {cell(lean)} | {plain / ours:.1f}x faster "
-             f"| {ours / floor:.1f}x the floor |")
+        echo(
+            f"| {batch_size} | {cell(ours)} | {cell(plain)} | {cell(lean)} | {plain / ours:.1f}x faster "
+            f"| {ours / floor:.1f}x the floor |"
+        )
     if variants:
         echo("")
         echo("| batch | gdtrain fp32 s/epoch | bf16 autocast | torch.compile (fp32) |")
@@ -268,7 +337,9 @@ def run_bench(root: Path | None, batch_sizes: list[int], device: torch.device, e
             started = time.perf_counter()
             fast = engine_epoch(images, labels, batch_size, device, compile=True)
             whole = time.perf_counter() - started
-            echo(f"| {batch_size} | {fp32:.2f} | {bf16:.2f} ({fp32 / bf16:.2f}x) | {fast:.2f} ({fp32 / fast:.2f}x; "
-                 f"{whole:.0f} s with compiling) |")
+            echo(
+                f"| {batch_size} | {fp32:.2f} | {bf16:.2f} ({fp32 / bf16:.2f}x) | {fast:.2f} ({fp32 / fast:.2f}x; "
+                f"{whole:.0f} s with compiling) |"
+            )
     if runs:
         stacked_table(images, labels, batch_sizes, runs, steps, floor / n, device, echo)

@@ -65,34 +65,73 @@ class Weights(str, Enum):
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config, e.g. configs/smoke.yaml.", show_default=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="The run folder, runs/<experiment>/<run>.", show_default=False)]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", "-s", metavar="KEY.PATH=VALUE",
-    help="Override a config value; repeatable, e.g. --set optimizer.lr=0.01.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY.PATH=VALUE",
+        help="Override a config value; repeatable, e.g. --set optimizer.lr=0.01.",
+    ),
+]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Folder that holds the experiments' run folders.")]
 DeviceOpt = Annotated[Device | None, typer.Option("--device", help="Overrides train.device.", case_sensitive=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-NprocOpt = Annotated[int, typer.Option(
-    "--nproc", min=1,
-    help="Processes to train with (DistributedDataParallel through torchrun; gloo on CPU, nccl on GPU).")]
-JobsOpt = Annotated[int, typer.Option(
-    "--jobs", "-j", min=1,
-    help="Runs at once, each in its own process with its share of the CPU threads; with --executor, jobs at once.")]
-BatchRunsOpt = Annotated[int | None, typer.Option(
-    "--batch-runs", metavar="N",
-    help="Most runs trained together as one stacked model (compatible points only); default: as many as fit in "
-         "memory; 1: each alone.")]
-ExecutorOpt = Annotated[str | None, typer.Option(
-    "--executor", metavar="local|slurm", show_default=False,
-    help="Run each point, or each stacked group of points, as a submitit job: local (processes on this machine) "
-         "or slurm (sbatch); job logs go to <experiment folder>/_jobs/. Default: in this process, or --jobs "
-         "worker processes.")]
-PartitionOpt = Annotated[str | None, typer.Option(
-    "--slurm-partition", show_default=False, help="The jobs' Slurm partition (with --executor slurm).")]
-GpusOpt = Annotated[int | None, typer.Option(
-    "--slurm-gpus-per-job", min=0, show_default=False, help="GPUs per Slurm job (with --executor slurm).")]
-TimeOpt = Annotated[int | None, typer.Option(
-    "--slurm-time", min=1, metavar="MINUTES", show_default=False,
-    help="Each Slurm job's time limit in minutes (with --executor slurm; default 60).")]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Processes to train with (DistributedDataParallel through torchrun; gloo on CPU, nccl on GPU).",
+    ),
+]
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        "--jobs",
+        "-j",
+        min=1,
+        help="Runs at once, each in its own process with its share of the CPU threads; with --executor, jobs at once.",
+    ),
+]
+BatchRunsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-runs",
+        metavar="N",
+        help="Most runs trained together as one stacked model (compatible points only); default: as many as fit in "
+        "memory; 1: each alone.",
+    ),
+]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        metavar="local|slurm",
+        show_default=False,
+        help="Run each point, or each stacked group of points, as a submitit job: local (processes on this machine) "
+        "or slurm (sbatch); job logs go to <experiment folder>/_jobs/. Default: in this process, or --jobs "
+        "worker processes.",
+    ),
+]
+PartitionOpt = Annotated[
+    str | None,
+    typer.Option("--slurm-partition", show_default=False, help="The jobs' Slurm partition (with --executor slurm)."),
+]
+GpusOpt = Annotated[
+    int | None,
+    typer.Option("--slurm-gpus-per-job", min=0, show_default=False, help="GPUs per Slurm job (with --executor slurm)."),
+]
+TimeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--slurm-time",
+        min=1,
+        metavar="MINUTES",
+        show_default=False,
+        help="Each Slurm job's time limit in minutes (with --executor slurm; default 60).",
+    ),
+]
 
 T = TypeVar("T")
 
@@ -121,8 +160,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Train and compare gradient-descent optimizers from YAML experiment configs."""
 
@@ -153,14 +193,17 @@ def _interruptible(train: Callable[[], T], where: Path) -> T:
 def run(
     config: ConfigArg,
     overrides: SetOpt = None,
-    name: Annotated[str | None, typer.Option(
-        "--name", "-n", help="Run name (default: <optimizer>-lr<lr>).")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Run name (default: <optimizer>-lr<lr>).")] = None,
     runs_dir: RunsDirOpt = Path("runs"),
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
-    skip_finished: Annotated[bool, typer.Option(
-        "--skip-finished",
-        help="Do nothing if a finished run of this exact config and name is already there (for make).")] = False,
+    skip_finished: Annotated[
+        bool,
+        typer.Option(
+            "--skip-finished",
+            help="Do nothing if a finished run of this exact config and name is already there (for make).",
+        ),
+    ] = False,
     nproc: NprocOpt = 1,
 ) -> None:
     """Train one experiment into runs/<experiment>/<name>-<timestamp>/ and log it to TensorBoard."""
@@ -170,9 +213,22 @@ def run(
     if nproc > 1:
         with user_errors():  # what one process can check, before torchrun starts several
             launch.check_shares(_load(config, overrides, device), nproc)
-        raise typer.Exit(launch.torchrun(nproc, [
-            "run", str(config), *_sets(overrides), "--runs-dir", str(runs_dir), *(["--name", name] if name else []),
-            *(["--device", device.value] if device else []), *(["--quiet"] if quiet else [])], typer.echo))
+        raise typer.Exit(
+            launch.torchrun(
+                nproc,
+                [
+                    "run",
+                    str(config),
+                    *_sets(overrides),
+                    "--runs-dir",
+                    str(runs_dir),
+                    *(["--name", name] if name else []),
+                    *(["--device", device.value] if device else []),
+                    *(["--quiet"] if quiet else []),
+                ],
+                typer.echo,
+            )
+        )
     with user_errors():
         cfg = _load(config, overrides, device)
         done = runs.finished_run(runs_dir, cfg, runs.run_name(cfg, name)) if skip_finished else None
@@ -186,13 +242,19 @@ def run(
 @app.command()
 def paths(
     config: ConfigArg,
-    optimizers: Annotated[str, typer.Option(
-        "--optimizers", "-o",
-        help="Comma-separated: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw; NAME:LR gives that one its "
-             "own lr (default: optimizer.lr).")] = "sgd,momentum,rmsprop,adam",
+    optimizers: Annotated[
+        str,
+        typer.Option(
+            "--optimizers",
+            "-o",
+            help="Comma-separated: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw; NAME:LR gives that one its "
+            "own lr (default: optimizer.lr).",
+        ),
+    ] = "sgd,momentum,rmsprop,adam",
     overrides: SetOpt = None,
-    name: Annotated[str | None, typer.Option(
-        "--name", "-n", help="Name of the folder with the picture (default: paths).")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Name of the folder with the picture (default: paths).")
+    ] = None,
     runs_dir: RunsDirOpt = Path("runs"),
     device: DeviceOpt = None,
 ) -> None:
@@ -223,8 +285,7 @@ def resume(run_dir: RunDirArg, quiet: QuietOpt = False, nproc: NprocOpt = 1) -> 
             _load(run_dir / "config.yaml", None)
             with recipe.own(run_dir):  # refused here in one line, not in rank 0 among torchrun's reports
                 pass
-        raise typer.Exit(launch.torchrun(nproc, ["resume", str(run_dir), *(["--quiet"] if quiet else [])],
-                                         typer.echo))
+        raise typer.Exit(launch.torchrun(nproc, ["resume", str(run_dir), *(["--quiet"] if quiet else [])], typer.echo))
     with user_errors():
         outcome = _interruptible(lambda: recipe.resume(run_dir, quiet, say=typer.echo), run_dir)
         cfg = _load(run_dir / "config.yaml", None)
@@ -234,9 +295,10 @@ def resume(run_dir: RunDirArg, quiet: QuietOpt = False, nproc: NprocOpt = 1) -> 
 @app.command()
 def evaluate(
     run_dir: RunDirArg,
-    checkpoint: Annotated[Weights, typer.Option(
-        "--checkpoint", "-c",
-        help="best: lowest validation loss; last: the final (or newest) weights.")] = Weights.last,
+    checkpoint: Annotated[
+        Weights,
+        typer.Option("--checkpoint", "-c", help="best: lowest validation loss; last: the final (or newest) weights."),
+    ] = Weights.last,
 ) -> None:
     """Validation and test metrics of a saved run's best or last weights."""
     from gdtrain.training import recipe
@@ -249,14 +311,26 @@ def evaluate(
 @app.command()
 def sweep(
     config: ConfigArg,
-    grid: Annotated[list[str] | None, typer.Option(
-        "--grid", "-g", metavar="KEY.PATH=V1,V2",
-        help="Values to sweep; repeatable, the runs are the cross product, e.g. --grid optimizer.lr=0.1,0.01.")] = None,
-    seeds: Annotated[int | None, typer.Option(
-        "--seeds", min=1, help="Also run each point with this many seeds (experiment.seed, seed+1, ...).")] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            "-g",
+            metavar="KEY.PATH=V1,V2",
+            help="Values to sweep; repeatable, the runs are the cross product, e.g. --grid optimizer.lr=0.1,0.01.",
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option("--seeds", min=1, help="Also run each point with this many seeds (experiment.seed, seed+1, ...)."),
+    ] = None,
     jobs: JobsOpt = 1,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Skip points that already have a finished (or diverged) run with the same config.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Skip points that already have a finished (or diverged) run with the same config."
+        ),
+    ] = False,
     batch_runs: BatchRunsOpt = None,
     overrides: SetOpt = None,
     runs_dir: RunsDirOpt = Path("runs"),
@@ -270,20 +344,24 @@ def sweep(
     from gdtrain.execution import sweep as sweeping
 
     with user_errors():
-        execution = options.execution(jobs, batch_runs, executor, slurm_partition, slurm_gpus_per_job, slurm_time,
-                                      resume)
+        execution = options.execution(
+            jobs, batch_runs, executor, slurm_partition, slurm_gpus_per_job, slurm_time, resume
+        )
         status = sweeping.sweep_file(config, grid or [], seeds, overrides or [], runs_dir, execution, typer.echo)
     raise typer.Exit(status)
 
 
 @app.command()
 def study(
-    study_file: Annotated[Path, typer.Argument(
-        metavar="STUDY", help="YAML study file, e.g. studies/quick.yaml.", show_default=False)],
-    runs_dir: Annotated[Path, typer.Option(
-        "--runs-dir", help="Folder that holds the study folder <runs-dir>/<study-name>/.")] = Path("runs"),
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue a study: runs already done are never run twice.")] = False,
+    study_file: Annotated[
+        Path, typer.Argument(metavar="STUDY", help="YAML study file, e.g. studies/quick.yaml.", show_default=False)
+    ],
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="Folder that holds the study folder <runs-dir>/<study-name>/.")
+    ] = Path("runs"),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a study: runs already done are never run twice.")
+    ] = False,
     jobs: JobsOpt = 1,
     batch_runs: BatchRunsOpt = None,
     overrides: SetOpt = None,
@@ -298,8 +376,9 @@ def study(
     from gdtrain.study.report import verdict_lines
 
     with user_errors():
-        execution = options.execution(jobs, batch_runs, executor, slurm_partition, slurm_gpus_per_job, slurm_time,
-                                      resume)
+        execution = options.execution(
+            jobs, batch_runs, executor, slurm_partition, slurm_gpus_per_job, slurm_time, resume
+        )
         planned = spec.load_study(study_file, overrides or [])
         folder, results, code = runner.run_study(planned, runs_dir, execution, typer.echo)
     if results is None:
@@ -312,19 +391,31 @@ def study(
 
 @app.command()
 def compare(
-    folder: Annotated[Path, typer.Argument(
-        help="A runs folder, e.g. runs/<experiment>; every run folder below it is read.", show_default=False)],
-    metric: Annotated[str | None, typer.Option(
-        "--metric", "-m", help="Tag to compare (default: accuracy/val, else loss/val).")] = None,
-    target: Annotated[float | None, typer.Option(
-        "--target", help="Report the first step where the metric reaches this value.")] = None,
-    per_run: Annotated[bool, typer.Option(
-        "--per-run", help="One row per run instead of one per configuration (mean ± std over seeds).")] = False,
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="A runs folder, e.g. runs/<experiment>; every run folder below it is read.", show_default=False
+        ),
+    ],
+    metric: Annotated[
+        str | None, typer.Option("--metric", "-m", help="Tag to compare (default: accuracy/val, else loss/val).")
+    ] = None,
+    target: Annotated[
+        float | None, typer.Option("--target", help="Report the first step where the metric reaches this value.")
+    ] = None,
+    per_run: Annotated[
+        bool,
+        typer.Option("--per-run", help="One row per run instead of one per configuration (mean ± std over seeds)."),
+    ] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f", case_sensitive=False, help="Output format.")] = Format.table,
-    plot: Annotated[Path | None, typer.Option(
-        "--plot", help="Also write a PNG of the loss and metric curves, overlaid (needs matplotlib).")] = None,
-    everything: Annotated[bool, typer.Option(
-        "--all", help="Every run folder, also those a sweep's or study's manifest.json does not list.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also write a PNG of the loss and metric curves, overlaid (needs matplotlib)."),
+    ] = None,
+    everything: Annotated[
+        bool,
+        typer.Option("--all", help="Every run folder, also those a sweep's or study's manifest.json does not list."),
+    ] = False,
 ) -> None:
     """Tabulate the runs under a folder by a metric, best first; optionally plot their curves."""
     from gdtrain.report.comparison import compare_folder
@@ -349,10 +440,12 @@ def check(config: ConfigArg, overrides: SetOpt = None) -> None:
 
 @data_app.command("download")
 def download(
-    dataset: Annotated[ImageSet, typer.Argument(
-        metavar="DATASET", help="mnist, fashion_mnist or kmnist.", show_default=False)],
-    root: Annotated[Path | None, typer.Option(
-        "--root", help="Folder for <Folder>/raw/ (default: $GDTRAIN_DATA, else ./data).")] = None,
+    dataset: Annotated[
+        ImageSet, typer.Argument(metavar="DATASET", help="mnist, fashion_mnist or kmnist.", show_default=False)
+    ],
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Folder for <Folder>/raw/ (default: $GDTRAIN_DATA, else ./data).")
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on each mirror.")] = 10.0,
 ) -> None:
     """Download the four IDX files from the public mirrors, md5-checked, into <root>/<Folder>/raw/."""
@@ -366,24 +459,40 @@ def download(
 
 @app.command()
 def bench(
-    data_root: Annotated[Path | None, typer.Option(
-        "--data-root",
-        help="Folder holding MNIST/raw/ (default: $GDTRAIN_DATA, else ./data); random data of MNIST's shape when "
-             "absent.")] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root",
+            help="Folder holding MNIST/raw/ (default: $GDTRAIN_DATA, else ./data); random data of MNIST's shape when "
+            "absent.",
+        ),
+    ] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "32,256",
     device: Annotated[Device, typer.Option("--device", case_sensitive=False)] = Device.auto,
-    samples: Annotated[int | None, typer.Option(
-        "--samples", min=1000, help="Images per epoch (default: all 60,000).")] = None,
-    variants: Annotated[bool, typer.Option(
-        "--variants/--no-variants", help="Also time bf16 autocast and torch.compile (compiling takes ~30 s).")] = True,
-    stacked: Annotated[bool, typer.Option(
-        "--stacked/--no-stacked",
-        help="Also time N runs trained together as one stacked model against the same N runs one after another "
-             "(1-3 min).")] = True,
-    runs: Annotated[str, typer.Option(
-        "--runs", help="The stacked table's numbers of runs N, comma-separated.")] = "1,8,21,64",
-    stacked_steps: Annotated[int, typer.Option(
-        "--stacked-steps", min=1, help="Steps each run of the stacked table takes (not whole epochs).")] = 50,
+    samples: Annotated[
+        int | None, typer.Option("--samples", min=1000, help="Images per epoch (default: all 60,000).")
+    ] = None,
+    variants: Annotated[
+        bool,
+        typer.Option(
+            "--variants/--no-variants", help="Also time bf16 autocast and torch.compile (compiling takes ~30 s)."
+        ),
+    ] = True,
+    stacked: Annotated[
+        bool,
+        typer.Option(
+            "--stacked/--no-stacked",
+            help="Also time N runs trained together as one stacked model against the same N runs one after another "
+            "(1-3 min).",
+        ),
+    ] = True,
+    runs: Annotated[
+        str, typer.Option("--runs", help="The stacked table's numbers of runs N, comma-separated.")
+    ] = "1,8,21,64",
+    stacked_steps: Annotated[
+        int,
+        typer.Option("--stacked-steps", min=1, help="Steps each run of the stacked table takes (not whole epochs)."),
+    ] = 50,
 ) -> None:
     """Seconds per epoch of the tutorials' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor; stacked runs."""  # noqa: E501
     from gdtrain import bench as benchmark
@@ -393,8 +502,16 @@ def bench(
     with user_errors():
         sizes, members = _whole_numbers("--batch-sizes", batch_sizes), _whole_numbers("--runs", runs)
         root = data_root or default_root(None)
-        benchmark.run_bench(root, sizes, resolve_device(device.value), typer.echo, samples, variants,
-                            members if stacked else None, stacked_steps)
+        benchmark.run_bench(
+            root,
+            sizes,
+            resolve_device(device.value),
+            typer.echo,
+            samples,
+            variants,
+            members if stacked else None,
+            stacked_steps,
+        )
 
 
 def _whole_numbers(option: str, text: str) -> list[int]:
@@ -410,8 +527,13 @@ def list_components() -> None:
     """List the models, datasets, optimizers, schedules and losses gdtrain knows."""
     from gdtrain.core.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
 
-    for title, table in [("models", MODEL_HELP), ("datasets", DATASET_HELP), ("optimizers", OPTIMIZER_HELP),
-                         ("schedules", SCHEDULE_HELP), ("losses", LOSS_HELP)]:
+    for title, table in [
+        ("models", MODEL_HELP),
+        ("datasets", DATASET_HELP),
+        ("optimizers", OPTIMIZER_HELP),
+        ("schedules", SCHEDULE_HELP),
+        ("losses", LOSS_HELP),
+    ]:
         typer.echo(f"{title}:")
         for key, text in table.items():
             typer.echo(f"  {key:<18} {text}")

@@ -23,8 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from gdtrain import cli
-from gdtrain.training import distributed
-from gdtrain.training import engine
+from gdtrain.training import distributed, engine
 
 PROBE = os.environ["PROBE"]
 RANK = int(os.environ["RANK"])

@@ -29,7 +29,9 @@ def tagged(tag: str) -> dict[int, dict[str, str]]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                env = dict(v.split("=", 1) for v in (entry / "environ").read_text(errors="replace").split("\0") if "=" in v)
+                env = dict(
+                    v.split("=", 1) for v in (entry / "environ").read_text(errors="replace").split("\0") if "=" in v
+                )
             except OSError:  # gone, or a zombie
                 continue
             if env.get(TAG) == tag:
@@ -76,8 +78,9 @@ def launched(*args: str | Path, env: dict[str, str] | None = None) -> Iterator[L
     tag = uuid.uuid4().hex
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         full_env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", TAG: tag} | (env or {})
-        process = subprocess.Popen([sys.executable, *map(str, args)], stdout=out, stderr=err, text=True, env=full_env,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, *map(str, args)], stdout=out, stderr=err, text=True, env=full_env, start_new_session=True
+        )
         launch = Launch(process, tag, out, err)
         try:
             yield launch

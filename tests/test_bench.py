@@ -31,9 +31,25 @@ def one_thread():
 
 
 def test_the_stacked_table_has_a_row_per_batch_size_and_number_of_runs(tmp_path, one_thread):
-    result = CliRunner().invoke(app, ["bench", "--data-root", str(tmp_path), "--samples", "1000", "--device", "cpu",
-                                      "--batch-sizes", "16,100", "--no-variants", "--runs", "1,3",
-                                      "--stacked-steps", "60"])  # 60 × 16 > 900 images: a last batch of 4, a 2nd epoch
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data-root",
+            str(tmp_path),
+            "--samples",
+            "1000",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "16,100",
+            "--no-variants",
+            "--runs",
+            "1,3",
+            "--stacked-steps",
+            "60",
+        ],
+    )  # 60 × 16 > 900 images: a last batch of 4, a 2nd epoch
     assert result.exit_code == 0, result.output
     assert "each run 60 steps" in result.stdout and "not all of them" in result.stdout
     rows = table_rows(result.stdout, "| N | batch | together |")
@@ -44,8 +60,22 @@ def test_the_stacked_table_has_a_row_per_batch_size_and_number_of_runs(tmp_path,
 
 
 def test_no_stacked_leaves_the_table_out(tmp_path, one_thread):
-    result = CliRunner().invoke(app, ["bench", "--data-root", str(tmp_path), "--samples", "1000", "--device", "cpu",
-                                      "--batch-sizes", "100", "--no-variants", "--no-stacked"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data-root",
+            str(tmp_path),
+            "--samples",
+            "1000",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "100",
+            "--no-variants",
+            "--no-stacked",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "together" not in result.stdout
 

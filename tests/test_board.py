@@ -23,13 +23,11 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
-from test_mnist import make_set
 
 from clihelp import gdtrain, write
-from gdtrain.training import board
-from gdtrain.training import checkpoints
-from gdtrain.core import folders
-from gdtrain.core import runs
+from gdtrain.core import folders, runs
+from gdtrain.training import board, checkpoints
+from test_mnist import make_set
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -60,8 +58,16 @@ def experiment(tmp_path_factory) -> Path:
     """runs/mixed: a picture folder and its function run, 6 sweep runs, 1 MNIST run, in that order."""
     tmp = tmp_path_factory.mktemp("board")
     runs_dir = tmp / "runs"
-    done = gdtrain("paths", ROOT / "configs" / "path_quadratic_sgd.yaml", "--optimizers", "sgd",
-                   "--set", "experiment.name=mixed", "--runs-dir", runs_dir)
+    done = gdtrain(
+        "paths",
+        ROOT / "configs" / "path_quadratic_sgd.yaml",
+        "--optimizers",
+        "sgd",
+        "--set",
+        "experiment.name=mixed",
+        "--runs-dir",
+        runs_dir,
+    )
     assert done.exit_code == 0, done.output
     done = gdtrain("sweep", write(tmp, MIXED), "--seeds", "2", "--runs-dir", runs_dir)
     assert done.exit_code == 0, done.output
@@ -92,8 +98,12 @@ def server(experiment, tmp_path) -> Iterator[str]:
     port, log = free_port(), open(tmp_path / "tensorboard.log", "wb")
     program = Path(sys.executable).with_name("tensorboard")
     command = [str(program)] if program.exists() else [sys.executable, "-m", "tensorboard.main"]
-    process = subprocess.Popen([*command, "--logdir", str(experiment), "--host", "127.0.0.1", "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [*command, "--logdir", str(experiment), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         expected = set(sessions_of(experiment)) | {".", board.GROUPS}
@@ -131,8 +141,9 @@ def get(url: str, route: str) -> object:
 
 
 def post(url: str, route: str, body: dict) -> dict:
-    request = urllib.request.Request(url + route, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + route, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -148,9 +159,11 @@ def metric_tags(experiment: dict) -> list[str]:
 def test_hparams_lists_every_setting_the_varying_ones_first(server):
     infos = experiment_of(server)["hparamInfos"]
     names, differs = [info["name"] for info in infos], [info.get("differs", False) for info in infos]
-    varying = names[:differs.count(True)]
+    varying = names[: differs.count(True)]
     assert differs == sorted(differs, reverse=True)  # the varying ones first: TensorBoard ticks the first five
-    assert {"optimizer.name", "optimizer.lr", "optimizer.momentum", "optimizer.nesterov", "optimizer.betas"} <= set(varying)
+    assert {"optimizer.name", "optimizer.lr", "optimizer.momentum", "optimizer.nesterov", "optimizer.betas"} <= set(
+        varying
+    )
     assert "experiment.run_name" not in names  # None is left out, not "None"
     kinds = {info["name"]: info["type"] for info in infos}
     assert kinds["optimizer.nesterov"] == "DATA_TYPE_BOOL" and kinds["optimizer.betas"] == "DATA_TYPE_STRING"
@@ -164,8 +177,11 @@ def test_hparams_metrics_include_the_test_metrics(server):
 
 
 def test_one_session_per_run_and_none_for_the_picture(server, experiment):
-    groups = post(server, "/data/plugin/hparams/session_groups",
-                  {"experimentName": "", "allowedStatuses": STATUSES, "startIndex": 0, "sliceSize": 1000})["sessionGroups"]
+    groups = post(
+        server,
+        "/data/plugin/hparams/session_groups",
+        {"experimentName": "", "allowedStatuses": STATUSES, "startIndex": 0, "sliceSize": 1000},
+    )["sessionGroups"]
     sessions = [session["name"] for group in groups for session in group["sessions"]]
     assert sorted(sessions) == sorted(sessions_of(experiment)) and len(sessions) == 8  # 6 sweep + MNIST + function
     assert not any(name.startswith("paths-") for name in sessions)
@@ -180,10 +196,15 @@ def test_custom_scalars_open_on_the_four_charts_with_one_band_per_configuration(
     layout = get(server, "/data/plugin/custom_scalars/layout")
     charts = [(chart, category.get("closed", False)) for category in layout["category"] for chart in category["chart"]]
     assert [(chart["title"], closed) for chart, closed in charts[:4]] == [
-        ("loss/train", False), ("loss/val", False), ("accuracy/val", False), ("lr", False)]
+        ("loss/train", False),
+        ("loss/val", False),
+        ("accuracy/val", False),
+        ("lr", False),
+    ]
     assert all(closed for _, closed in charts[4:]) and "grad_norm" in [chart["title"] for chart, _ in charts]
     assert charts[0][0]["margin"]["series"] == [
-        {"value": "seeds/loss/train/mean", "lower": "seeds/loss/train/min", "upper": "seeds/loss/train/max"}]
+        {"value": "seeds/loss/train/mean", "lower": "seeds/loss/train/min", "upper": "seeds/loss/train/max"}
+    ]
     tags = get(server, "/data/plugin/scalars/tags")
     grouped = {run for run in tags if run.startswith(board.GROUPS + "/")}
     assert len(grouped) == 3  # the sweep's 3 configurations: the function run beside them is not the sweep's
@@ -219,7 +240,16 @@ def test_a_sweep_stopped_by_a_signal_writes_the_groups_of_what_finished(tmp_path
                 os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the second point's run
 
     monkeypatch.setattr(checkpoints.Checkpoints, "save", save_then_signal)
-    args = ["sweep", SMOKE, "--grid", "optimizer.lr=0.1,0.01,0.001", "--runs-dir", tmp_path, "--batch-runs", "1"]  # in turn
+    args = [
+        "sweep",
+        SMOKE,
+        "--grid",
+        "optimizer.lr=0.1,0.01,0.001",
+        "--runs-dir",
+        tmp_path,
+        "--batch-runs",
+        "1",
+    ]  # in turn
     assert gdtrain(*args).exit_code == 130
     groups = lambda: [p for p in (tmp_path / "smoke" / board.GROUPS).iterdir() if p.is_dir()]  # noqa: E731
     assert len(groups()) == 1  # the one finished point; the interrupted one is no result yet
@@ -245,14 +275,18 @@ def test_a_band_is_the_mean_and_range_of_its_seeds(experiment):
 
 
 def test_a_run_holds_its_session_and_no_experiment(experiment):
-    (run_dir,) = [run.path for run in folders.read_runs(experiment)
-                  if run.config.get("optimizer.nesterov") is True and run.config["experiment.seed"] == 0]
+    (run_dir,) = [
+        run.path
+        for run in folders.read_runs(experiment)
+        if run.config.get("optimizer.nesterov") is True and run.config["experiment.seed"] == 0
+    ]
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.PluginTagToContent("hparams"))
     assert tags == {hparams_metadata.SESSION_START_INFO_TAG, hparams_metadata.SESSION_END_INFO_TAG}
     start = hparams_metadata.parse_session_start_info_plugin_data(
-        events.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG])
+        events.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG]
+    )
     assert start.group_name == run_dir.name
     assert start.hparams["optimizer.nesterov"].bool_value is True
     assert start.hparams["train.epochs"].number_value == 2
@@ -268,7 +302,9 @@ from pathlib import Path
 from gdtrain.training import board
 run_dir = Path(sys.argv[1]) / f"run{sys.argv[2]}-20250101-000000"
 run_dir.mkdir()
-(run_dir / "config.yaml").write_text(f"experiment: {{name: together}}\\noptimizer: {{name: sgd, lr: 0.{sys.argv[2]}}}\\n")
+(run_dir / "config.yaml").write_text(
+    f"experiment: {{name: together}}\\noptimizer: {{name: sgd, lr: 0.{sys.argv[2]}}}\\n"
+)
 board.define(run_dir.parent)
 """
     writers = [subprocess.Popen([sys.executable, "-c", code, str(folder), str(k)]) for k in range(1, 5)]
@@ -277,14 +313,29 @@ board.define(run_dir.parent)
     events = EventAccumulator(str(folder))
     events.Reload()
     experiment = hparams_metadata.parse_experiment_plugin_data(
-        events.PluginTagToContent("hparams")[hparams_metadata.EXPERIMENT_TAG])
+        events.PluginTagToContent("hparams")[hparams_metadata.EXPERIMENT_TAG]
+    )
     (lr,) = [info for info in experiment.hparam_infos if info.name == "optimizer.lr"]
     assert sorted(v.number_value for v in lr.domain_discrete.values) == [0.1, 0.2, 0.3, 0.4]
 
 
 def test_values_are_typed_as_what_they_are():
-    values = board.hparam_values({"optimizer.nesterov": True, "train.epochs": 1000, "optimizer.lr": 0.1,
-                                  "optimizer.betas": [0.9, 0.999], "model.hidden_sizes": [64, 64],
-                                  "experiment.run_name": None, "optimizer.name": "sgd"})
-    assert values == {"optimizer.nesterov": True, "train.epochs": 1000, "optimizer.lr": 0.1,
-                      "optimizer.betas": "[0.9, 0.999]", "model.hidden_sizes": "[64, 64]", "optimizer.name": "sgd"}
+    values = board.hparam_values(
+        {
+            "optimizer.nesterov": True,
+            "train.epochs": 1000,
+            "optimizer.lr": 0.1,
+            "optimizer.betas": [0.9, 0.999],
+            "model.hidden_sizes": [64, 64],
+            "experiment.run_name": None,
+            "optimizer.name": "sgd",
+        }
+    )
+    assert values == {
+        "optimizer.nesterov": True,
+        "train.epochs": 1000,
+        "optimizer.lr": 0.1,
+        "optimizer.betas": "[0.9, 0.999]",
+        "model.hidden_sizes": "[64, 64]",
+        "optimizer.name": "sgd",
+    }

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from clihelp import one_error
-from gdtrain.training import checkpoints
 from gdtrain.cli import app
-from gdtrain.core.folders import read_rows
 from gdtrain.core.errors import UserError
+from gdtrain.core.folders import read_rows
 from gdtrain.core.runs import run_folders
+from gdtrain.training import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -100,21 +100,40 @@ def test_a_truncated_last_metrics_line_loses_only_that_line(finished, tmp_path):
     assert read_rows(write(tmp_path, "\n".join(lines), "metrics.jsonl")) == []  # a hole mid-file: unusable
 
 
-SCALARS = st.one_of(st.sampled_from([10**400, 2**63, -1, True, None, "x", float("nan"), float("-inf")]),
-                    st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8))
+SCALARS = st.one_of(
+    st.sampled_from([10**400, 2**63, -1, True, None, "x", float("nan"), float("-inf")]),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=8),
+)
 TAGS = {"loss/train": SCALARS, "loss/val": SCALARS, "accuracy/val": SCALARS}
 COUNTS = {"step": st.integers(0, 9) | SCALARS, "epoch": st.integers(0, 3) | SCALARS}
-METRICS = st.lists(st.fixed_dictionaries(COUNTS, optional=TAGS), max_size=4).map(lambda rows: "".join(json.dumps(row) + "\n" for row in rows))
-SUMMARIES = st.fixed_dictionaries({"status": st.sampled_from(["finished", "diverged"]) | SCALARS}, optional={
-    "wall_seconds": SCALARS, "samples_per_second": SCALARS, "batch_size": SCALARS}).map(json.dumps)
-JSONISH = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                              max_size=3), max_leaves=8)
+METRICS = st.lists(st.fixed_dictionaries(COUNTS, optional=TAGS), max_size=4).map(
+    lambda rows: "".join(json.dumps(row) + "\n" for row in rows)
+)
+SUMMARIES = st.fixed_dictionaries(
+    {"status": st.sampled_from(["finished", "diverged"]) | SCALARS},
+    optional={"wall_seconds": SCALARS, "samples_per_second": SCALARS, "batch_size": SCALARS},
+).map(json.dumps)
+JSONISH = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
 GARBAGE = st.one_of(st.binary(max_size=60), st.text(max_size=60), JSONISH.map(json.dumps))
 
 
 @settings(max_examples=60, deadline=4000)
-@given(st.fixed_dictionaries({}, optional={"config.yaml": GARBAGE | JSONISH.map(json.dumps),
-                                           "summary.json": GARBAGE | SUMMARIES, "metrics.jsonl": GARBAGE | METRICS}))
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "config.yaml": GARBAGE | JSONISH.map(json.dumps),
+            "summary.json": GARBAGE | SUMMARIES,
+            "metrics.jsonl": GARBAGE | METRICS,
+        },
+    )
+)
 @example({"config.yaml": "!!set 0"})  # a ValueError inside the YAML loader
 @example({"metrics.jsonl": '{"step": 1, "epoch": 1, "accuracy/val": 1%s}\n' % ("0" * 400)})  # OverflowError
 @example({"metrics.jsonl": '{"step": 1%s, "epoch": 1, "accuracy/val": 0.5}\n' % ("0" * 400)})  # OverflowError

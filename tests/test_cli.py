@@ -19,16 +19,17 @@ import yaml
 
 from clihelp import gdtrain, write
 from gdtrain import __version__
-from gdtrain.core import runs
-from gdtrain.core.config import Config, load_config
-from gdtrain.core.catalog import DATASET_HELP, SCHEDULE_HELP
 from gdtrain.components.losses import LOSSES
 from gdtrain.components.models import MODELS
 from gdtrain.components.optimizers import OPTIMIZERS
+from gdtrain.core import runs
+from gdtrain.core.catalog import DATASET_HELP, SCHEDULE_HELP
+from gdtrain.core.config import Config, load_config
 from gdtrain.core.runs import run_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
+
 
 def folders(root: Path) -> list[Path]:
     """Every folder below `root`: a failed command must leave not even an empty runs/<experiment>/."""
@@ -58,14 +59,22 @@ BAD_CONFIGS = [
     ("string-number", "optimizer: {lr: '0.1'}\n", [], ["optimizer.lr: must be a number"]),
     ("negative-lr", "optimizer: {lr: -0.1}\n", [], ["optimizer.lr: must be > 0, got -0.1"]),
     ("zero-lr", "optimizer: {lr: 0}\n", [], ["optimizer.lr: must be > 0"]),
-    ("batch-over-dataset", "data: {n_samples: 100}\ntrain: {batch_size: 500}\n", [],
-     ["train.batch_size: 500 is more than the 80 training samples"]),
+    (
+        "batch-over-dataset",
+        "data: {n_samples: 100}\ntrain: {batch_size: 500}\n",
+        [],
+        ["train.batch_size: 500 is more than the 80 training samples"],
+    ),
     ("zero-batch", "train: {batch_size: 0}\n", [], ["train.batch_size: must be 'full' or a whole number >= 1, got 0"]),
     ("unknown-optimizer", "optimizer: {name: adamm}\n", [], ["optimizer.name: unknown optimizer 'adamm'", *OPTIMIZERS]),
     ("unknown-model", "model: {name: cnn}\n", [], ["model.name: unknown model 'cnn'", *MODELS]),
     ("unknown-dataset", "data: {name: cifar10}\n", [], ["data.name: unknown dataset 'cifar10'", *DATASET_HELP]),
-    ("set-unknown-key", "optimizer: {lr: 0.1}\n", ["optimizer.momentun=0.9"],
-     ["optimizer.momentun: unknown key", "did you mean 'momentum'?"]),
+    (
+        "set-unknown-key",
+        "optimizer: {lr: 0.1}\n",
+        ["optimizer.momentun=0.9"],
+        ["optimizer.momentun: unknown key", "did you mean 'momentum'?"],
+    ),
     ("set-unknown-section", "", ["trian.epochs=3"], ["trian: unknown section", "did you mean 'train'?"]),
     ("set-into-a-value", "optimizer: {lr: 0.1}\n", ["optimizer.lr.x=1"], ["optimizer.lr is a value, not a section"]),
     ("set-without-equals", "", ["optimizer.lr"], ["expected key.path=value"]),
@@ -76,8 +85,9 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "overrides", "fragments"), [case[1:] for case in BAD_CONFIGS],
-                         ids=[case[0] for case in BAD_CONFIGS])
+@pytest.mark.parametrize(
+    ("text", "overrides", "fragments"), [case[1:] for case in BAD_CONFIGS], ids=[case[0] for case in BAD_CONFIGS]
+)
 @pytest.mark.parametrize("command", ["run", "check"])
 def test_a_bad_config_is_one_error_line_and_exit_2(tmp_path, command, text, overrides, fragments):
     config = write(tmp_path, text)
@@ -134,14 +144,17 @@ def test_version():
     assert result.stdout.strip() == f"gdtrain {__version__}"
 
 
-@pytest.mark.parametrize(("command", "fragments"), [
-    ([], ["run", "check", "list", "data"]),
-    (["run"], ["--set", "--name", "--runs-dir", "--device", "--quiet"]),
-    (["check"], ["--set", "resolved"]),
-    (["list"], ["optimizers"]),
-    (["data"], ["download"]),
-    (["data", "download"], ["mnist", "fashion_mnist", "kmnist", "--root", "--timeout"]),
-])
+@pytest.mark.parametrize(
+    ("command", "fragments"),
+    [
+        ([], ["run", "check", "list", "data"]),
+        (["run"], ["--set", "--name", "--runs-dir", "--device", "--quiet"]),
+        (["check"], ["--set", "resolved"]),
+        (["list"], ["optimizers"]),
+        (["data"], ["download"]),
+        (["data", "download"], ["mnist", "fashion_mnist", "kmnist", "--root", "--timeout"]),
+    ],
+)
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_help_on_every_command(command, fragments, flag):
     result = gdtrain(*command, flag)
@@ -151,9 +164,17 @@ def test_help_on_every_command(command, fragments, flag):
         assert fragment in result.stdout
 
 
-@pytest.mark.parametrize("command", [[], *[[name] for name in
-                                      ("run", "paths", "resume", "evaluate", "sweep", "study", "compare", "check",
-                                       "bench", "list")], ["data", "download"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        *[
+            [name]
+            for name in ("run", "paths", "resume", "evaluate", "sweep", "study", "compare", "check", "bench", "list")
+        ],
+        ["data", "download"],
+    ],
+)
 def test_help_shows_no_value_after_a_flag_and_plain_argument_names(command):
     """`--quiet  No progress bars`, not `--quiet <bool>`; `Usage: gdtrain run [OPTIONS] CONFIG`, not `{config}`."""
     result = gdtrain(*command, "--help")
@@ -179,16 +200,25 @@ def test_list_shows_every_component_under_its_heading():
     result = gdtrain("list")
     assert result.exit_code == 0
     assert listed(result.stdout) == {
-        "models": set(MODELS), "datasets": set(DATASET_HELP), "optimizers": set(OPTIMIZERS),
-        "schedules": set(SCHEDULE_HELP), "losses": set(LOSSES),
+        "models": set(MODELS),
+        "datasets": set(DATASET_HELP),
+        "optimizers": set(OPTIMIZERS),
+        "schedules": set(SCHEDULE_HELP),
+        "losses": set(LOSSES),
     }
 
 
 # --- check --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [SMOKE.read_text(), "train: {max_steps: 50, batch_size: full}\n",
-                                  "optimizer: {name: adamw, lr: 3e-4, betas: [0.8, 0.95]}\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        SMOKE.read_text(),
+        "train: {max_steps: 50, batch_size: full}\n",
+        "optimizer: {name: adamw, lr: 3e-4, betas: [0.8, 0.95]}\n",
+    ],
+)
 def test_check_prints_a_resolved_config_that_reads_back_the_same(tmp_path, text):
     config = write(tmp_path, text)
     result = gdtrain("check", config)
@@ -223,8 +253,11 @@ def test_check_shows_overrides(tmp_path):
 
 def shown_run_folder(stdout: str) -> Path:
     """The run folder `gdtrain run` names first, when it starts, and again at the end."""
-    first, last = [Path(line.removeprefix("run folder: ").split()[0]) for line in stdout.splitlines()
-                   if line.startswith("run folder: ")]
+    first, last = [
+        Path(line.removeprefix("run folder: ").split()[0])
+        for line in stdout.splitlines()
+        if line.startswith("run folder: ")
+    ]
     assert first == last
     return first
 
@@ -271,8 +304,11 @@ def test_two_runs_with_one_name_get_two_folders(tmp_path):
 
 
 def test_a_diverging_run_exits_1_and_suggests_a_smaller_lr(tmp_path):
-    config = write(tmp_path, "data: {name: linear_regression, n_samples: 100}\noptimizer: {name: sgd, lr: 10}\n"
-                             "train: {epochs: 200, batch_size: full, loss: mse}\n")  # error × 19 per step
+    config = write(
+        tmp_path,
+        "data: {name: linear_regression, n_samples: 100}\noptimizer: {name: sgd, lr: 10}\n"
+        "train: {epochs: 200, batch_size: full, loss: mse}\n",
+    )  # error × 19 per step
     result = gdtrain("run", config, "--runs-dir", tmp_path / "runs", "--quiet")
     assert result.exit_code == 1
     assert "Traceback" not in result.output
@@ -291,8 +327,14 @@ def test_a_diverging_run_exits_1_and_suggests_a_smaller_lr(tmp_path):
 
 def python_m_gdtrain(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "gdtrain", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gdtrain", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_python_m_gdtrain_version(tmp_path):
@@ -301,10 +343,13 @@ def test_python_m_gdtrain_version(tmp_path):
     assert proc.stdout.strip() == f"gdtrain {__version__}"
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (["exp.yaml"], "optimizer.lrr: unknown key; did you mean 'lr'?"),  # fails in the config
-    ([SMOKE, "--runs-dir", "blocker/runs"], "cannot create the run folder"),  # fails in the recipe
-])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["exp.yaml"], "optimizer.lrr: unknown key; did you mean 'lr'?"),  # fails in the config
+        ([SMOKE, "--runs-dir", "blocker/runs"], "cannot create the run folder"),  # fails in the recipe
+    ],
+)
 def test_a_real_process_prints_one_error_line_and_exits_2(tmp_path, args, fragment):
     write(tmp_path, "optimizer: {name: sgd, lrr: 0.1}\n")
     write(tmp_path, "a regular file", "blocker")

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from gdtrain import cli
-from gdtrain.core.config import LOSS_TASKS, Config, ImageData, MLPModel, TrainConfig, load_config, to_dict, validate
-from gdtrain.core.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
 from gdtrain.components.datasets import SYNTHETIC
-from gdtrain.core.errors import UserError
 from gdtrain.components.losses import LOSSES
 from gdtrain.components.models import ACTIVATIONS, MODELS, build_model
 from gdtrain.components.optimizers import FUSED, IMPLEMENTATIONS, OPTIMIZERS, build_optimizer, build_schedule
+from gdtrain.core.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
+from gdtrain.core.config import LOSS_TASKS, Config, ImageData, MLPModel, TrainConfig, load_config, to_dict, validate
+from gdtrain.core.errors import UserError
 from gdtrain.core.yamlio import dump_yaml, parse_value
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -41,8 +41,19 @@ def reload(config: Config, tmp_path: Path) -> Config:
 # --- reading YAML -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "value"), [("1e-3", 1e-3), ("1E-3", 1e-3), ("-2e-4", -2e-4), ("+1e2", 100.0),
-                                             ("1.5e3", 1500.0), ("3.", 3.0), (".5", 0.5), ("1_000.5", 1000.5)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1e-3", 1e-3),
+        ("1E-3", 1e-3),
+        ("-2e-4", -2e-4),
+        ("+1e2", 100.0),
+        ("1.5e3", 1500.0),
+        ("3.", 3.0),
+        (".5", 0.5),
+        ("1_000.5", 1000.5),
+    ],
+)
 def test_every_float_spelling_is_a_number_in_a_file_and_in_set(tmp_path, text, value):
     raw = f"train: {{min_delta: {text}}}\n" if value >= 0 else f"data: {{bias: {text}}}\n"
     cfg = load_config(write(tmp_path, raw))
@@ -115,21 +126,26 @@ def test_overrides_are_type_checked_like_the_file(tmp_path):
 
 def test_overrides_create_sections_read_yaml_values_and_the_last_wins(tmp_path):
     path = write(tmp_path, "")
-    cfg = load_config(path, ["optimizer.lr=0.5", "model={name: mlp, hidden_sizes: [8, 4]}", "train.batch_size=full",
-                             "optimizer.lr=0.25"])
+    cfg = load_config(
+        path,
+        ["optimizer.lr=0.5", "model={name: mlp, hidden_sizes: [8, 4]}", "train.batch_size=full", "optimizer.lr=0.25"],
+    )
     assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.25
     assert cfg.model.hidden_sizes == [8, 4]
     assert cfg.train.batch_size == "full"
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("optimizer.momentun=0.9", r"optimizer\.momentun: unknown key; did you mean 'momentum'\?"),
-    ("nosuch.key=1", r"nosuch: unknown section"),
-    ("optimizer.lr.x=1", r"optimizer\.lr is a value, not a section"),
-    ("optimizer.lr", r"expected key\.path=value"),
-    ("optimizer..lr=1", r"expected key\.path=value"),
-    ("optimizer.lr=[1", r"--set optimizer\.lr: the value '\[1' is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.momentun=0.9", r"optimizer\.momentun: unknown key; did you mean 'momentum'\?"),
+        ("nosuch.key=1", r"nosuch: unknown section"),
+        ("optimizer.lr.x=1", r"optimizer\.lr is a value, not a section"),
+        ("optimizer.lr", r"expected key\.path=value"),
+        ("optimizer..lr=1", r"expected key\.path=value"),
+        ("optimizer.lr=[1", r"--set optimizer\.lr: the value '\[1' is not valid YAML"),
+    ],
+)
 def test_an_override_of_a_path_that_does_not_exist_is_an_error(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
         load_config(write(tmp_path, "optimizer: {name: sgd, lr: 0.1}\n"), [override])
@@ -153,26 +169,29 @@ def test_every_problem_is_its_own_line_with_its_dotted_path():
     assert lines[2].startswith("x.yaml: train.epochs: must be a whole number")
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    ({"optimizer": {"lr": "0.1"}}, r"optimizer\.lr: must be a number, got '0\.1' \(str\)"),
-    ({"train": {"epochs": True}}, r"train\.epochs: must be a whole number"),
-    ({"train": {"epochs": 1.5}}, r"train\.epochs: must be a whole number"),
-    ({"train": {"batch_size": 0}}, r"train\.batch_size: must be 'full' or a whole number >= 1, got 0"),
-    ({"train": {"batch_size": 2.0}}, r"train\.batch_size: must be 'full' or a whole number"),
-    ({"data": {"n_samples": 100}, "train": {"batch_size": 81}}, r"train\.batch_size: 81 is more than the 80 train"),
-    ({"optimizer": {"lr": float("nan")}}, r"optimizer\.lr: must be > 0, got nan"),
-    ({"optimizer": {"name": "adam", "betas": [0.9]}}, r"optimizer\.betas: must be two numbers"),
-    ({"optimizer": {"nesterov": True}}, r"optimizer\.nesterov: needs momentum > 0"),
-    ({"train": {"epochs": 3, "max_steps": 5}}, r"train\.epochs: set train\.epochs or train\.max_steps, not both"),
-    ({"train": {"loss": "cross_entropy"}}, r"train\.loss: cross_entropy is for classification"),
-    ({"data": {"name": "blobs"}, "train": {"loss": "bce"}}, r"train\.loss: bce needs 2 classes"),
-    ({"data": {"val_fraction": 0.999, "n_samples": 10}}, r"data\.val_fraction: leaves 0 training"),
-    ({"experiment": {"name": "../up"}}, r"experiment\.name: must be 1-100 letters"),
-    ({"experiment": {"run_name": "a/b"}}, r"experiment\.run_name: must be 1-100 letters"),
-    ({"optimizer": {"name": "adamm"}}, r"optimizer\.name: unknown optimizer 'adamm'; did you mean 'adam'\?"),
-    ({"schedule": {"name": "cosine", "gama": 0.5}}, r"schedule\.gama: unknown key"),
-    ({"optimizer": 3}, r"optimizer: must be a mapping of keys, got 3"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"optimizer": {"lr": "0.1"}}, r"optimizer\.lr: must be a number, got '0\.1' \(str\)"),
+        ({"train": {"epochs": True}}, r"train\.epochs: must be a whole number"),
+        ({"train": {"epochs": 1.5}}, r"train\.epochs: must be a whole number"),
+        ({"train": {"batch_size": 0}}, r"train\.batch_size: must be 'full' or a whole number >= 1, got 0"),
+        ({"train": {"batch_size": 2.0}}, r"train\.batch_size: must be 'full' or a whole number"),
+        ({"data": {"n_samples": 100}, "train": {"batch_size": 81}}, r"train\.batch_size: 81 is more than the 80 train"),
+        ({"optimizer": {"lr": float("nan")}}, r"optimizer\.lr: must be > 0, got nan"),
+        ({"optimizer": {"name": "adam", "betas": [0.9]}}, r"optimizer\.betas: must be two numbers"),
+        ({"optimizer": {"nesterov": True}}, r"optimizer\.nesterov: needs momentum > 0"),
+        ({"train": {"epochs": 3, "max_steps": 5}}, r"train\.epochs: set train\.epochs or train\.max_steps, not both"),
+        ({"train": {"loss": "cross_entropy"}}, r"train\.loss: cross_entropy is for classification"),
+        ({"data": {"name": "blobs"}, "train": {"loss": "bce"}}, r"train\.loss: bce needs 2 classes"),
+        ({"data": {"val_fraction": 0.999, "n_samples": 10}}, r"data\.val_fraction: leaves 0 training"),
+        ({"experiment": {"name": "../up"}}, r"experiment\.name: must be 1-100 letters"),
+        ({"experiment": {"run_name": "a/b"}}, r"experiment\.run_name: must be 1-100 letters"),
+        ({"optimizer": {"name": "adamm"}}, r"optimizer\.name: unknown optimizer 'adamm'; did you mean 'adam'\?"),
+        ({"schedule": {"name": "cosine", "gama": 0.5}}, r"schedule\.gama: unknown key"),
+        ({"optimizer": 3}, r"optimizer: must be a mapping of keys, got 3"),
+    ],
+)
 def test_bad_values_name_their_path_and_what_is_allowed(raw, message):
     with pytest.raises(UserError, match=message):
         validate(raw, "x.yaml")
@@ -234,12 +253,15 @@ def test_the_schema_helpers_see_the_schema():
     assert {"sgd", "adam"} <= schema_names("optimizer")
 
 
-@pytest.mark.parametrize(("section", "registries"), [
-    ("data", [DATASET_HELP]),
-    ("model", [MODELS, MODEL_HELP]),
-    ("optimizer", [OPTIMIZERS, OPTIMIZER_HELP]),
-    ("schedule", [SCHEDULE_HELP]),
-])
+@pytest.mark.parametrize(
+    ("section", "registries"),
+    [
+        ("data", [DATASET_HELP]),
+        ("model", [MODELS, MODEL_HELP]),
+        ("optimizer", [OPTIMIZERS, OPTIMIZER_HELP]),
+        ("schedule", [SCHEDULE_HELP]),
+    ],
+)
 def test_registries_hold_exactly_the_names_the_schema_accepts(section, registries):
     for registry in registries:
         assert set(registry) == schema_names(section)
@@ -259,7 +281,9 @@ def test_losses_and_activations_match_their_literals():
 
 
 def test_every_implementation_name_has_torch_arguments():
-    accepted = set().union(*(literal(m, "implementation") for m in members(Config.model_fields["optimizer"].annotation)))
+    accepted = set().union(
+        *(literal(m, "implementation") for m in members(Config.model_fields["optimizer"].annotation))
+    )
     assert set(IMPLEMENTATIONS) | {"auto"} == accepted  # auto resolves to one of them per optimizer and device
     assert set(FUSED) <= set(OPTIMIZERS)
 

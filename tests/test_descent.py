@@ -13,15 +13,16 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from clihelp import gdtrain, write
-from gdtrain.training import descent
-from gdtrain.training import recipe
-from gdtrain.core.config import FunctionData, load_config, validate
 from gdtrain.components.functions import FUNCTIONS
 from gdtrain.components.optimizers import OPTIMIZERS
+from gdtrain.core.config import FunctionData, load_config, validate
 from gdtrain.core.runs import run_folders
+from gdtrain.training import descent, recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUADRATIC = CONFIGS / "path_quadratic_sgd.yaml"  # the seeds': x² from 10, lr 0.1, 20 steps
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -37,8 +38,11 @@ def function_run(tmp_path: Path, raw: dict):
 
 
 def quadratic(optimizer: dict, steps: int = 20, **train) -> dict:
-    return {"data": {"name": "function", "function": "quadratic", "start": [10.0]}, "optimizer": optimizer,
-            "train": {"max_steps": steps, **train}}
+    return {
+        "data": {"name": "function", "function": "quadratic", "start": [10.0]},
+        "optimizer": optimizer,
+        "train": {"max_steps": steps, **train},
+    }
 
 
 # --- the closed forms -------------------------------------------------------------------------
@@ -113,8 +117,9 @@ def test_schedules_step_once_per_optimizer_step(tmp_path):
 
 
 def test_divergence_stops_the_run_and_exits_1(tmp_path):
-    config = write(tmp_path, "data: {name: function, start: [10.0]}\noptimizer: {name: sgd, lr: 10}\n"
-                             "train: {max_steps: 1000}\n")  # x × −19 per step: f overflows near step 120
+    config = write(
+        tmp_path, "data: {name: function, start: [10.0]}\noptimizer: {name: sgd, lr: 10}\ntrain: {max_steps: 1000}\n"
+    )  # x × −19 per step: f overflows near step 120
     result = gdtrain("run", config, "--runs-dir", tmp_path / "runs", "--quiet")
     assert result.exit_code == 1
     (line,) = result.stderr.splitlines()
@@ -184,8 +189,9 @@ def test_a_function_run_writes_its_picture_scalars_and_image(tmp_path):
 
 
 def test_paths_draws_every_optimizer_in_one_figure_and_logs_it(tmp_path):
-    result = gdtrain("paths", QUADRATIC, "--optimizers", "sgd,momentum,adam:0.5", "--runs-dir", tmp_path,
-                     "--device", "cpu")  # train.device is one of the train keys a function takes
+    result = gdtrain(
+        "paths", QUADRATIC, "--optimizers", "sgd,momentum,adam:0.5", "--runs-dir", tmp_path, "--device", "cpu"
+    )  # train.device is one of the train keys a function takes
     assert result.exit_code == 0, result.output
     experiment = tmp_path / "path_quadratic"
     (folder,) = experiment.glob("paths-*")
@@ -203,8 +209,9 @@ def test_paths_draws_every_optimizer_in_one_figure_and_logs_it(tmp_path):
 
 
 def test_paths_exits_1_when_an_optimizer_diverges_but_still_draws(tmp_path):
-    result = gdtrain("paths", QUADRATIC, "--optimizers", "sgd,sgd:10", "--runs-dir", tmp_path,
-                     "--set", "train.max_steps=200")
+    result = gdtrain(
+        "paths", QUADRATIC, "--optimizers", "sgd,sgd:10", "--runs-dir", tmp_path, "--set", "train.max_steps=200"
+    )
     assert result.exit_code == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: diverged: sgd-lr10-") and "try a smaller lr" in line
@@ -215,18 +222,33 @@ def test_paths_exits_1_when_an_optimizer_diverges_but_still_draws(tmp_path):
 
 FUNCTION = "data: {name: function, function: rosenbrock, start: [-1.5, 2.5]}\ntrain: {max_steps: 5}\n"
 BAD = [
-    ("start-too-short", "data: {name: function, function: rosenbrock, start: [1.0]}\ntrain: {max_steps: 5}\n",
-     "data.start: rosenbrock takes a 2-D [x, y] start point, got [1.0]"),
-    ("start-too-long", "data: {name: function, start: [1, 2, 3]}\ntrain: {max_steps: 5}\n",
-     "data.start: quadratic takes a 1-D [x] or 2-D [x, y] start point"),
-    ("start-not-finite", "data: {name: function, start: [.nan]}\ntrain: {max_steps: 5}\n",
-     "data.start: must be finite numbers"),
-    ("unknown-function", "data: {name: function, function: rosenbrok}\ntrain: {max_steps: 5}\n",
-     "data.function: must be one of 'quadratic', 'ill_conditioned', 'rosenbrock', 'rastrigin' or 'beale', "
-     "got 'rosenbrok'"),
+    (
+        "start-too-short",
+        "data: {name: function, function: rosenbrock, start: [1.0]}\ntrain: {max_steps: 5}\n",
+        "data.start: rosenbrock takes a 2-D [x, y] start point, got [1.0]",
+    ),
+    (
+        "start-too-long",
+        "data: {name: function, start: [1, 2, 3]}\ntrain: {max_steps: 5}\n",
+        "data.start: quadratic takes a 1-D [x] or 2-D [x, y] start point",
+    ),
+    (
+        "start-not-finite",
+        "data: {name: function, start: [.nan]}\ntrain: {max_steps: 5}\n",
+        "data.start: must be finite numbers",
+    ),
+    (
+        "unknown-function",
+        "data: {name: function, function: rosenbrok}\ntrain: {max_steps: 5}\n",
+        "data.function: must be one of 'quadratic', 'ill_conditioned', 'rosenbrock', 'rastrigin' or 'beale', "
+        "got 'rosenbrok'",
+    ),
     ("a-model", FUNCTION + "model: {name: mlp}\n", "model: does not apply to data 'function'"),
-    ("a-batch-size", FUNCTION.replace("max_steps: 5", "max_steps: 5, batch_size: full"),
-     "train.batch_size: does not apply to data 'function'"),
+    (
+        "a-batch-size",
+        FUNCTION.replace("max_steps: 5", "max_steps: 5, batch_size: full"),
+        "train.batch_size: does not apply to data 'function'",
+    ),
     ("no-step-budget", "data: {name: function}\n", "train.max_steps: data 'function' needs a step budget"),
 ]
 
@@ -247,14 +269,20 @@ def test_a_bad_function_config_is_one_error_line_and_exit_2(tmp_path, command, t
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize(("optimizers", "fragment"), [
-    ("sgd,adamm", "--optimizers: unknown optimizer 'adamm'; did you mean 'adam'? choose from: sgd, momentum, "
-                  "nesterov, adagrad, rmsprop, adam, adamw"),
-    ("sgd,,adam", "--optimizers: expected names separated by commas"),
-    ("adam:fast", "--optimizers adam:fast: the lr after ':' must be a number, got 'fast'"),
-    ("adam:-1", "--optimizers adam:-1: optimizer.lr: must be > 0, got -1.0"),
-    ("sgd,sgd:0.1", "--optimizers: each name and lr once"),
-])
+@pytest.mark.parametrize(
+    ("optimizers", "fragment"),
+    [
+        (
+            "sgd,adamm",
+            "--optimizers: unknown optimizer 'adamm'; did you mean 'adam'? choose from: sgd, momentum, "
+            "nesterov, adagrad, rmsprop, adam, adamw",
+        ),
+        ("sgd,,adam", "--optimizers: expected names separated by commas"),
+        ("adam:fast", "--optimizers adam:fast: the lr after ':' must be a number, got 'fast'"),
+        ("adam:-1", "--optimizers adam:-1: optimizer.lr: must be > 0, got -1.0"),
+        ("sgd,sgd:0.1", "--optimizers: each name and lr once"),
+    ],
+)
 def test_paths_with_bad_optimizers_is_one_error_line_and_exit_2(tmp_path, optimizers, fragment):
     result = gdtrain("paths", QUADRATIC, "--optimizers", optimizers, "--runs-dir", tmp_path / "runs")
     assert_user_error(result, fragment)

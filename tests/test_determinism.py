@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdtrain.training import recipe
-from gdtrain.core.folders import read_rows
 from gdtrain.core.config import load_config
-from gdtrain.training.determinism import set_determinism
+from gdtrain.core.folders import read_rows
 from gdtrain.core.runs import run_folders
+from gdtrain.training import recipe
+from gdtrain.training.determinism import set_determinism
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -24,9 +24,26 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 def start_run(runs_dir: Path, *args: str) -> subprocess.Popen:
     """`python -m gdtrain run configs/smoke.yaml` in a process of its own."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-m", "gdtrain", "run", str(SMOKE), "--runs-dir", str(runs_dir),
-                             "--device", "cpu", "--quiet", *args],
-                            cwd=runs_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gdtrain",
+            "run",
+            str(SMOKE),
+            "--runs-dir",
+            str(runs_dir),
+            "--device",
+            "cpu",
+            "--quiet",
+            *args,
+        ],
+        cwd=runs_dir.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_folder(runs_dir: Path) -> Path:
@@ -51,8 +68,12 @@ def test_two_processes_give_the_same_metrics_and_weights(tmp_path):
 def restore_determinism(monkeypatch):
     """Leave torch's global flags and the environment as they were (other tests share the process)."""
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     yield
     torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2:]

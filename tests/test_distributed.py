@@ -43,6 +43,8 @@ train: {epochs: 1000, batch_size: 16, loss: cross_entropy, log_every: 5}
 """
 PROBE = Path(__file__).with_name("ddp_probe.py")
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2")
+
+
 def gdtrain(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
     with launched("-m", "gdtrain", *args) as launch:
         done = launch.finish()
@@ -93,7 +95,9 @@ def test_two_processes_reach_the_single_process_parameters(runs):
 
 
 def test_validation_and_train_loss_are_the_global_figures(runs):
-    lines = {n: [json.loads(line) for line in (runs[n] / "metrics.jsonl").read_text().splitlines()] for n in ("one", "two")}
+    lines = {
+        n: [json.loads(line) for line in (runs[n] / "metrics.jsonl").read_text().splitlines()] for n in ("one", "two")
+    }
     assert [sorted(m) for m in lines["one"]] == [sorted(m) for m in lines["two"]]
     for a, b in zip(lines["one"], lines["two"]):
         for tag in a:
@@ -121,8 +125,9 @@ def test_resume_under_ddp_continues_exactly(runs, tmp_path):
 
 
 def test_a_batch_too_small_to_share_is_refused_before_launching(runs, tmp_path):
-    result = CliRunner().invoke(app, ["run", str(runs["config"]), "--runs-dir", str(tmp_path), "--nproc", "4",
-                                      "--set", "train.batch_size=3"])
+    result = CliRunner().invoke(
+        app, ["run", str(runs["config"]), "--runs-dir", str(tmp_path), "--nproc", "4", "--set", "train.batch_size=3"]
+    )
     assert result.exit_code == 2 and "cannot be shared by 4 processes" in result.stderr
     assert not any(tmp_path.iterdir())
 
@@ -138,8 +143,9 @@ def test_two_gpus_with_nccl(runs, tmp_path):
 
 def test_no_ddp_wrapper_outlives_the_process_group(runs, tmp_path):
     # Freed after destroy_process_group(), DDP's Reducer can hang the rank at exit (pytorch#56297).
-    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
-                  env={"PROBE": "teardown"}) as launch:
+    with launched(
+        *TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet", env={"PROBE": "teardown"}
+    ) as launch:
         done = launch.finish()
     reports = sorted(line for line in done.stdout.splitlines() if "alive at destroy_process_group" in line)
     assert reports == [f"rank {r}: DDP wrappers alive at destroy_process_group: 0" for r in (0, 1)], done.stdout
@@ -147,8 +153,9 @@ def test_no_ddp_wrapper_outlives_the_process_group(runs, tmp_path):
 
 def test_a_signal_during_the_stop_agreement_is_kept_for_the_next(runs, tmp_path):
     # Rank 0's SIGINT lands while the ranks agree at step 3, after its "no signal" went out.
-    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
-                  env={"PROBE": "late-signal"}) as launch:
+    with launched(
+        *TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet", env={"PROBE": "late-signal"}
+    ) as launch:
         done = launch.finish()
     result = summary(tmp_path)
     assert result["status"] == "interrupted" and result["signal"] == signal.SIGINT, done.stderr[-3000:]
@@ -158,23 +165,25 @@ def test_a_signal_during_the_stop_agreement_is_kept_for_the_next(runs, tmp_path)
 def test_a_signal_at_an_epoch_end_checkpoint_waits_for_the_next_agreement(runs, tmp_path):
     # Rank 1's SIGTERM lands during the epoch-end checkpoint (step 8), after the ranks agreed to go
     # on: rank 1 alone must not stop there, or rank 0 trains into a collective rank 1 never joins.
-    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
-                  env={"PROBE": "checkpoint-signal"}) as launch:
+    with launched(
+        *TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet", env={"PROBE": "checkpoint-signal"}
+    ) as launch:
         done = launch.finish(timeout=240)
     result = summary(tmp_path)
     assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, done.stderr[-3000:]
     assert result["steps"] == 11  # the next log point: 8 + log_every
 
 
-
 def test_a_second_signal_while_the_ranks_leave_is_recorded(runs, tmp_path):
     # Training has stopped on SIGINT; rank 0 gets SIGTERM on its way out, before summary.json.
-    with launched(*TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet",
-                  env={"PROBE": "second-signal"}) as launch:
+    with launched(
+        *TORCHRUN, PROBE, "run", runs["config"], "--runs-dir", tmp_path, "--quiet", env={"PROBE": "second-signal"}
+    ) as launch:
         done = launch.finish()
     assert "error: stopped at once by a second interrupt" in done.stderr, done.stderr[-3000:]
     result = summary(tmp_path)
     assert result["status"] == "interrupted" and result["resume"] == f"gdtrain resume --nproc 2 {result['run_dir']}"
+
 
 def training(runs_dir: Path) -> Callable[[], bool]:
     """True once the run under runs_dir has logged its first point."""
@@ -229,7 +238,6 @@ def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
     assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, output[-3000:]
 
 
-
 def test_the_parent_death_signal_twice_is_still_one_stop_with_a_checkpoint(tmp_path):
     # The kernel may send it once per dying thread of the launcher (see signals.die_with_parent).
     config = tmp_path / "long.yaml"
@@ -247,6 +255,7 @@ def test_the_parent_death_signal_twice_is_still_one_stop_with_a_checkpoint(tmp_p
     assert done.returncode == 143, done.stderr[-3000:]
     result = summary(tmp_path / "runs")
     assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM, done.stderr[-3000:]
+
 
 PARENT_DIES_TWICE = """
 import signal, sys
@@ -279,7 +288,8 @@ def test_a_runs_folder_that_is_a_file_is_one_error_line_under_two_processes(runs
     assert "Traceback" not in done.stderr
     assert [line for line in done.stderr.splitlines() if "error" in line.lower()] == [
         f"error: {tmp_path / 'file' / 'ddp'}: cannot create the run folder (Not a directory); "
-        "choose a writable folder with --runs-dir"]
+        "choose a writable folder with --runs-dir"
+    ]
 
 
 def test_an_error_every_rank_meets_is_one_error_line(runs):
@@ -287,4 +297,5 @@ def test_an_error_every_rank_meets_is_one_error_line(runs):
     assert done.returncode == 2, done.stderr[-3000:]
     assert [line for line in done.stderr.splitlines() if "error" in line.lower()] == [
         f"error: {runs['two']}: already finished; nothing to resume "
-        f"(gdtrain run {runs['two'] / 'config.yaml'} starts anew)"]
+        f"(gdtrain run {runs['two'] / 'config.yaml'} starts anew)"
+    ]

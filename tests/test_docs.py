@@ -99,8 +99,12 @@ def make_targets() -> set[str]:
 
 def test_every_make_target_named_exists():
     targets = make_targets()
-    named = {(page.name, target) for page in PAGES for snippet in code(page.read_text(encoding="utf-8"))
-             for target in re.findall(r"(?<![\w-])make\s+([a-z][\w-]*)", snippet)}
+    named = {
+        (page.name, target)
+        for page in PAGES
+        for snippet in code(page.read_text(encoding="utf-8"))
+        for target in re.findall(r"(?<![\w-])make\s+([a-z][\w-]*)", snippet)
+    }
     assert sorted(f"{page}: make {target}" for page, target in named if target not in targets) == []
 
 
@@ -130,8 +134,10 @@ def test_every_gdtrain_command_and_option_named_exists():
 
 
 def test_every_shipped_file_and_module_named_exists():
-    pattern = re.compile(r"(?<![\w/.-])((?:configs|sweeps|studies)/[\w.-]+\.yaml|(?:tests|benchmarks)/[\w.-]+\.py"
-                         r"|gdtrain/[\w/]+\.py)")
+    pattern = re.compile(
+        r"(?<![\w/.-])((?:configs|sweeps|studies)/[\w.-]+\.yaml|(?:tests|benchmarks)/[\w.-]+\.py"
+        r"|gdtrain/[\w/]+\.py)"
+    )
     named = {(page.name, path) for page in PAGES for path in pattern.findall(page.read_text(encoding="utf-8"))}
     assert sorted(f"{page}: {path}" for page, path in named if not (ROOT / path).is_file()) == []
 
@@ -177,8 +183,14 @@ def test_config_reference_is_the_schema():
                 heading = section
             else:
                 names = set(typing.get_args(model.model_fields["name"].annotation))
-                heading = next((h for h in reference if h.startswith(f"{section}: ")
-                                and set(re.findall(r"`([^`]+)`", h)) == names), f"{section}: {sorted(names)}")
+                heading = next(
+                    (
+                        h
+                        for h in reference
+                        if h.startswith(f"{section}: ") and set(re.findall(r"`([^`]+)`", h)) == names
+                    ),
+                    f"{section}: {sorted(names)}",
+                )
             if heading not in reference:
                 wrong.append(f"no table '### {heading}'")
                 continue
@@ -191,8 +203,11 @@ def test_config_reference_is_the_schema():
                 stated = parse_value(cells[1].strip("`"), f"{heading}.{key}")
                 if plain(stated) != plain(info.default):
                     wrong.append(f"{heading}: {key} default is {info.default!r}, the table says {cells[1]}")
-                wrong += [f"{heading}: {key} allows {value!r}, the table does not say so"
-                          for value in literals(info.annotation) if f"`{value}`" not in " | ".join(cells)]
+                wrong += [
+                    f"{heading}: {key} allows {value!r}, the table does not say so"
+                    for value in literals(info.annotation)
+                    if f"`{value}`" not in " | ".join(cells)
+                ]
     assert wrong == []
 
 

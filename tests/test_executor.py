@@ -28,8 +28,10 @@ def run_folders(root: Path) -> list[Path]:
 
 def finals(folder: Path) -> dict[str, dict[str, float]]:
     """Each run's final metrics by its point's name."""
-    return {run.name.rsplit("-", 2)[0]: json.loads((run / "summary.json").read_text())["final"]
-            for run in run_folders(folder)}
+    return {
+        run.name.rsplit("-", 2)[0]: json.loads((run / "summary.json").read_text())["final"]
+        for run in run_folders(folder)
+    }
 
 
 def members(folder: Path) -> list[tuple[str, str, str]]:
@@ -85,8 +87,18 @@ def test_a_job_that_crashes_or_is_killed_fails_its_own_point_naming_its_log(tmp_
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(CRASHES)  # loaded by the jobs' Python at its start
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), *sys.path]))
-    result = gdtrain("sweep", SMOKE, "--grid", "optimizer.lr=0.01,0.02,0.03", "--executor", "local", "--jobs", "3",
-                     "--runs-dir", tmp_path / "runs")
+    result = gdtrain(
+        "sweep",
+        SMOKE,
+        "--grid",
+        "optimizer.lr=0.01,0.02,0.03",
+        "--executor",
+        "local",
+        "--jobs",
+        "3",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert result.exit_code == 1, result.output
     lines = {line.split("] ")[1].split(":")[0]: line for line in result.stdout.splitlines() if line.startswith("[")}
     assert ": finished" in lines["adam lr=0.01"]
@@ -99,20 +111,33 @@ def test_a_job_that_crashes_or_is_killed_fails_its_own_point_naming_its_log(tmp_
     assert result.stdout.splitlines()[-1].startswith("sweep done: 3 runs: 1 finished, 2 failed")
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--executor", "ray"], "error: --executor 'ray': unknown executor; choose one of: local, slurm"),
-    (["--slurm-partition", "gpu", "--slurm-time", "30"],
-     "error: --slurm-partition, --slurm-time: Slurm options need --executor slurm; add it, or leave them out"),
-    (["--executor", "local", "--slurm-gpus-per-job", "1"],
-     "error: --slurm-gpus-per-job: Slurm options need --executor slurm; add it, or leave them out"),
-    (["--executor", "slurm"], "error: --executor slurm: Slurm's sbatch and srun not found on PATH; run gdtrain on a "
-                              "Slurm login node, or use --executor local"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--executor", "ray"], "error: --executor 'ray': unknown executor; choose one of: local, slurm"),
+        (
+            ["--slurm-partition", "gpu", "--slurm-time", "30"],
+            "error: --slurm-partition, --slurm-time: Slurm options need --executor slurm; add it, or leave them out",
+        ),
+        (
+            ["--executor", "local", "--slurm-gpus-per-job", "1"],
+            "error: --slurm-gpus-per-job: Slurm options need --executor slurm; add it, or leave them out",
+        ),
+        (
+            ["--executor", "slurm"],
+            "error: --executor slurm: Slurm's sbatch and srun not found on PATH; run gdtrain on a "
+            "Slurm login node, or use --executor local",
+        ),
+    ],
+)
 @pytest.mark.parametrize("command", ["sweep", "study"])
 def test_bad_executor_options_are_one_line_before_anything_is_made(tmp_path, monkeypatch, command, args, message):
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
-    target = ([SMOKE, "--grid", "optimizer.lr=0.1,0.01"] if command == "sweep"
-              else [Path(__file__).resolve().parents[1] / "studies" / "quick.yaml"])
+    target = (
+        [SMOKE, "--grid", "optimizer.lr=0.1,0.01"]
+        if command == "sweep"
+        else [Path(__file__).resolve().parents[1] / "studies" / "quick.yaml"]
+    )
     assert one_error(gdtrain(command, *target, *args, "--runs-dir", tmp_path / "runs")) == message
     assert not (tmp_path / "runs").exists()
 
@@ -132,15 +157,29 @@ def test_slurm_jobs_are_one_array_with_the_options_and_their_logs_in_the_experim
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     options = executors.job_options("slurm", "gpu", 2, 30)
-    assert options.args() == ["--executor", "slurm", "--slurm-partition", "gpu", "--slurm-gpus-per-job", "2",
-                              "--slurm-time", "30"]
+    assert options.args() == [
+        "--executor",
+        "slurm",
+        "--slurm-partition",
+        "gpu",
+        "--slurm-gpus-per-job",
+        "2",
+        "--slurm-time",
+        "30",
+    ]
     folder = tmp_path / "runs" / "smoke" / executors.JOBS
     units = [[Task({}, f"adam-lr0.0{i}", str(tmp_path / "runs"), "smoke")] for i in (1, 2, 3)]
     submitted = executors.submit(executors.make_executor(options, folder, jobs=2), units, None, local=False)
     assert [one.job.job_id for one in submitted] == ["4242_0", "4242_1", "4242_2"]
     sbatch = script.read_text().splitlines()
-    for line in ["#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=30", "#SBATCH --nodes=1",
-                 "#SBATCH --array=0-2%2", f"#SBATCH --output={folder}/%A_%a_0_log.out"]:
+    for line in [
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --time=30",
+        "#SBATCH --nodes=1",
+        "#SBATCH --array=0-2%2",
+        f"#SBATCH --output={folder}/%A_%a_0_log.out",
+    ]:
         assert line in sbatch
     assert submitted[1].job.paths.stderr == folder / "4242_1_0_log.err"
 
@@ -155,8 +194,16 @@ def test_a_study_passes_the_executor_on_and_names_it_in_its_resume_command(tmp_p
         return [], signal.SIGINT
 
     monkeypatch.setattr(sweep, "run_sweep", stopped)
-    result = gdtrain("study", Path(__file__).resolve().parents[1] / "studies" / "quick.yaml", "--executor", "local",
-                     "--jobs", "2", "--runs-dir", tmp_path)
+    result = gdtrain(
+        "study",
+        Path(__file__).resolve().parents[1] / "studies" / "quick.yaml",
+        "--executor",
+        "local",
+        "--jobs",
+        "2",
+        "--runs-dir",
+        tmp_path,
+    )
     assert result.exit_code == 130
     assert seen == [executors.JobOptions("local")]
     assert f"as local jobs (logs in {tmp_path / 'quick' / '_jobs'}/)" in result.stdout
@@ -176,8 +223,24 @@ def wait_for_checkpoints(runs: Path, count: int, process) -> list[Path]:
 
 def test_ctrl_c_stops_local_jobs_with_checkpoints_and_leaves_no_process(tmp_path):
     runs = tmp_path / "runs"
-    args = ["-m", "gdtrain", "sweep", SMOKE, "--grid", "optimizer.lr=0.01,0.02,0.03", "--set", "train.epochs=5000",
-            "--executor", "local", "--jobs", "2", "--batch-runs", "1", "--runs-dir", runs]  # a job per point
+    args = [
+        "-m",
+        "gdtrain",
+        "sweep",
+        SMOKE,
+        "--grid",
+        "optimizer.lr=0.01,0.02,0.03",
+        "--set",
+        "train.epochs=5000",
+        "--executor",
+        "local",
+        "--jobs",
+        "2",
+        "--batch-runs",
+        "1",
+        "--runs-dir",
+        runs,
+    ]  # a job per point
     with launched(*args) as sweep:
         running = wait_for_checkpoints(runs, 2, sweep.process)
         assert len(tagged(sweep.tag)) == 5  # the sweep, and per job submitit's controller and the job's process
@@ -192,8 +255,10 @@ def test_ctrl_c_stops_local_jobs_with_checkpoints_and_leaves_no_process(tmp_path
     logs = [log.read_text() for log in (runs / "smoke" / "_jobs").glob("*_0_log.err")]
     assert len(logs) == 2 and all(log.count("SIGINT: stopping after this step") == 1 for log in logs), logs  # once
     last = done.stdout.splitlines()[-1]
-    assert last.startswith("sweep stopped by SIGINT: 3 points: 0 finished, 0 diverged, 0 failed, 2 interrupted, "
-                           "1 not started; continue with: gdtrain sweep "), done.stdout
+    assert last.startswith(
+        "sweep stopped by SIGINT: 3 points: 0 finished, 0 diverged, 0 failed, 2 interrupted, "
+        "1 not started; continue with: gdtrain sweep "
+    ), done.stdout
     assert last.endswith(f"--jobs 2 --batch-runs 1 --executor local --set train.epochs=5000 --runs-dir {runs} --resume")
     assert "Traceback" not in done.stderr
 

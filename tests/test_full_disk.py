@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from clihelp import gdtrain, one_error, write
-from gdtrain.training import checkpoints
 from gdtrain.core import runs
+from gdtrain.training import checkpoints
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -45,8 +45,9 @@ def small_disk(tmp_path) -> Iterator[Callable[[str], Path]]:
         where.mkdir()
         if os.geteuid() != 0 or shutil.which("mount") is None:
             pytest.skip("mounting a tmpfs needs root; the RLIMIT_FSIZE tests cover a full disk here")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the RLIMIT_FSIZE tests cover it")
         mounted.append(where)
@@ -102,8 +103,16 @@ def test_disk_full_at_model_pt_leaves_no_partial_file(small_disk, tmp_path):
     line = one_error(gdtrain("run", config, "--runs-dir", disk, "--quiet"))
     assert "No space left on device" in line
     (run_dir,) = runs.run_folders(disk / "big")
-    assert files(run_dir) == sorted(["checkpoints/best.pt", "config.yaml", "metrics.jsonl", "summary.json", ".lock",
-                                     *(p.name for p in run_dir.glob("events.out.tfevents.*"))])
+    assert files(run_dir) == sorted(
+        [
+            "checkpoints/best.pt",
+            "config.yaml",
+            "metrics.jsonl",
+            "summary.json",
+            ".lock",
+            *(p.name for p in run_dir.glob("events.out.tfevents.*")),
+        ]
+    )
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
 
@@ -139,9 +148,14 @@ def limited(limit: int) -> None:
 
 def gdtrain_limited(limit: int, *args: str | Path) -> subprocess.CompletedProcess:
     """gdtrain in its own process group, with writes past `limit` bytes per file failing."""
-    process = subprocess.Popen([sys.executable, "-m", "gdtrain", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               preexec_fn=lambda: limited(limit))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gdtrain", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: limited(limit),
+    )
     try:
         stdout, stderr = process.communicate(timeout=300)
     finally:

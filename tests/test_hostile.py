@@ -25,8 +25,8 @@ from gdtrain.cli import app
 from gdtrain.core.config import Config, check_name, load_config, to_dict
 from gdtrain.core.errors import UserError
 from gdtrain.core.runs import run_folders
-from gdtrain.execution.sweep import expand
 from gdtrain.core.yamlio import dump_yaml
+from gdtrain.execution.sweep import expand
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -47,9 +47,34 @@ def _models(annotation: typing.Any) -> list[type[BaseModel]]:
 
 SECTIONS = list(Config.model_fields)
 FIELDS = sorted({key for f in Config.model_fields.values() for m in _models(f.annotation) for key in m.model_fields})
-NAMES = ["sgd", "adam", "adamw", "rmsprop", "adagrad", "linear", "mlp", "blobs", "moons", "xor", "function",
-         "linear_regression", "mnist", "constant", "step", "cosine", "plateau", "full", "mse", "bce",
-         "cross_entropy", "relu", "he", "cpu", "../x", "a/b"]
+NAMES = [
+    "sgd",
+    "adam",
+    "adamw",
+    "rmsprop",
+    "adagrad",
+    "linear",
+    "mlp",
+    "blobs",
+    "moons",
+    "xor",
+    "function",
+    "linear_regression",
+    "mnist",
+    "constant",
+    "step",
+    "cosine",
+    "plateau",
+    "full",
+    "mse",
+    "bce",
+    "cross_entropy",
+    "relu",
+    "he",
+    "cpu",
+    "../x",
+    "a/b",
+]
 
 
 class Raw(typing.NamedTuple):
@@ -59,29 +84,114 @@ class Raw(typing.NamedTuple):
     text: str
 
 
-RAW = st.sampled_from([
-    "2001-13-45", "._", "!!bool abc", "!!timestamp x", "!!int ''", "!!set 0", "!!map [1]", "!!binary aGk=",
-    "0x" + "f" * 4000, "9" * 5000, "1e400", ".nan", "-.inf", "~", "1:30", "0o17", "'..'", '"\\ud800"', '"\\x00"',
-    "!!python/object/apply:os.system ['true']", "!!python/name:os.system ''", "&a [1, 2]", "*a", "!foo 1",
-    "[" * 1000 + "]" * 1000,
-]).map(Raw)
+RAW = st.sampled_from(
+    [
+        "2001-13-45",
+        "._",
+        "!!bool abc",
+        "!!timestamp x",
+        "!!int ''",
+        "!!set 0",
+        "!!map [1]",
+        "!!binary aGk=",
+        "0x" + "f" * 4000,
+        "9" * 5000,
+        "1e400",
+        ".nan",
+        "-.inf",
+        "~",
+        "1:30",
+        "0o17",
+        "'..'",
+        '"\\ud800"',
+        '"\\x00"',
+        "!!python/object/apply:os.system ['true']",
+        "!!python/name:os.system ''",
+        "&a [1, 2]",
+        "*a",
+        "!foo 1",
+        "[" * 1000 + "]" * 1000,
+    ]
+).map(Raw)
 RAW_KEYS = st.sampled_from(["[1, 2]", "{a: 1}", "!!set {a}", "? x", "&k key", "*k", "<<"]).map(Raw)
-JUNK_KEYS = st.one_of(st.text(max_size=8), st.integers(-3, 3), st.none(), st.booleans(), st.floats(allow_nan=False),
-                      RAW_KEYS)
+JUNK_KEYS = st.one_of(
+    st.text(max_size=8), st.integers(-3, 3), st.none(), st.booleans(), st.floats(allow_nan=False), RAW_KEYS
+)
 KEYS = st.one_of(st.sampled_from(SECTIONS + FIELDS), JUNK_KEYS)
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([0, 1, 2, 16, 2**63 - 1, 2**63, 10**400]),
-    st.floats(), st.text(max_size=12), st.sampled_from(NAMES), RAW,
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, 2, 16, 2**63 - 1, 2**63, 10**400]),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(NAMES),
+    RAW,
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
-                      max_leaves=10)
+VALUES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3), max_leaves=10
+)
 SECTION = st.dictionaries(st.sampled_from(FIELDS) | JUNK_KEYS, VALUES, max_size=5) | VALUES
 DOCS = st.dictionaries(st.sampled_from(SECTIONS) | JUNK_KEYS, SECTION, max_size=6) | VALUES
-FRAGMENTS = ["optimizer", "lr", "name", "adam", "train", "epochs", "data", "model", ":", ": ", " ", "\n", "\t", "- ",
-             "[", "]", "{", "}", ",", "? ", "&a ", "*a", "&b ", "*b", "!!python/object/apply:os.system ", "!!binary ",
-             "!!python/name:os.system ", "!!set ", "!!int ", "!foo ", "<<: ", "'", '"', "#", "|", ">", "---\n", "...\n",
-             "%YAML 1.1\n", "1e400", "0x" + "f" * 24, "0o7", "1:30", ".nan", "-.inf", "~", "yes", "2001-13-45", "._",
-             "\\x00", "\\ud800", "é", "\u2028", "\ufeff", "\x85", "1_000", "9" * 30]
+FRAGMENTS = [
+    "optimizer",
+    "lr",
+    "name",
+    "adam",
+    "train",
+    "epochs",
+    "data",
+    "model",
+    ":",
+    ": ",
+    " ",
+    "\n",
+    "\t",
+    "- ",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "? ",
+    "&a ",
+    "*a",
+    "&b ",
+    "*b",
+    "!!python/object/apply:os.system ",
+    "!!binary ",
+    "!!python/name:os.system ",
+    "!!set ",
+    "!!int ",
+    "!foo ",
+    "<<: ",
+    "'",
+    '"',
+    "#",
+    "|",
+    ">",
+    "---\n",
+    "...\n",
+    "%YAML 1.1\n",
+    "1e400",
+    "0x" + "f" * 24,
+    "0o7",
+    "1:30",
+    ".nan",
+    "-.inf",
+    "~",
+    "yes",
+    "2001-13-45",
+    "._",
+    "\\x00",
+    "\\ud800",
+    "é",
+    "\u2028",
+    "\ufeff",
+    "\x85",
+    "1_000",
+    "9" * 30,
+]
 SYNTAX = st.lists(st.sampled_from(FRAGMENTS), max_size=30).map("".join)
 
 
@@ -106,13 +216,15 @@ def block(value: typing.Any) -> str:
 FILES = st.one_of(DOCS.map(block), DOCS.map(flow), SYNTAX, st.text(max_size=80), st.binary(max_size=80))
 SET_VALUES = st.one_of(VALUES.map(flow), SYNTAX, st.text(max_size=10))
 KEY_PATHS = st.lists(st.sampled_from(SECTIONS + FIELDS) | st.text(max_size=4), max_size=3).map(".".join)
-OVERRIDES = st.lists(st.one_of(st.builds(lambda k, v: f"{k}={v}", KEY_PATHS, SET_VALUES), st.text(max_size=12)),
-                     max_size=3)
+OVERRIDES = st.lists(
+    st.one_of(st.builds(lambda k, v: f"{k}={v}", KEY_PATHS, SET_VALUES), st.text(max_size=12)), max_size=3
+)
 
 # What crashed (or, last two, passed and broke later) before the fixes; each must now be a UserError.
 DEEP = "a: " + "[" * 3000 + "]" * 3000 + "\n"
 LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+)
 CRASHES = [
     "? [1, 2]\n: 3\n",  # a list as a key: TypeError, unhashable
     "optimizer: {[1]: 2}\n",
@@ -137,8 +249,10 @@ CRASHES = [
 @contextlib.contextmanager
 def time_limit(seconds: float):
     """A hang becomes a TimeoutError (a blocked read or a parse that never ends) instead of a stuck suite."""
+
     def expire(signum, frame):
         raise TimeoutError(f"still running after {seconds} s")
+
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -217,10 +331,16 @@ def test_check_prints_a_config_or_error_lines_and_exits_2(content, overrides):
         assert_rejected(result)
 
 
-@pytest.mark.parametrize(("kind", "message"), [
-    ("folder", "is a folder"), ("fifo", "is not a regular file"), ("too-big", "too big for a config"),
-    ("long-name", "cannot read the config"), ("missing", "no such config file"),
-])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("folder", "is a folder"),
+        ("fifo", "is not a regular file"),
+        ("too-big", "too big for a config"),
+        ("long-name", "cannot read the config"),
+        ("missing", "no such config file"),
+    ],
+)
 def test_a_config_path_that_is_no_config_file(tmp_path, kind, message):
     path = tmp_path / "cfg.yaml"
     if kind == "folder":
@@ -235,8 +355,15 @@ def test_a_config_path_that_is_no_config_file(tmp_path, kind, message):
         assert_rejected(gdtrain("check", path), message)
 
 
-@pytest.mark.parametrize("tag", ['!!python/object/apply:os.system ["touch {marker}"]', "!!python/name:os.system",
-                                 '!!python/object/new:os.system ["touch {marker}"]', "!!python/module:os"])
+@pytest.mark.parametrize(
+    "tag",
+    [
+        '!!python/object/apply:os.system ["touch {marker}"]',
+        "!!python/name:os.system",
+        '!!python/object/new:os.system ["touch {marker}"]',
+        "!!python/module:os",
+    ],
+)
 def test_yaml_that_builds_python_objects_is_refused(tmp_path, tag):
     marker = tmp_path / "pwned"
     value = tag.format(marker=marker)
@@ -255,9 +382,32 @@ def listing(root: Path) -> list[Path]:
 
 
 def hostile_names(tmp_path: Path) -> list[str]:
-    return ["../x", "../../etc", "..", ".", "a/b", "a/../b", "a\\b", str(tmp_path / "abs"), "/tmp", "x\x00y",
-            "x\ny", "abc\n", "\n", "", "-rf", "~", "a b", "x" * 101, "x" * 5000, "ｘ", "a\u202eb", "café", "ａ/ｂ",
-            "x\ud800"]
+    return [
+        "../x",
+        "../../etc",
+        "..",
+        ".",
+        "a/b",
+        "a/../b",
+        "a\\b",
+        str(tmp_path / "abs"),
+        "/tmp",
+        "x\x00y",
+        "x\ny",
+        "abc\n",
+        "\n",
+        "",
+        "-rf",
+        "~",
+        "a b",
+        "x" * 101,
+        "x" * 5000,
+        "ｘ",
+        "a\u202eb",
+        "café",
+        "ａ/ｂ",
+        "x\ud800",
+    ]
 
 
 @pytest.mark.parametrize("where", ["--name", "experiment.name", "experiment.run_name", "file"])
@@ -281,16 +431,24 @@ def test_sweep_refuses_names_and_grid_keys_that_leave_the_runs_folder(tmp_path):
     in_file = write(tmp_path, "data: {n_samples: 20}\ngrid: {experiment.name: [../../etc, ok]}\n", "grid.yaml")
     bad_key = write(tmp_path, "grid: {../../x: [1, 2]}\n", "key.yaml")
     before = listing(tmp_path)
-    for args in ([config, "--grid", "experiment.name=../up,ok"], [config, "--grid", f"experiment.name={tmp_path},ok"],
-                 [config, "--grid", "optimizer.lr=0.1,0.2", "--set", "experiment.name=/abs"],
-                 [config, "--grid", "../../x=1,2"], [in_file], [bad_key]):
+    for args in (
+        [config, "--grid", "experiment.name=../up,ok"],
+        [config, "--grid", f"experiment.name={tmp_path},ok"],
+        [config, "--grid", "optimizer.lr=0.1,0.2", "--set", "experiment.name=/abs"],
+        [config, "--grid", "../../x=1,2"],
+        [in_file],
+        [bad_key],
+    ):
         assert_rejected(gdtrain("sweep", *args, "--runs-dir", tmp_path / "runs"))
         assert listing(tmp_path) == before, args
 
 
 BASES = st.sampled_from(["data: {n_samples: 20}\n", "data: {name: mnist, root: x}\ntrain: {loss: cross_entropy}\n"])
-GRIDS = st.lists(st.builds(lambda k, v: f"{k}={v}", KEY_PATHS | st.sampled_from(["data.root", "optimizer.lr"]),
-                           SET_VALUES), min_size=1, max_size=2)
+GRIDS = st.lists(
+    st.builds(lambda k, v: f"{k}={v}", KEY_PATHS | st.sampled_from(["data.root", "optimizer.lr"]), SET_VALUES),
+    min_size=1,
+    max_size=2,
+)
 
 
 @settings(FUZZ, max_examples=80)
@@ -316,5 +474,7 @@ def test_a_sweep_names_runs_by_values_inside_its_runs_folder(tmp_path):
     made = [p for p in listing(tmp_path) if p.parts[0] != "exp.yaml"]
     assert made and all(p.parts[0] == "runs" for p in made)
     assert {p.name.rsplit("-", 2)[0] for p in run_folders(tmp_path / "runs" / "default")} == {
-        "sgd-lr0.001-weight1.5,-2", "sgd-lr0.001-weight3"}
+        "sgd-lr0.001-weight1.5,-2",
+        "sgd-lr0.001-weight3",
+    }
     assert (tmp_path / "runs" / "default" / "manifest.json").is_file()  # the sweep's, beside them

@@ -85,7 +85,7 @@ def test_no_import_circle():
         state[module] = 1
         for dep in sorted(graph[module]):
             if state.get(dep) == 1:
-                circles.append(path[path.index(dep):] + [dep] if dep in path else [module, dep])
+                circles.append(path[path.index(dep) :] + [dep] if dep in path else [module, dep])
             elif dep not in state:
                 visit(dep, path + [dep])
         state[module] = 2
@@ -99,7 +99,9 @@ def test_no_import_circle():
 def test_a_module_importing_one_below_it_is_found():
     """The check can fail: recipe imports engine, and a type-hint import counts like any."""
     assert "training.engine" in imported("training.recipe")
-    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gdtrain.execution.workers import run_parallel\n"
+    source = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gdtrain.execution.workers import run_parallel\n"
+    )
     probe = PACKAGE / "core" / "_layout_probe.py"
     probe.write_text(source, encoding="utf-8")
     try:

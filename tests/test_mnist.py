@@ -19,12 +19,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gdtrain.components import idx
-from gdtrain.training import memory
-from gdtrain.training import recipe
 from gdtrain.cli import app
-from gdtrain.core.config import validate
+from gdtrain.components import idx
 from gdtrain.components.datasets import build_dataset
+from gdtrain.core.config import validate
+from gdtrain.training import memory, recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -57,9 +56,13 @@ def make_set(root: Path, name: str = "mnist", n_train: int = 120, n_test: int = 
 
 
 def mnist_config(root: Path, **data) -> dict:
-    return {"experiment": {"name": "tiny_mnist"}, "data": {"name": "mnist", "root": str(root), "val_size": 20, **data},
-            "model": {"name": "linear"}, "optimizer": {"name": "sgd", "lr": 0.1},
-            "train": {"epochs": 3, "batch_size": 10, "loss": "cross_entropy", "log_every": 5}}
+    return {
+        "experiment": {"name": "tiny_mnist"},
+        "data": {"name": "mnist", "root": str(root), "val_size": 20, **data},
+        "model": {"name": "linear"},
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "train": {"epochs": 3, "batch_size": 10, "loss": "cross_entropy", "log_every": 5},
+    }
 
 
 def error_line(result) -> str:
@@ -98,8 +101,9 @@ def test_dataset_splits_validation_by_seed_and_keeps_the_test_set(tmp_path):
     assert torch.equal(data.y_val, again.y_val) and not torch.equal(data.x_val, other.x_val)
 
 
-@pytest.mark.parametrize(("normalize", "low", "high"), [("none", 0, 250), ("unit", 0, 250 / 255),
-                                                         ("half", -1, 2 * 250 / 255 - 1)])
+@pytest.mark.parametrize(
+    ("normalize", "low", "high"), [("none", 0, 250), ("unit", 0, 250 / 255), ("half", -1, 2 * 250 / 255 - 1)]
+)
 def test_normalisation_maps_pixels(tmp_path, normalize, low, high):
     make_set(tmp_path)
     data = build_dataset(validate(mnist_config(tmp_path, normalize=normalize), "test"))
@@ -292,7 +296,7 @@ def packed_claiming(folder: Path, claimed: int) -> None:
     """The training files' headers claim `claimed` samples; the files hold 120."""
     for name, shape in (("train-images-idx3-ubyte.gz", (claimed, 28, 28)), ("train-labels-idx1-ubyte.gz", (claimed,))):
         path = folder / name
-        payload = gzip.decompress(path.read_bytes())[len(idx_header(*shape)):]
+        payload = gzip.decompress(path.read_bytes())[len(idx_header(*shape)) :]
         path.write_bytes(gzip.compress(idx_header(*shape) + payload))
 
 
@@ -420,8 +424,10 @@ def test_real_mnist_one_epoch_of_the_seeds_mlp(tmp_path):
 # --- the fast path: kernels and the benchmark ------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "kernel"), [("sgd", "fused"), ("adam", "fused"), ("adamw", "fused"),
-                                              ("adagrad", "fused"), ("rmsprop", "foreach")])
+@pytest.mark.parametrize(
+    ("name", "kernel"),
+    [("sgd", "fused"), ("adam", "fused"), ("adamw", "fused"), ("adagrad", "fused"), ("rmsprop", "foreach")],
+)
 def test_auto_takes_the_fastest_kernel_torch_has_on_cpu(name, kernel):
     from gdtrain.components.models import build_model
     from gdtrain.components.optimizers import build_optimizer
@@ -438,8 +444,13 @@ def test_fused_kernel_follows_the_for_loop_one(name):
 
     finals = []
     for kernel in ("for_loop", "fused"):
-        cfg = validate({"model": {"name": "mlp", "hidden_sizes": [16]},
-                        "optimizer": {"name": name, "lr": 0.01, "implementation": kernel}}, "test")
+        cfg = validate(
+            {
+                "model": {"name": "mlp", "hidden_sizes": [16]},
+                "optimizer": {"name": name, "lr": 0.01, "implementation": kernel},
+            },
+            "test",
+        )
         torch.manual_seed(0)
         model = build_model(cfg.model, 8, 1)
         optimizer = build_optimizer(cfg.optimizer, model)
@@ -453,9 +464,22 @@ def test_fused_kernel_follows_the_for_loop_one(name):
 
 
 def test_bench_prints_one_row_per_batch_size(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "--data-root", str(tmp_path), "--samples", "2000",
-                                      "--batch-sizes", "64,500", "--device", "cpu", "--no-variants",
-                                      "--no-stacked"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data-root",
+            str(tmp_path),
+            "--samples",
+            "2000",
+            "--batch-sizes",
+            "64,500",
+            "--device",
+            "cpu",
+            "--no-variants",
+            "--no-stacked",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "random data of MNIST's shape" in result.stdout
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]

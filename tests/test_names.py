@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain, write
-from gdtrain.core import folders
-from gdtrain.report import compare
-from gdtrain.core import names
-from gdtrain.core import runs
-from gdtrain.execution import sweep
+from gdtrain.core import folders, names, runs
 from gdtrain.core.config import to_dict
 from gdtrain.core.yamlio import dump_yaml
+from gdtrain.execution import sweep
+from gdtrain.report import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -43,28 +41,51 @@ def flat(points: list[sweep.Point]) -> list[dict]:
 def test_a_mixed_grid_is_named_by_what_varies_optimizer_first_lr_always(tmp_path):
     points = sweep.expand(write(tmp_path, MIXED), [], None, [])
     assert [p.label for p in points] == [
-        "sgd lr=0.1 s0", "sgd lr=0.1 s1",  # momentum is 0.9 for every sgd point: not said
-        "sgd lr=0.1 nesterov s0", "sgd lr=0.1 nesterov s1",  # a true flag is its bare word
-        "adam lr=0.001 betas=0.9,0.999 s0", "adam lr=0.001 betas=0.9,0.999 s1",
-        "adam lr=0.001 betas=0.8,0.99 s0", "adam lr=0.001 betas=0.8,0.99 s1",
-        "adamw lr=0.001 s0", "adamw lr=0.001 s1",  # one adamw: its weight_decay tells it from no other adamw
+        "sgd lr=0.1 s0",
+        "sgd lr=0.1 s1",  # momentum is 0.9 for every sgd point: not said
+        "sgd lr=0.1 nesterov s0",
+        "sgd lr=0.1 nesterov s1",  # a true flag is its bare word
+        "adam lr=0.001 betas=0.9,0.999 s0",
+        "adam lr=0.001 betas=0.9,0.999 s1",
+        "adam lr=0.001 betas=0.8,0.99 s0",
+        "adam lr=0.001 betas=0.8,0.99 s1",
+        "adamw lr=0.001 s0",
+        "adamw lr=0.001 s1",  # one adamw: its weight_decay tells it from no other adamw
     ]
-    assert [p.name for p in points][::2] == ["sgd-lr0.1-s0", "sgd-lr0.1-nesterov-s0", "adam-lr0.001-betas0.9,0.999-s0",
-                                             "adam-lr0.001-betas0.8,0.99-s0", "adamw-lr0.001-s0"]
-    assert names.labels(flat(points), seeds=False)[::2] == ["sgd lr=0.1", "sgd lr=0.1 nesterov", "adam lr=0.001 betas=0.9,0.999",
-                                                            "adam lr=0.001 betas=0.8,0.99", "adamw lr=0.001"]
+    assert [p.name for p in points][::2] == [
+        "sgd-lr0.1-s0",
+        "sgd-lr0.1-nesterov-s0",
+        "adam-lr0.001-betas0.9,0.999-s0",
+        "adam-lr0.001-betas0.8,0.99-s0",
+        "adamw-lr0.001-s0",
+    ]
+    assert names.labels(flat(points), seeds=False)[::2] == [
+        "sgd lr=0.1",
+        "sgd lr=0.1 nesterov",
+        "adam lr=0.001 betas=0.9,0.999",
+        "adam lr=0.001 betas=0.8,0.99",
+        "adamw lr=0.001",
+    ]
 
 
 def test_short_forms_of_varying_settings():
-    base = {"optimizer.name": "sgd", "optimizer.lr": 0.01, "optimizer.momentum": 0.0, "optimizer.weight_decay": 0.0,
-            "train.batch_size": 32, "experiment.seed": 0}
+    base = {
+        "optimizer.name": "sgd",
+        "optimizer.lr": 0.01,
+        "optimizer.momentum": 0.0,
+        "optimizer.weight_decay": 0.0,
+        "train.batch_size": 32,
+        "experiment.seed": 0,
+    }
     configs = [base, base | {"optimizer.momentum": 0.9, "optimizer.weight_decay": 0.0005, "train.batch_size": 64}]
     assert names.labels(configs) == ["sgd lr=0.01 mom=0 wd=0 batch=32", "sgd lr=0.01 mom=0.9 wd=0.0005 batch=64"]
     assert names.folders(configs) == ["sgd-lr0.01-mom0-wd0-batch32", "sgd-lr0.01-mom0.9-wd0.0005-batch64"]
     close = [base, base | {"optimizer.lr": 0.010000001}]  # alike at 6 digits: written out in full
     assert names.labels(close) == ["sgd lr=0.01", "sgd lr=0.010000001"]
     assert names.folders([base | {"model.activation": "tanh"}, base | {"model.activation": "relu"}]) == [
-        "sgd-lr0.01-act=tanh", "sgd-lr0.01-act=relu"]  # a word keeps its '=': `acttanh` would not read
+        "sgd-lr0.01-act=tanh",
+        "sgd-lr0.01-act=relu",
+    ]  # a word keeps its '=': `acttanh` would not read
 
 
 @pytest.mark.parametrize("spec", SWEEPS, ids=lambda p: p.stem)
@@ -81,12 +102,24 @@ def fake_run(folder: Path, point: sweep.Point, accuracy: float, samples_per_seco
     run_dir = folder / f"{point.name}-{stamp}"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(dump_yaml(to_dict(point.config)))
-    (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": 25 * e, "epoch": e, "loss/train": 0.5 / e, "accuracy/val": accuracy - 0.01 * (3 - e)}) + "\n"
-        for e in (1, 2, 3)))
-    runs.write_summary(run_dir, {"status": "finished", "final": {"accuracy/val": accuracy}, "batch_size": 32,
-                                 "wall_seconds": 2.0, "samples_per_second": samples_per_second,
-                                 "samples_per_second_with_first_epoch": False})
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"step": 25 * e, "epoch": e, "loss/train": 0.5 / e, "accuracy/val": accuracy - 0.01 * (3 - e)})
+            + "\n"
+            for e in (1, 2, 3)
+        )
+    )
+    runs.write_summary(
+        run_dir,
+        {
+            "status": "finished",
+            "final": {"accuracy/val": accuracy},
+            "batch_size": 32,
+            "wall_seconds": 2.0,
+            "samples_per_second": samples_per_second,
+            "samples_per_second_with_first_epoch": False,
+        },
+    )
     return run_dir
 
 
@@ -111,7 +144,7 @@ def test_compare_of_the_shipped_sweep_fits_100_columns_and_names_its_metric(ship
     assert "optimizer" not in header and " lr " not in header  # the label says them
     assert "batch" not in header and "status" not in header and "batch 32, 3 seeds, finished." in result.stdout
     start = header.index("run")  # group 1 for every row (3 seeds cannot separate them): said above, no column
-    shown = {line[start:].split("  ")[0] for line in lines[lines.index(header) + 1:]}
+    shown = {line[start:].split("  ")[0] for line in lines[lines.index(header) + 1 :]}
     assert shown == set(names.labels(flat(points), seeds=False))  # the sweep's labels, without the seed
 
 
@@ -127,8 +160,10 @@ def test_plot_colours_follow_the_optimizer_and_shade_by_lr(tmp_path):
 
     from gdtrain.report.curveplot import row_colours
 
-    spec = write(tmp_path, MIXED.split("grid:")[0] + "grid:\n  optimizer.name: [sgd, adam, rmsprop]\n"
-                 "  optimizer.lr: [0.1, 0.01, 0.001]\n")
+    spec = write(
+        tmp_path,
+        MIXED.split("grid:")[0] + "grid:\n  optimizer.name: [sgd, adam, rmsprop]\n  optimizer.lr: [0.1, 0.01, 0.001]\n",
+    )
     points = sweep.expand(spec, [], None, [])
     for k, point in enumerate(points):
         fake_run(tmp_path / "mixed", point, 0.9, 1000.0, f"20261125-1200{k:02d}")
@@ -144,5 +179,10 @@ def test_plot_colours_follow_the_optimizer_and_shade_by_lr(tmp_path):
         mine = [hue[f"{name} lr={lr}"] for lr in ("0.1", "0.01", "0.001")]
         assert max(apart(a, b) for a in mine for b in mine) < 0.08, (name, mine)  # one hue per optimizer
         assert value[f"{name} lr=0.001"] > value[f"{name} lr=0.01"] > value[f"{name} lr=0.1"]  # lighter for smaller lr
-    assert min(apart(hue[f"{a} lr=0.01"], hue[f"{b} lr=0.01"]) for a, b in
-               (("sgd", "adam"), ("sgd", "rmsprop"), ("adam", "rmsprop"))) > 0.1  # optimizers apart
+    assert (
+        min(
+            apart(hue[f"{a} lr=0.01"], hue[f"{b} lr=0.01"])
+            for a, b in (("sgd", "adam"), ("sgd", "rmsprop"), ("adam", "rmsprop"))
+        )
+        > 0.1
+    )  # optimizers apart

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdtrain.training import engine
-from gdtrain.training import recipe
 from gdtrain.core.config import load_config
+from gdtrain.training import engine, recipe
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -22,8 +21,11 @@ def smoke(tmp_path: Path, *overrides: str):
 
 
 def curve(run_dir: Path) -> list[float]:
-    return [m["loss/train"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if "loss/train" in m]
+    return [
+        m["loss/train"]
+        for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss/train" in m
+    ]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -84,7 +86,9 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatc
     eager_dir, _ = smoke(tmp_path / "eager")
     fallback_dir, outcome = smoke(tmp_path / "fallback", "train.compile=true")
     assert outcome.status == "finished"
-    assert "warning: train.compile: torch.compile failed (RuntimeError: no C++ compiler found)" in capsys.readouterr().err
+    assert (
+        "warning: train.compile: torch.compile failed (RuntimeError: no C++ compiler found)" in capsys.readouterr().err
+    )
     assert curve(fallback_dir) == curve(eager_dir)
 
 
@@ -94,8 +98,9 @@ def test_compiled_model_trains_and_saves_plain_weights(tmp_path, capsys):
     assert outcome.status == "finished"
     weights = torch.load(run_dir / "model.pt", weights_only=True)
     assert not any(key.startswith("_orig_mod") for key in weights)
-    assert sorted(weights) == sorted(torch.load(smoke(tmp_path / "eager", "train.epochs=1")[0] / "model.pt",
-                                                weights_only=True))
+    assert sorted(weights) == sorted(
+        torch.load(smoke(tmp_path / "eager", "train.epochs=1")[0] / "model.pt", weights_only=True)
+    )
 
 
 @needs_cuda

@@ -17,10 +17,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from clihelp import gdtrain, one_error
-from gdtrain.training import checkpoints
-from gdtrain.training import recipe
 from gdtrain.core.config import validate
 from gdtrain.core.runs import run_folders
+from gdtrain.training import checkpoints, recipe
 
 # Mid-epoch checkpoints (every 70 steps, 250 steps an epoch), dropout, warm-up and a step
 # schedule: every piece of state a resume has to restore.
@@ -55,8 +54,13 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def start(config_file: Path, runs: Path) -> subprocess.Popen:
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "gdtrain", "run", str(config_file), "--runs-dir", str(runs), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gdtrain", "run", str(config_file), "--runs-dir", str(runs), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def wait_for_checkpoint(runs: Path, process: subprocess.Popen, timeout: float = 120) -> Path:
@@ -101,7 +105,8 @@ def test_killed_mid_epoch_then_resumed_equals_the_uninterrupted_run(config_file,
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == (  # where it continues, before it trains: 250 steps an epoch
         f"resuming {run_dir} at epoch {step // 250 + 1}/4, its step {step % 250}, step {step} overall "
-        f"(checkpoint step-{step:09d}.pt)")
+        f"(checkpoint step-{step:09d}.pt)"
+    )
     assert_same_run(run_dir, uninterrupted)
 
 

@@ -35,8 +35,13 @@ def processes() -> Iterator[Callable[..., subprocess.Popen]]:
     started: list[subprocess.Popen] = []
 
     def start(*args: str | Path) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-m", "gdtrain", *map(str, args)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gdtrain", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         started.append(process)
         return process
 
@@ -69,8 +74,10 @@ def lock_pid(run_dir: Path) -> int | None:
 def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
     """Every file below `folder`: size, modification time and content hash."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in files}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in files
+    }
 
 
 def refused_by(owner: subprocess.Popen, run_dir: Path, start: Callable[..., subprocess.Popen]) -> None:

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from clihelp import gdtrain, one_error, write
-from gdtrain.training import memory
-from gdtrain.training import recipe
+from gdtrain.components.optimizers import build_optimizer
 from gdtrain.core.config import load_config, validate
 from gdtrain.core.errors import UserError
-from gdtrain.components.optimizers import build_optimizer
+from gdtrain.training import memory, recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -51,13 +50,24 @@ CASES = {
     "n_samples": (["data.n_samples=100000"], "the data", "data.n_samples 100000 × 2 features", "data.n_samples"),
     "n_features": (["data.n_features=20000"], "the data", "data.n_samples 200 × 20000 features", "data.n_features"),
     "n_classes": (["data.n_classes=100000"], "an evaluation batch", "2 → 16 → 100000", "data.n_classes"),
-    "hidden_sizes": (["model.hidden_sizes=[2000, 2000]"], "the model", "2 → 2000 → 2000 → 3 is 4014003 parameters",
-                     "model.hidden_sizes"),
-    "batch_size": (["data.n_samples=5000", "model.hidden_sizes=[1024]", "train.batch_size=full"], "a training batch",
-                   "train.batch_size 4000 × 2 → 1024 → 3", "train.batch_size"),
-    "eval_batch_size": (["data.n_samples=50000", "data.val_fraction=0.5", "model.hidden_sizes=[512]",
-                         "train.eval_batch_size=25000"], "an evaluation batch", "train.eval_batch_size 25000 ×",
-                        "train.eval_batch_size"),
+    "hidden_sizes": (
+        ["model.hidden_sizes=[2000, 2000]"],
+        "the model",
+        "2 → 2000 → 2000 → 3 is 4014003 parameters",
+        "model.hidden_sizes",
+    ),
+    "batch_size": (
+        ["data.n_samples=5000", "model.hidden_sizes=[1024]", "train.batch_size=full"],
+        "a training batch",
+        "train.batch_size 4000 × 2 → 1024 → 3",
+        "train.batch_size",
+    ),
+    "eval_batch_size": (
+        ["data.n_samples=50000", "data.val_fraction=0.5", "model.hidden_sizes=[512]", "train.eval_batch_size=25000"],
+        "an evaluation batch",
+        "train.eval_batch_size 25000 ×",
+        "train.eval_batch_size",
+    ),
 }
 
 
@@ -79,8 +89,10 @@ ABSURD = {
     "n_features": ([f"data.n_features={2**62}"], "data.n_features"),
     "n_classes": ([f"data.n_classes={2**62}"], "data.n_classes"),
     "hidden_sizes": (["model.hidden_sizes=[1000000, 1000000]"], "model.hidden_sizes"),
-    "batch_size": (["data.n_samples=10000000000", "model.hidden_sizes=[10000]", "train.batch_size=full"],
-                   "train.batch_size"),
+    "batch_size": (
+        ["data.n_samples=10000000000", "model.hidden_sizes=[10000]", "train.batch_size=full"],
+        "train.batch_size",
+    ),
 }
 
 
@@ -101,8 +113,11 @@ def test_a_run_that_fits_its_limit_trains(tmp_path, monkeypatch):
     assert outcome.status == "finished"
 
 
-@pytest.mark.parametrize("path", [p for p in sorted(CONFIGS.glob("*.yaml")) if "mnist" not in p.name
-                                  and "path_" not in p.name], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(CONFIGS.glob("*.yaml")) if "mnist" not in p.name and "path_" not in p.name],
+    ids=lambda p: p.stem,
+)
 def test_shipped_synthetic_configs_need_little(path):
     """A machine with 512 MB free runs every shipped synthetic config (MNIST: tests/test_mnist.py)."""
     config = load_config(path)
@@ -121,21 +136,33 @@ def test_every_cpu_process_holds_a_whole_copy(monkeypatch):
         memory.check(config, sizes, 16, torch.device("cpu"), processes=2)
 
 
-@pytest.mark.parametrize(("name", "amsgrad", "momentum", "centered", "copies"), [
-    ("sgd", None, 0.0, None, 0), ("sgd", None, 0.9, None, 1), ("adagrad", None, None, None, 1),
-    ("rmsprop", None, 0.0, False, 1), ("rmsprop", None, 0.9, True, 3), ("adam", False, None, None, 2),
-    ("adamw", True, None, None, 3),
-])
+@pytest.mark.parametrize(
+    ("name", "amsgrad", "momentum", "centered", "copies"),
+    [
+        ("sgd", None, 0.0, None, 0),
+        ("sgd", None, 0.9, None, 1),
+        ("adagrad", None, None, None, 1),
+        ("rmsprop", None, 0.0, False, 1),
+        ("rmsprop", None, 0.9, True, 3),
+        ("adam", False, None, None, 2),
+        ("adamw", True, None, None, 3),
+    ],
+)
 def test_optimizer_state_is_counted_as_torch_keeps_it(name, amsgrad, momentum, centered, copies):
-    settings = {k: v for k, v in (("amsgrad", amsgrad), ("momentum", momentum), ("centered", centered)) if v is not None}
+    settings = {
+        k: v for k, v in (("amsgrad", amsgrad), ("momentum", momentum), ("centered", centered)) if v is not None
+    }
     config = validate({"optimizer": {"name": name, **settings}}, "test")
     assert memory.state_copies(config.optimizer) == copies
     model = torch.nn.Linear(3, 2)
     optimizer = build_optimizer(config.optimizer, model)
     model(torch.randn(4, 3)).sum().backward()
     optimizer.step()
-    kept = sum(isinstance(t, torch.Tensor) and t.shape == p.shape for p in model.parameters()
-               for t in optimizer.state[p].values())
+    kept = sum(
+        isinstance(t, torch.Tensor) and t.shape == p.shape
+        for p in model.parameters()
+        for t in optimizer.state[p].values()
+    )
     assert kept == 2 * copies  # two parameters, weight and bias
 
 
@@ -160,16 +187,39 @@ def cgroup(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path
     return tmp_path / "cgroup", tmp_path / "sys"
 
 
-@pytest.mark.parametrize(("proc", "files", "free"), [
-    ("0::/job\n", {"job/memory.max": "3000000\n", "job/memory.current": "1000000\n"}, 2_000_000),  # v2
-    ("0::/job\n", {"memory.max": "5000000\n", "memory.current": "4000000\n",  # the parent binds
-                   "job/memory.max": "max\n", "job/memory.current": "5\n"}, 1_000_000),
-    ("0::/\n", {"memory.max": "max\n", "memory.current": "1\n"}, None),
-    ("4:memory:/job\n0::/\n", {"memory/job/memory.limit_in_bytes": "3000000\n",  # v1
-                               "memory/job/memory.usage_in_bytes": "500000\n"}, 2_500_000),
-    ("4:memory:/job\n", {"memory/job/memory.limit_in_bytes": "9223372036854771712\n",
-                         "memory/job/memory.usage_in_bytes": "500000\n"}, None),
-])
+@pytest.mark.parametrize(
+    ("proc", "files", "free"),
+    [
+        ("0::/job\n", {"job/memory.max": "3000000\n", "job/memory.current": "1000000\n"}, 2_000_000),  # v2
+        (
+            "0::/job\n",
+            {
+                "memory.max": "5000000\n",
+                "memory.current": "4000000\n",  # the parent binds
+                "job/memory.max": "max\n",
+                "job/memory.current": "5\n",
+            },
+            1_000_000,
+        ),
+        ("0::/\n", {"memory.max": "max\n", "memory.current": "1\n"}, None),
+        (
+            "4:memory:/job\n0::/\n",
+            {
+                "memory/job/memory.limit_in_bytes": "3000000\n",  # v1
+                "memory/job/memory.usage_in_bytes": "500000\n",
+            },
+            2_500_000,
+        ),
+        (
+            "4:memory:/job\n",
+            {
+                "memory/job/memory.limit_in_bytes": "9223372036854771712\n",
+                "memory/job/memory.usage_in_bytes": "500000\n",
+            },
+            None,
+        ),
+    ],
+)
 def test_the_cgroup_limit_is_read_from_v1_and_v2(tmp_path, proc, files, free):
     assert memory.cgroup_free(*cgroup(tmp_path, proc, files)) == free
 
@@ -187,7 +237,8 @@ def test_ulimit_v_is_a_limit_too():
     def lower() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=lower,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=lower, check=True
+    ).stdout
     free, where = out.strip().split("|")
     assert 0 < int(free) < limit and where == "left under ulimit -v"

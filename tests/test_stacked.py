@@ -19,13 +19,11 @@ import pytest
 import torch
 
 from clihelp import gdtrain, one_error
-from gdtrain.training import checkpoints
-from gdtrain.execution import groups
-from gdtrain.training import memory
-from gdtrain.training import recipe
 from gdtrain.core.config import apply_overrides, read_config, validate
-from gdtrain.training.tasks import Task
+from gdtrain.execution import groups
 from gdtrain.execution.units import run_unit
+from gdtrain.training import checkpoints, memory, recipe
+from gdtrain.training.tasks import Task
 from test_sweep_signals import start  # noqa: F401  (a fixture: the sweeps it starts are killed at the end)
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -34,14 +32,21 @@ MIXED = [
     ["optimizer={name: sgd, lr: 0.1}"],
     ["optimizer={name: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.001}", "schedule={name: cosine}"],
     ["optimizer={name: sgd, lr: 0.05, momentum: 0.8, dampening: 0.1}", "train.grad_clip=null"],
-    ["optimizer={name: adagrad, lr: 0.05, lr_decay: 0.01, initial_accumulator_value: 0.1, weight_decay: 0.001}",
-     "schedule={name: exponential, gamma: 0.8}"],
-    ["optimizer={name: rmsprop, lr: 0.005, alpha: 0.9, momentum: 0.5, centered: true}",
-     "schedule={name: plateau, patience: 0, factor: 0.5}"],
+    [
+        "optimizer={name: adagrad, lr: 0.05, lr_decay: 0.01, initial_accumulator_value: 0.1, weight_decay: 0.001}",
+        "schedule={name: exponential, gamma: 0.8}",
+    ],
+    [
+        "optimizer={name: rmsprop, lr: 0.005, alpha: 0.9, momentum: 0.5, centered: true}",
+        "schedule={name: plateau, patience: 0, factor: 0.5}",
+    ],
     ["optimizer={name: rmsprop, lr: 0.005, weight_decay: 0.01}", "experiment.seed=2"],
     ["optimizer={name: adam, lr: 0.01, amsgrad: true, betas: [0.8, 0.99]}", "train.grad_clip=0.5"],
-    ["optimizer={name: adamw, lr: 0.01, weight_decay: 0.1}", "experiment.seed=3",
-     "schedule={name: step, step_size: 1, gamma: 0.5, warmup_steps: 10, warmup_start_factor: 0.1}"],
+    [
+        "optimizer={name: adamw, lr: 0.01, weight_decay: 0.1}",
+        "experiment.seed=3",
+        "schedule={name: step, step_size: 1, gamma: 0.5, warmup_steps: 10, warmup_start_factor: 0.1}",
+    ],
     ["optimizer={name: adam, lr: 0.01, implementation: for_loop}", "experiment.seed=1"],
 ]
 
@@ -98,8 +103,10 @@ def test_every_member_starts_as_its_solo_run_and_ends_within_float_noise_of_it(m
 
 def test_a_member_folder_reads_as_a_solo_run_with_a_provenance_note(mixed):
     stacked, alone, _ = mixed
-    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*")  # noqa: E731
-                             if not p.name.startswith("events.out.tfevents"))
+
+    def files(d: Path) -> list[str]:
+        return sorted(str(p.relative_to(d)) for p in d.rglob("*") if not p.name.startswith("events.out.tfevents"))
+
     for together, by_itself in zip(stacked, alone):
         assert files(together) == files(by_itself)
         ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (together, by_itself))
@@ -152,14 +159,22 @@ def test_a_stacked_sweep_gives_the_compare_table_of_one_run_at_a_time(tmp_path):
 
 # --- grouping ------------------------------------------------------------------------------------
 
+
 def names(units: list[list[Task]]) -> list[list[str]]:
     return [[task.name for task in unit] for unit in units]
 
 
 def test_only_compatible_points_share_a_group(tmp_path):
-    variants = [[], ["optimizer={name: sgd, lr: 0.1}", "experiment.seed=5"], ["train.batch_size=8"],
-                ["model.hidden_sizes=[8]"], ["train.precision=fp16"], ["schedule={name: cosine}", "train.grad_clip=null"],
-                ["train.epochs=2"], ["data.noise=0.5"] if False else ["data.cluster_std=2.0"]]
+    variants = [
+        [],
+        ["optimizer={name: sgd, lr: 0.1}", "experiment.seed=5"],
+        ["train.batch_size=8"],
+        ["model.hidden_sizes=[8]"],
+        ["train.precision=fp16"],
+        ["schedule={name: cosine}", "train.grad_clip=null"],
+        ["train.epochs=2"],
+        ["data.noise=0.5"] if False else ["data.cluster_std=2.0"],
+    ]
     units = groups.plan(tasks_of(variants, tmp_path), batch_runs=None)
     assert names(units) == [["p0", "p5", "p1"], ["p2"], ["p3"], ["p4"], ["p6"], ["p7"]]
 
@@ -221,8 +236,10 @@ def test_a_stopped_stacked_sweep_resumes_to_the_uninterrupted_result(start, unin
         os.killpg(run.process.pid, signal.SIGINT)
         status, lines = run.finish()
         assert status == 130, run.output()
-        assert lines[-1].startswith("sweep stopped by SIGINT: 6 points: 0 finished, 0 diverged, 0 failed, "
-                                    "6 interrupted, 0 not started; continue with: gdtrain sweep "), run.output()
+        assert lines[-1].startswith(
+            "sweep stopped by SIGINT: 6 points: 0 finished, 0 diverged, 0 failed, "
+            "6 interrupted, 0 not started; continue with: gdtrain sweep "
+        ), run.output()
         assert [json.loads((d / "summary.json").read_text())["status"] for d in members] == ["interrupted"] * 6
     else:
         run.kill()
@@ -255,17 +272,25 @@ main()
 
 
 @pytest.mark.parametrize(("written", "keep_last"), [(1, 1), (5, 2)])
-def test_a_group_killed_while_writing_its_checkpoints_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted,
-                                                                                           written, keep_last):
+def test_a_group_killed_while_writing_its_checkpoints_resumes_to_the_uninterrupted_result(
+    tmp_path, uninterrupted, written, keep_last
+):
     """kill -9 after `written` of the 6 members wrote their third checkpoint: the resumed group takes
     each member from the second, the step all have, and trains them together as the uninterrupted group did."""
     runs_dir, keep = tmp_path / "runs", ["--set", f"train.keep_last={keep_last}"]
     env = os.environ | {"DIE_AFTER": str(12 + written)}
-    killed = subprocess.run([sys.executable, "-c", KILLED_MID_CHECKPOINT, "sweep", str(SMOKE), *GRID, *keep,
-                             "--runs-dir", str(runs_dir)], env=env, capture_output=True, text=True, timeout=600,
-                            start_new_session=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_CHECKPOINT, "sweep", str(SMOKE), *GRID, *keep, "--runs-dir", str(runs_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    newest = sorted(max(p.name for p in d.glob("checkpoints/step-*.pt")) for d in runs_dir.glob("smoke/*/checkpoints/.."))
+    newest = sorted(
+        max(p.name for p in d.glob("checkpoints/step-*.pt")) for d in runs_dir.glob("smoke/*/checkpoints/..")
+    )
     assert len(set(newest)) == 2 and newest.count(newest[-1]) == written  # members left at two steps
     held = [sorted(p.name for p in d.glob("checkpoints/step-*.pt")) for d in runs_dir.glob("smoke/*/checkpoints/..")]
     assert all(newest[0] in names for names in held)  # the older step stays until every member has the new
@@ -296,15 +321,17 @@ def test_a_full_disk_stops_a_group_with_one_line_and_every_member_says_so(tmp_pa
 
 
 def test_a_member_that_alone_cannot_fit_is_the_run_s_own_one_line_refusal(tmp_path):
-    result = gdtrain("sweep", SMOKE, "--seeds", "3", "--set", "model.hidden_sizes=[200000,200000]", "--runs-dir", tmp_path)
+    result = gdtrain(
+        "sweep", SMOKE, "--seeds", "3", "--set", "model.hidden_sizes=[200000,200000]", "--runs-dir", tmp_path
+    )
     error = one_error(result)
     assert "the model does not fit in memory" in error and "lower model.hidden_sizes" in error
     assert not list(tmp_path.glob("smoke/*/config.yaml"))
 
 
 def test_dropout_draws_its_own_mask_for_every_member():
-    from gdtrain.core.config import MLPModel
     from gdtrain.components.models import build_model
+    from gdtrain.core.config import MLPModel
     from gdtrain.stacked.model import StackedModel
 
     cfg = MLPModel(name="mlp", hidden_sizes=[64], dropout=0.5)

@@ -6,12 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gdtrain.core.config import validate
 from gdtrain.components.models import build_model
+from gdtrain.core.config import validate
 from gdtrain.stacked.model import StackedModel, member_losses
 
-MODELS = [{"name": "mlp", "hidden_sizes": [16, 8], "activation": "tanh"}, {"name": "linear", "bias": False},
-          {"name": "linear"}]
+MODELS = [
+    {"name": "mlp", "hidden_sizes": [16, 8], "activation": "tanh"},
+    {"name": "linear", "bias": False},
+    {"name": "linear"},
+]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=["mlp", "linear-nobias", "linear"])

@@ -16,11 +16,21 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from gdtrain.core.config import (AdagradConfig, AdamConfig, AdamWConfig, ConstantSchedule, CosineSchedule,
-                            ExponentialSchedule, PlateauSchedule, RMSpropConfig, SGDConfig, StepSchedule)
 from gdtrain.components.optimizers import OPTIMIZERS, build_schedule, build_warmup
-from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_, kind_key
+from gdtrain.core.config import (
+    AdagradConfig,
+    AdamConfig,
+    AdamWConfig,
+    ConstantSchedule,
+    CosineSchedule,
+    ExponentialSchedule,
+    PlateauSchedule,
+    RMSpropConfig,
+    SGDConfig,
+    StepSchedule,
+)
 from gdtrain.stacked.lr import MemberSchedules
+from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_, kind_key
 
 SHAPES = [(3, 4), (4,), (2, 3, 2)]  # a matrix, a bias, a 3-d tensor
 STEPS, STEPS_PER_EPOCH = 25, 5
@@ -40,16 +50,47 @@ def grid(cls, **choices) -> list:
 
 
 MATRIX = (
-    grid(SGDConfig, lr=[0.05], momentum=[0.0, 0.9], dampening=[0.0, 0.5], nesterov=[False, True],
-         weight_decay=[0.0, 0.01])
-    + grid(AdagradConfig, lr=[0.1], lr_decay=[0.0, 0.01], weight_decay=[0.0, 0.01],
-           initial_accumulator_value=[0.0, 0.1], eps=[1e-10, 1e-6])
-    + grid(RMSpropConfig, lr=[0.01], alpha=[0.99, 0.9], eps=[1e-8, 1e-4], weight_decay=[0.0, 0.01],
-           momentum=[0.0, 0.9], centered=[False, True])
-    + grid(AdamConfig, lr=[0.01], betas=[(0.9, 0.999), (0.5, 0.9)], eps=[1e-8, 1e-6], weight_decay=[0.0, 0.01],
-           amsgrad=[False, True])
-    + grid(AdamWConfig, lr=[0.01], betas=[(0.9, 0.999), (0.5, 0.9)], eps=[1e-8, 1e-6], weight_decay=[0.0, 0.01],
-           amsgrad=[False, True])
+    grid(
+        SGDConfig,
+        lr=[0.05],
+        momentum=[0.0, 0.9],
+        dampening=[0.0, 0.5],
+        nesterov=[False, True],
+        weight_decay=[0.0, 0.01],
+    )
+    + grid(
+        AdagradConfig,
+        lr=[0.1],
+        lr_decay=[0.0, 0.01],
+        weight_decay=[0.0, 0.01],
+        initial_accumulator_value=[0.0, 0.1],
+        eps=[1e-10, 1e-6],
+    )
+    + grid(
+        RMSpropConfig,
+        lr=[0.01],
+        alpha=[0.99, 0.9],
+        eps=[1e-8, 1e-4],
+        weight_decay=[0.0, 0.01],
+        momentum=[0.0, 0.9],
+        centered=[False, True],
+    )
+    + grid(
+        AdamConfig,
+        lr=[0.01],
+        betas=[(0.9, 0.999), (0.5, 0.9)],
+        eps=[1e-8, 1e-6],
+        weight_decay=[0.0, 0.01],
+        amsgrad=[False, True],
+    )
+    + grid(
+        AdamWConfig,
+        lr=[0.01],
+        betas=[(0.9, 0.999), (0.5, 0.9)],
+        eps=[1e-8, 1e-6],
+        weight_decay=[0.0, 0.01],
+        amsgrad=[False, True],
+    )
 )
 
 
@@ -63,8 +104,17 @@ def gradients(m: int, dtype: torch.dtype) -> list[list[torch.Tensor]]:
     """Per step, the M members' gradients; member m's scaled by 1 + m % 3 too, so their norms differ."""
     gen = torch.Generator().manual_seed(1)
     member = (1 + torch.arange(m) % 3).double()
-    return [[(torch.randn((m, *shape), generator=gen, dtype=torch.float64) * SCALES[step % len(SCALES)]
-              * member.view(-1, *[1] * len(shape))).to(dtype) for shape in SHAPES] for step in range(STEPS)]
+    return [
+        [
+            (
+                torch.randn((m, *shape), generator=gen, dtype=torch.float64)
+                * SCALES[step % len(SCALES)]
+                * member.view(-1, *[1] * len(shape))
+            ).to(dtype)
+            for shape in SHAPES
+        ]
+        for step in range(STEPS)
+    ]
 
 
 def val_loss(member: int, epoch: int) -> float:
@@ -97,7 +147,6 @@ def solo(cfg, schedule, clip, params0, grads, member, steps=STEPS):
     return [p.detach() for p in params], lrs, torch.stack(norms), opt
 
 
-
 class Stack:
     """M members trained together: StackedOptimizer, MemberSchedules and clip_grad_norms_."""
 
@@ -127,8 +176,9 @@ def difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-def check_members(stack: Stack, configs, schedules, clips, params0, grads, dtype, skip=(),
-                  exact: bool = False) -> tuple[float, float]:
+def check_members(
+    stack: Stack, configs, schedules, clips, params0, grads, dtype, skip=(), exact: bool = False
+) -> tuple[float, float]:
     """Each member (but `skip`) against its solo run: the lr of every step, then the gradient norms and the
     parameters within tolerance (`exact`: parameters bit for bit). The largest differences (parameters, norms)."""
     worst = [0.0, 0.0]
@@ -155,8 +205,9 @@ def test_every_setting_in_one_mixed_group_equals_torch(kernel, dtype, order):
     """All 90 accepted combinations as members of one group, kinds side by side (views) or shuffled
     (gathers). for_loop: bit for bit torch's single-tensor kernel. auto runs Adam, AdamW and Adagrad through
     torch's fused kernels, as gdtrain does on the CPU: as far from for_loop as torch's fused kernel is (1e-7)."""
-    configs = [cfg.model_copy(update={"implementation": kernel, "lr": cfg.lr * (1 + i % 3)})
-               for i, cfg in enumerate(MATRIX)]
+    configs = [
+        cfg.model_copy(update={"implementation": kernel, "lr": cfg.lr * (1 + i % 3)}) for i, cfg in enumerate(MATRIX)
+    ]
     if order == "shuffled":
         random.Random(0).shuffle(configs)
     else:
@@ -169,12 +220,20 @@ def test_every_setting_in_one_mixed_group_equals_torch(kernel, dtype, order):
     assert all(views) if order == "by_kind" else not all(views)
     stack.run(grads, STEPS)
     worst, norms = check_members(stack, configs, schedules, clips, params0, grads, dtype, exact=kernel == "for_loop")
-    print(f"{len(configs)} members, {kernel}, {dtype}, {order}: largest relative difference {worst:.2e}"
-          f" (gradient norms {norms:.2e})")
+    print(
+        f"{len(configs)} members, {kernel}, {dtype}, {order}: largest relative difference {worst:.2e}"
+        f" (gradient norms {norms:.2e})"
+    )
 
 
-SCHEDULES = [ConstantSchedule(), StepSchedule(step_size=2, gamma=0.5), ExponentialSchedule(gamma=0.8),
-             CosineSchedule(eta_min=1e-4), CosineSchedule(t_max=2), PlateauSchedule(factor=0.5, patience=1)]
+SCHEDULES = [
+    ConstantSchedule(),
+    StepSchedule(step_size=2, gamma=0.5),
+    ExponentialSchedule(gamma=0.8),
+    CosineSchedule(eta_min=1e-4),
+    CosineSchedule(t_max=2),
+    PlateauSchedule(factor=0.5, patience=1),
+]
 WARMUPS = [{}, {"warmup_steps": 7}, {"warmup_steps": 3, "warmup_start_factor": 0.5}]
 
 
@@ -182,8 +241,13 @@ WARMUPS = [{}, {"warmup_steps": 7}, {"warmup_steps": 3, "warmup_start_factor": 0
 @pytest.mark.parametrize("kernel", ["for_loop", "auto"])
 def test_schedules_warmup_and_clipping_per_member_equal_torch(kernel, dtype):
     """Every schedule × warm-up, with or without clipping, over the five optimizers."""
-    kinds = [SGDConfig(lr=0.05, momentum=0.9), AdagradConfig(), RMSpropConfig(centered=True, momentum=0.5),
-             AdamConfig(amsgrad=True), AdamWConfig()]
+    kinds = [
+        SGDConfig(lr=0.05, momentum=0.9),
+        AdagradConfig(),
+        RMSpropConfig(centered=True, momentum=0.5),
+        AdamConfig(amsgrad=True),
+        AdamWConfig(),
+    ]
     kinds = [cfg.model_copy(update={"implementation": kernel}) for cfg in kinds]
     schedules = [type(s)(**{**s.model_dump(), **w}) for s in SCHEDULES for w in WARMUPS]
     configs = [kinds[i % len(kinds)] for i in range(len(schedules))]
@@ -195,8 +259,10 @@ def test_schedules_warmup_and_clipping_per_member_equal_torch(kernel, dtype):
     assert all((norms[:, m] > clip).any() for m, clip in enumerate(clips) if clip)  # every clipping member clips
     assert all(stack.lrs[-1][m] < configs[m].lr / 1.5 for m, s in enumerate(schedules) if s.name == "plateau")
     worst, norms = check_members(stack, configs, schedules, clips, params0, grads, dtype, exact=kernel == "for_loop")
-    print(f"{len(configs)} members with schedules and clipping, {kernel}, {dtype}: largest relative difference"
-          f" {worst:.2e} (gradient norms {norms:.2e})")
+    print(
+        f"{len(configs)} members with schedules and clipping, {kernel}, {dtype}: largest relative difference"
+        f" {worst:.2e} (gradient norms {norms:.2e})"
+    )
 
 
 def test_members_that_do_not_clip_keep_their_gradients_bit_for_bit():
@@ -215,8 +281,14 @@ def test_members_that_do_not_clip_keep_their_gradients_bit_for_bit():
 
 @pytest.mark.parametrize("kernel", ["for_loop", "auto"])
 def test_frozen_members_are_not_touched_and_the_others_go_on(kernel):
-    configs = [SGDConfig(lr=0.05, momentum=0.9), AdamConfig(), SGDConfig(lr=0.05, momentum=0.9),
-               AdamConfig(), RMSpropConfig(), AdagradConfig()]
+    configs = [
+        SGDConfig(lr=0.05, momentum=0.9),
+        AdamConfig(),
+        SGDConfig(lr=0.05, momentum=0.9),
+        AdamConfig(),
+        RMSpropConfig(),
+        AdagradConfig(),
+    ]
     configs = [cfg.model_copy(update={"implementation": kernel}) for cfg in configs]
     schedules, clips = [ConstantSchedule()] * 6, [None] * 6
     params0, grads = start(6, torch.float32), gradients(6, torch.float32)
@@ -286,9 +358,17 @@ def test_parameters_must_stack_one_row_per_config():
         StackedOptimizer([nn.Parameter(torch.zeros(2, 4))], [SGDConfig()] * 3)
 
 
-@pytest.mark.parametrize("cfg", [SGDConfig(lr=0.05, momentum=0.9, nesterov=True), SGDConfig(),
-                                 AdagradConfig(lr_decay=0.1, initial_accumulator_value=0.1),
-                                 RMSpropConfig(centered=True, momentum=0.9), AdamConfig(amsgrad=True), AdamWConfig()])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SGDConfig(lr=0.05, momentum=0.9, nesterov=True),
+        SGDConfig(),
+        AdagradConfig(lr_decay=0.1, initial_accumulator_value=0.1),
+        RMSpropConfig(centered=True, momentum=0.9),
+        AdamConfig(amsgrad=True),
+        AdamWConfig(),
+    ],
+)
 def test_one_members_state_loads_into_torch_optim_and_goes_on_as_the_solo_run(cfg):
     configs = [AdamConfig(), cfg, SGDConfig(momentum=0.5)]
     schedule = StepSchedule(step_size=1, gamma=0.5)
@@ -320,8 +400,9 @@ def test_one_members_state_loads_into_torch_optim_and_goes_on_as_the_solo_run(cf
 def assert_same_state(state: dict, expected: dict) -> None:
     """torch.optim state dicts alike: settings (the kernel aside), state keys and values."""
     kernel = ("foreach", "fused")  # the member's is what gdtrain picks (fused Adam on CPU); the reference's for_loop
-    assert ({k: v for k, v in state["param_groups"][0].items() if k not in kernel}
-            == {k: v for k, v in expected["param_groups"][0].items() if k not in kernel})
+    assert {k: v for k, v in state["param_groups"][0].items() if k not in kernel} == {
+        k: v for k, v in expected["param_groups"][0].items() if k not in kernel
+    }
     assert state["state"].keys() == expected["state"].keys()
     for i, entry in state["state"].items():
         assert entry.keys() == expected["state"][i].keys()
@@ -330,16 +411,29 @@ def assert_same_state(state: dict, expected: dict) -> None:
 
 
 def test_mixed_kinds_are_split_by_the_switches_of_torchs_formula():
-    configs = [SGDConfig(), SGDConfig(momentum=0.9), SGDConfig(momentum=0.5, weight_decay=0.1), AdamConfig(),
-               AdamConfig(amsgrad=True), AdamWConfig(), RMSpropConfig(centered=True)]
+    configs = [
+        SGDConfig(),
+        SGDConfig(momentum=0.9),
+        SGDConfig(momentum=0.5, weight_decay=0.1),
+        AdamConfig(),
+        AdamConfig(amsgrad=True),
+        AdamWConfig(),
+        RMSpropConfig(centered=True),
+    ]
     opt = StackedOptimizer([nn.Parameter(torch.zeros(len(configs), 3))], configs)
     assert [(k.name, k.switches, k.members) for k in opt.kinds] == [
-        ("sgd", (False, False), [0]), ("sgd", (True, False), [1, 2]), ("adam", (False,), [3]),
-        ("adam", (True,), [4]), ("adamw", (False,), [5]), ("rmsprop", (False, True), [6])]
+        ("sgd", (False, False), [0]),
+        ("sgd", (True, False), [1, 2]),
+        ("adam", (False,), [3]),
+        ("adam", (True,), [4]),
+        ("adamw", (False,), [5]),
+        ("rmsprop", (False, True), [6]),
+    ]
 
 
-@pytest.mark.parametrize("cfg", [AdamConfig(weight_decay=0.01), AdamWConfig(amsgrad=True),
-                                 AdagradConfig(lr_decay=0.01)])
+@pytest.mark.parametrize(
+    "cfg", [AdamConfig(weight_decay=0.01), AdamWConfig(amsgrad=True), AdagradConfig(lr_decay=0.01)]
+)
 def test_members_sharing_every_setting_are_bit_for_bit_a_solo_fused_run(cfg):
     """Seeds of one config: torch's fused kernel updates their rows as it updates a solo run (gdtrain's pick)."""
     params0, grads = start(3, torch.float32), gradients(3, torch.float32)
@@ -357,8 +451,15 @@ def test_members_sharing_every_setting_are_bit_for_bit_a_solo_fused_run(cfg):
 
 def test_members_sharing_lr_but_not_decay_are_not_given_one_decay():
     """A fused kind with one lr but several weight decays (or Adagrad lr decays) is not a shared-settings one."""
-    configs = [AdamConfig(), AdamConfig(weight_decay=0.1), AdamWConfig(), AdamWConfig(weight_decay=0.1),
-               AdagradConfig(), AdagradConfig(lr_decay=0.1), AdagradConfig(weight_decay=0.1)]
+    configs = [
+        AdamConfig(),
+        AdamConfig(weight_decay=0.1),
+        AdamWConfig(),
+        AdamWConfig(weight_decay=0.1),
+        AdagradConfig(),
+        AdagradConfig(lr_decay=0.1),
+        AdagradConfig(weight_decay=0.1),
+    ]
     schedules, clips = [ConstantSchedule()] * len(configs), [None] * len(configs)
     params0, grads = start(len(configs), torch.float64), gradients(len(configs), torch.float64)
     stack = Stack(configs, schedules, clips, params0)

@@ -35,8 +35,9 @@ Path(sys.argv[1]).write_text(json.dumps({"code": code, "torch": "torch" in sys.m
 def imports_torch(*args: str | Path, tmp_path: Path) -> tuple[int, bool, str]:
     """(exit code, whether torch was imported, stdout) of `gdtrain ARGS` in a fresh interpreter."""
     report = tmp_path / "probe.json"
-    done = subprocess.run([sys.executable, "-c", PROBE, report, *map(str, args)], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, report, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert report.exists(), done.stderr
     found = json.loads(report.read_text())
     return found["code"], found["torch"], done.stdout + done.stderr
@@ -47,16 +48,33 @@ def finished_run(folder: Path, lr: float, seed: int, accuracy: float) -> None:
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(
         f"experiment: {{name: hand, seed: {seed}}}\noptimizer: {{name: sgd, lr: {lr}}}\n"
-        "train: {loss: cross_entropy}\n")
+        "train: {loss: cross_entropy}\n"
+    )
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "epoch": 1, "accuracy/val": accuracy}) + "\n")
-    (folder / "summary.json").write_text(json.dumps({"status": "finished", "final": {"accuracy/val": accuracy},
-                                                     "wall_seconds": 1.0, "samples_per_second": 100.0}))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "final": {"accuracy/val": accuracy},
+                "wall_seconds": 1.0,
+                "samples_per_second": 100.0,
+            }
+        )
+    )
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"], ["--version"], ["list"], ["run", "--help"], ["study", "--help"],
-    ["check", "configs/smoke.yaml"], ["check", "configs/mnist_adam.yaml", "--set", "data.root=/nonexistent"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--version"],
+        ["list"],
+        ["run", "--help"],
+        ["study", "--help"],
+        ["check", "configs/smoke.yaml"],
+        ["check", "configs/mnist_adam.yaml", "--set", "data.root=/nonexistent"],
+    ],
+)
 def test_commands_that_do_not_train_import_no_torch(args, tmp_path):
     code, torch_imported, out = imports_torch(*args, tmp_path=tmp_path)
     assert code == 0 and out.strip(), out
@@ -86,16 +104,22 @@ def test_help_and_version_import_neither_the_config_schema_nor_torch(args):
 
 def test_the_heavy_module_probe_sees_the_config_schema_when_a_command_loads_a_config():
     """The probe above can fail: `check` builds the schema."""
-    done = subprocess.run([sys.executable, "-c", HEAVY, "check", "configs/smoke.yaml"], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", HEAVY, "check", "configs/smoke.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "imported: ['gdtrain.core.config', 'pydantic']", done.stdout
 
 
 def test_check_of_an_image_set_reads_headers_without_torch(tmp_path):
     make_set(tmp_path)
-    code, torch_imported, out = imports_torch("check", "configs/mnist_adam.yaml", "--set", f"data.root={tmp_path}",
-                                              tmp_path=tmp_path)
+    code, torch_imported, out = imports_torch(
+        "check", "configs/mnist_adam.yaml", "--set", f"data.root={tmp_path}", tmp_path=tmp_path
+    )
     assert code == 0 and "memory" in out.lower(), out
     assert not torch_imported
 
@@ -118,6 +142,7 @@ def test_data_download_of_files_in_place_imports_no_torch(tmp_path):
 
 def test_a_command_that_trains_does_import_torch(tmp_path):
     """The probe sees torch when it is there: the tests above can fail."""
-    code, torch_imported, _ = imports_torch("run", "configs/smoke.yaml", "--runs-dir", tmp_path, "--quiet",
-                                            tmp_path=tmp_path)
+    code, torch_imported, _ = imports_torch(
+        "run", "configs/smoke.yaml", "--runs-dir", tmp_path, "--quiet", tmp_path=tmp_path
+    )
     assert code == 0 and torch_imported

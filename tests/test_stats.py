@@ -66,8 +66,11 @@ def test_tie_groups_put_the_unbeaten_first_and_handle_cycles() -> None:
         return stats.Pair(a, b, 0.5, (0.5, 0.5), 0.5, verdict)
 
     # a beats c; b ties with both: a and b are unbeaten, c comes after
-    pairs = [pair("a", "b", "no detectable difference"), pair("a", "c", "a beats c"),
-             pair("b", "c", "no detectable difference")]
+    pairs = [
+        pair("a", "b", "no detectable difference"),
+        pair("a", "c", "a beats c"),
+        pair("b", "c", "no detectable difference"),
+    ]
     assert stats.tie_groups(["c", "b", "a"], pairs) == [["b", "a"], ["c"]]
     cycle = [pair("a", "b", "a beats b"), pair("b", "c", "b beats c"), pair("c", "a", "c beats a")]
     assert stats.tie_groups(["a", "b", "c"], cycle) == [["a", "b", "c"]]

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from clihelp import gdtrain, one_error, write
-from gdtrain.study import spec as studying
 from gdtrain.core.config import load_config
+from gdtrain.study import spec as studying
 from gdtrain.study.report import fmt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,26 +48,38 @@ def run_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file())
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"budgett": 3}, "budgett: unknown"),
-    ({"budget": 0}, "budget: must be >= 1"),
-    ({"seeds": 1}, "seeds: must be >= 2"),
-    ({"sampler": "sobol"}, "sampler: must be one of"),
-    ({"select": "accuracy/test"}, "select: accuracy/test is a test metric"),
-    ({"select": "accuracy/train"}, "select: this task does not log 'accuracy/train'"),
-    ({"optimizers": [{"name": "adamax", "lr": [0.1]}]}, "optimizers[0].name: unknown optimizer 'adamax'"),
-    ({"optimizers": [{"name": "sgd", "lr": []}]}, "optimizers[0].lr: an empty list of choices"),
-    ({"optimizers": [{"name": "sgd", "lr": {"log_uniform": [0.1, 0.01]}}]}, "lo must be < hi"),
-    ({"optimizers": [{"name": "sgd", "lr": {"log_uniform": [0, 0.1]}}]}, "lo must be > 0"),
-    ({"optimizers": [{"name": "sgd", "lr": {"normal": [0, 1]}}]}, "optimizers[0].lr: a search space is"),
-    ({"optimizers": [{"name": "sgd", "lr": 0.1}]}, "optimizers[0].lr: every optimizer searches its lr"),
-    ({"optimizers": [{"name": "sgd", "betas": [0.9, 0.99], "lr": [0.1]}]}, "optimizers[0].betas: unknown key for sgd"),
-    ({"optimizers": [{"name": "sgd", "momentum": 1.5, "lr": [0.1]}]}, "optimizer.momentum: must be in [0, 1)"),
-    ({"optimizers": [{"name": "sgd", "lr": [0.1]}, {"name": "sgd", "lr": [0.2]}]}, "share the label 'sgd'"),
-    ({"optimizers": []}, "optimizers: "),
-    ({"sampler": "grid", "budget": 3, "optimizers": [{"name": "sgd", "momentum": [0.0, 0.9], "lr": {"log_uniform": [0.01, 1]}}]},
-     "cannot make exactly budget 3"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"budgett": 3}, "budgett: unknown"),
+        ({"budget": 0}, "budget: must be >= 1"),
+        ({"seeds": 1}, "seeds: must be >= 2"),
+        ({"sampler": "sobol"}, "sampler: must be one of"),
+        ({"select": "accuracy/test"}, "select: accuracy/test is a test metric"),
+        ({"select": "accuracy/train"}, "select: this task does not log 'accuracy/train'"),
+        ({"optimizers": [{"name": "adamax", "lr": [0.1]}]}, "optimizers[0].name: unknown optimizer 'adamax'"),
+        ({"optimizers": [{"name": "sgd", "lr": []}]}, "optimizers[0].lr: an empty list of choices"),
+        ({"optimizers": [{"name": "sgd", "lr": {"log_uniform": [0.1, 0.01]}}]}, "lo must be < hi"),
+        ({"optimizers": [{"name": "sgd", "lr": {"log_uniform": [0, 0.1]}}]}, "lo must be > 0"),
+        ({"optimizers": [{"name": "sgd", "lr": {"normal": [0, 1]}}]}, "optimizers[0].lr: a search space is"),
+        ({"optimizers": [{"name": "sgd", "lr": 0.1}]}, "optimizers[0].lr: every optimizer searches its lr"),
+        (
+            {"optimizers": [{"name": "sgd", "betas": [0.9, 0.99], "lr": [0.1]}]},
+            "optimizers[0].betas: unknown key for sgd",
+        ),
+        ({"optimizers": [{"name": "sgd", "momentum": 1.5, "lr": [0.1]}]}, "optimizer.momentum: must be in [0, 1)"),
+        ({"optimizers": [{"name": "sgd", "lr": [0.1]}, {"name": "sgd", "lr": [0.2]}]}, "share the label 'sgd'"),
+        ({"optimizers": []}, "optimizers: "),
+        (
+            {
+                "sampler": "grid",
+                "budget": 3,
+                "optimizers": [{"name": "sgd", "momentum": [0.0, 0.9], "lr": {"log_uniform": [0.01, 1]}}],
+            },
+            "cannot make exactly budget 3",
+        ),
+    ],
+)
 def test_bad_study_is_one_line_and_runs_nothing(tmp_path: Path, change: dict, message: str) -> None:
     path = small(tmp_path, **change)
     line = one_error(gdtrain("study", path, "--runs-dir", tmp_path / "runs"))
@@ -84,9 +96,13 @@ def test_set_reaches_the_base_config_and_the_study(tmp_path: Path) -> None:
 
 
 def test_samplers_are_reproducible_within_bounds_and_matched_across_optimizers(tmp_path: Path) -> None:
-    spec = yaml.safe_load(SMALL) | {"budget": 8, "optimizers": [
-        {"name": "sgd", "lr": {"log_uniform": [1e-3, 1.0]}, "momentum": {"uniform": [0.0, 0.99]}},
-        {"name": "adam", "lr": {"log_uniform": [1e-5, 1e-2]}, "betas": [[0.9, 0.999], [0.8, 0.99]]}]}
+    spec = yaml.safe_load(SMALL) | {
+        "budget": 8,
+        "optimizers": [
+            {"name": "sgd", "lr": {"log_uniform": [1e-3, 1.0]}, "momentum": {"uniform": [0.0, 0.99]}},
+            {"name": "adam", "lr": {"log_uniform": [1e-5, 1e-2]}, "betas": [[0.9, 0.999], [0.8, 0.99]]},
+        ],
+    }
     for sampler in ("quasirandom", "random"):
         path = write(tmp_path, yaml.safe_dump(spec | {"sampler": sampler}), f"{sampler}.yaml")
         study = studying.load_study(path)
@@ -96,20 +112,36 @@ def test_samplers_are_reproducible_within_bounds_and_matched_across_optimizers(t
         assert all(1e-3 <= s["lr"] <= 1.0 and 0 <= s["momentum"] <= 0.99 for s in sgd)
         assert all(1e-5 <= s["lr"] <= 1e-2 and s["betas"] in ([0.9, 0.999], [0.8, 0.99]) for s in adam)
         # the same unit-cube points in each space: the lr's position on its log scale agrees
-        position = lambda lr, lo, hi: (math.log(lr) - math.log(lo)) / (math.log(hi) - math.log(lo))
-        assert [round(position(s["lr"], 1e-3, 1.0), 2) for s in sgd] == [round(position(a["lr"], 1e-5, 1e-2), 2) for a in adam]
-    reseeded = studying.load_study(write(tmp_path, yaml.safe_dump(spec | {"study": {"name": "x", "seed": 1}}), "s1.yaml"))
+
+        def position(lr, lo, hi):
+            return (math.log(lr) - math.log(lo)) / (math.log(hi) - math.log(lo))
+
+        assert [round(position(s["lr"], 1e-3, 1.0), 2) for s in sgd] == [
+            round(position(a["lr"], 1e-5, 1e-2), 2) for a in adam
+        ]
+    reseeded = studying.load_study(
+        write(tmp_path, yaml.safe_dump(spec | {"study": {"name": "x", "seed": 1}}), "s1.yaml")
+    )
     assert studying.samples(reseeded, reseeded.arms[0]) != studying.samples(study, study.arms[0])
 
 
 def test_grid_sampler_is_a_log_grid_with_the_ends(tmp_path: Path) -> None:
-    spec = yaml.safe_load(SMALL) | {"sampler": "grid", "budget": 4, "optimizers": [
-        {"name": "sgd", "lr": {"log_uniform": [1e-3, 1.0]}},
-        {"name": "sgd", "label": "momentum", "momentum": [0.5, 0.9], "lr": {"log_uniform": [0.01, 1.0]}}]}
+    spec = yaml.safe_load(SMALL) | {
+        "sampler": "grid",
+        "budget": 4,
+        "optimizers": [
+            {"name": "sgd", "lr": {"log_uniform": [1e-3, 1.0]}},
+            {"name": "sgd", "label": "momentum", "momentum": [0.5, 0.9], "lr": {"log_uniform": [0.01, 1.0]}},
+        ],
+    }
     study = studying.load_study(write(tmp_path, yaml.safe_dump(spec), "grid.yaml"))
     assert [s["lr"] for s in studying.samples(study, study.arms[0])] == [0.001, 0.01, 0.1, 1.0]
     assert studying.samples(study, study.arms[1]) == [
-        {"lr": 0.01, "momentum": 0.5}, {"lr": 0.01, "momentum": 0.9}, {"lr": 1.0, "momentum": 0.5}, {"lr": 1.0, "momentum": 0.9}]
+        {"lr": 0.01, "momentum": 0.5},
+        {"lr": 0.01, "momentum": 0.9},
+        {"lr": 1.0, "momentum": 0.5},
+        {"lr": 1.0, "momentum": 0.9},
+    ]
 
 
 def test_reruns_use_seeds_disjoint_from_the_tuning_seed(tmp_path: Path) -> None:
@@ -149,8 +181,17 @@ def test_a_study_tunes_selects_reruns_and_reports(finished: tuple[Path, dict, st
         chosen = load_config(folder / "chosen" / f"{label}.yaml")  # runnable as it is
         assert chosen.optimizer.lr == entry["chosen"]["lr"]
     assert results["pairs"] and results["pairs"][0]["verdict"] == "no detectable difference"  # 2 seeds never decide
-    assert results["groups"] == [sorted(results["optimizers"], key=lambda n: -results["optimizers"][n]["reruns"]["mean"])]
-    for name in ("report.md", "results.csv", "lr_sensitivity.png", "budget_curve.png", "reruns.png", "final_per_seed.png"):
+    assert results["groups"] == [
+        sorted(results["optimizers"], key=lambda n: -results["optimizers"][n]["reruns"]["mean"])
+    ]
+    for name in (
+        "report.md",
+        "results.csv",
+        "lr_sensitivity.png",
+        "budget_curve.png",
+        "reruns.png",
+        "final_per_seed.png",
+    ):
         assert (folder / name).stat().st_size > 0, name
     assert "no detectable difference" in output.lower() and str(folder / "report.md") in output
 
@@ -165,11 +206,13 @@ def test_every_number_in_the_report_is_in_results_json(finished: tuple[Path, dic
         assert cells[3:6] == [fmt(r["mean"]), f"{fmt(r['ci'][0])}–{fmt(r['ci'][1])}", fmt(r["median"])]
         assert f"lr={fmt(entry['chosen']['lr'])}" in cells[2]
     matrix = {(p["a"], p["b"]): p["p_a_beats_b"] for p in results["pairs"]}
-    for (a, b), p in matrix.items():
+    for (a, _), p in matrix.items():
         row = next(line for line in report.splitlines() if line.startswith(f"| {a} |"))
         assert f"{p:.2f}" in row
     numbers = set(re.findall(r"\d+\.\d+", report))
-    allowed = {fmt(v) for v in _numbers(results)} | {f"{v:.2f}" for v in _numbers(results)} | {"0.5", "0.05"}  # + the rule
+    allowed = (
+        {fmt(v) for v in _numbers(results)} | {f"{v:.2f}" for v in _numbers(results)} | {"0.5", "0.05"}
+    )  # + the rule
     assert numbers <= allowed, numbers - allowed
 
 
@@ -220,7 +263,9 @@ sampler: grid
     assert diverged["status"] == "diverged" and diverged["select_value"] is None
     assert sgd["chosen"]["lr"] == 0.3
     finite = next(t for t in sgd["trials"] if t["settings"]["lr"] == 0.3)["select_value"]
-    worst = max(t["select_value"] for e in results["optimizers"].values() for t in e["trials"] if t["select_value"] is not None)
+    worst = max(
+        t["select_value"] for e in results["optimizers"].values() for t in e["trials"] if t["select_value"] is not None
+    )
     assert sgd["budget_curve"][0] == pytest.approx((worst + finite) / 2)  # the diverged trial counts as the worst
 
 
@@ -240,7 +285,11 @@ def test_a_study_killed_mid_way_resumes_without_running_a_trial_twice(tmp_path: 
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    done = {p.name: (p / "summary.json").stat().st_mtime_ns for p in (runs / "small").glob("*") if (p / "summary.json").is_file()}
+    done = {
+        p.name: (p / "summary.json").stat().st_mtime_ns
+        for p in (runs / "small").glob("*")
+        if (p / "summary.json").is_file()
+    }
     assert 3 <= len(done) < 8
     result = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -265,9 +314,12 @@ def test_compare_of_seeded_runs_shows_groups_and_intervals_not_a_bare_ranking(fi
     start = next(i for i, line in enumerate(lines) if line.startswith("group "))
     header = lines[start].split()
     assert header[0] == "group" and "CI" in header
-    for label, entry in results["optimizers"].items():  # the reruns (and the chosen trial) pooled per configuration
-        row = next(line for line in lines[start + 1:] if f"  {entry['chosen']['name']} lr={entry['chosen']['lr']:g}  " in line
-                   and " 3 " in line)
+    for entry in results["optimizers"].values():  # the reruns (and the chosen trial) pooled per configuration
+        row = next(
+            line
+            for line in lines[start + 1 :]
+            if f"  {entry['chosen']['name']} lr={entry['chosen']['lr']:g}  " in line and " 3 " in line
+        )
         assert row.split()[0] == "1"  # 3 seeds each cannot separate them: one group
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain, one_error
-from gdtrain.training import recipe
 from gdtrain.execution import sweep
+from gdtrain.training import recipe
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -26,8 +26,9 @@ def run_folders(root: Path) -> list[Path]:
 
 
 def test_grid_runs_the_cross_product_named_by_what_differs(tmp_path):
-    result = gdtrain("sweep", SMOKE, "--grid", "optimizer.name=sgd,adam", "--grid", "optimizer.lr=0.1,0.01",
-                     "--runs-dir", tmp_path)
+    result = gdtrain(
+        "sweep", SMOKE, "--grid", "optimizer.name=sgd,adam", "--grid", "optimizer.lr=0.1,0.01", "--runs-dir", tmp_path
+    )
     assert result.exit_code == 0, result.output
     names = sorted(p.name.rsplit("-", 2)[0] for p in run_folders(tmp_path))
     assert names == ["adam-lr0.01", "adam-lr0.1", "sgd-lr0.01", "sgd-lr0.1"]
@@ -46,20 +47,29 @@ def test_seeds_multiply_the_points_and_set_experiment_seed(tmp_path):
 
 def test_grid_section_in_yaml_is_a_reproducible_sweep(tmp_path):
     spec = tmp_path / "sweep.yaml"
-    spec.write_text(SMOKE.read_text() + "grid:\n  optimizer.name: [sgd, rmsprop]\n  model.hidden_sizes: [[8], [16, 16]]\n")
+    spec.write_text(
+        SMOKE.read_text() + "grid:\n  optimizer.name: [sgd, rmsprop]\n  model.hidden_sizes: [[8], [16, 16]]\n"
+    )
     points = sweep.expand(spec, [], None, [])
-    assert [p.name for p in points] == ["sgd-lr0.01-hidden8", "sgd-lr0.01-hidden16,16",
-                                        "rmsprop-lr0.01-hidden8", "rmsprop-lr0.01-hidden16,16"]
+    assert [p.name for p in points] == [
+        "sgd-lr0.01-hidden8",
+        "sgd-lr0.01-hidden16,16",
+        "rmsprop-lr0.01-hidden8",
+        "rmsprop-lr0.01-hidden16,16",
+    ]
     assert points[1].label == "sgd lr=0.01 hidden=16,16"
     assert points[1].config.model.hidden_sizes == [16, 16]
 
 
-@pytest.mark.parametrize(("grid", "message"), [
-    ("optimizer.lrr=0.1,0.01", "optimizer.lrr: unknown key; did you mean 'lr'?"),
-    ("optimizer.lr=", "--grid optimizer.lr: an empty value"),
-    ("optimizer.lr=0.1,-1", "optimizer.lr: must be > 0, got -1"),
-    ("optimizer.lr", "expected key.path=v1,v2"),
-])
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("optimizer.lrr=0.1,0.01", "optimizer.lrr: unknown key; did you mean 'lr'?"),
+        ("optimizer.lr=", "--grid optimizer.lr: an empty value"),
+        ("optimizer.lr=0.1,-1", "optimizer.lr: must be > 0, got -1"),
+        ("optimizer.lr", "expected key.path=v1,v2"),
+    ],
+)
 def test_bad_grid_is_one_line_and_runs_nothing(tmp_path, grid, message):
     line = one_error(gdtrain("sweep", SMOKE, "--grid", grid, "--runs-dir", tmp_path))
     assert message in line
@@ -81,7 +91,9 @@ def test_a_diverged_and_a_failed_run_do_not_stop_the_sweep(tmp_path, monkeypatch
     monkeypatch.setattr(recipe, "run", flaky)
     regression = tmp_path / "reg.yaml"
     regression.write_text("data: {n_samples: 100}\noptimizer: {name: sgd}\ntrain: {epochs: 300, batch_size: full}\n")
-    result = gdtrain("sweep", regression, "--grid", "optimizer.lr=10,0.02,0.01", "--runs-dir", tmp_path, "--batch-runs", "1")
+    result = gdtrain(
+        "sweep", regression, "--grid", "optimizer.lr=10,0.02,0.01", "--runs-dir", tmp_path, "--batch-runs", "1"
+    )
     assert result.exit_code == 1
     assert "lr=10: diverged" in result.stdout and "lr=0.02: failed" in result.stdout
     assert "RuntimeError: simulated crash" in result.stdout
@@ -117,7 +129,8 @@ def test_parallel_jobs_match_a_serial_sweep(tmp_path):
     assert parallel.exit_code == 0, parallel.output
     finals = lambda root: sorted(  # noqa: E731
         (p.name.rsplit("-", 2)[0], json.loads((p / "summary.json").read_text())["final"]["loss/val"])
-        for p in run_folders(root))
+        for p in run_folders(root)
+    )
     serial, jobs = finals(tmp_path / "serial"), finals(tmp_path / "parallel")
     assert [name for name, _ in serial] == [name for name, _ in jobs]
     assert [v for _, v in serial] == pytest.approx([v for _, v in jobs], rel=1e-4)  # threads may round differently
@@ -138,7 +151,12 @@ def swept(tmp_path_factory) -> Path:
 def test_a_sweep_lists_its_runs_and_their_labels_in_its_manifest(swept):
     manifest = json.loads((swept / "manifest.json").read_text())
     assert manifest["kind"] == "sweep" and manifest["command"].startswith("gdtrain ")
-    assert [p["label"] for p in manifest["points"]] == ["sgd lr=0.01 s0", "sgd lr=0.01 s1", "adam lr=0.01 s0", "adam lr=0.01 s1"]
+    assert [p["label"] for p in manifest["points"]] == [
+        "sgd lr=0.01 s0",
+        "sgd lr=0.01 s1",
+        "adam lr=0.01 s0",
+        "adam lr=0.01 s1",
+    ]
     assert sorted(r["run"] for r in manifest["runs"]) == [p.name for p in run_folders(swept)]
     assert all(r["run"].startswith(r["point"] + "-") and r["status"] == "finished" for r in manifest["runs"])
     assert {r["label"] for r in manifest["runs"]} == {p["label"] for p in manifest["points"]}
@@ -235,8 +253,9 @@ def test_only_finished_and_diverged_runs_are_ranked_the_others_listed_below_with
         metrics = folder / "metrics.jsonl"  # every curve but the finished run's looks better than all
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
         if status != "finished":
-            metrics.write_text("".join(json.dumps(r | ({"accuracy/val": 1.0} if "accuracy/val" in r else {})) + "\n"
-                                       for r in rows))
+            metrics.write_text(
+                "".join(json.dumps(r | ({"accuracy/val": 1.0} if "accuracy/val" in r else {})) + "\n" for r in rows)
+            )
         summary = json.loads((folder / "summary.json").read_text())
         if status == "unfinished":
             (folder / "summary.json").unlink()
@@ -253,7 +272,7 @@ def test_only_finished_and_diverged_runs_are_ranked_the_others_listed_below_with
     assert all(r[c] is None for r in rows[2:] for c in ("final", "best", "best epoch", "wall s", "samples/s"))
     table = gdtrain("compare", root, "--per-run").stdout.splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("run "))
-    assert [line.split()[-1] for line in table[header + 1:]] == [r["status"] for r in rows]
+    assert [line.split()[-1] for line in table[header + 1 :]] == [r["status"] for r in rows]
 
 
 def test_runs_without_the_metric_are_noted_and_left_out(swept, tmp_path):
@@ -268,9 +287,12 @@ def test_runs_without_the_metric_are_noted_and_left_out(swept, tmp_path):
     assert sum(r["seeds"] for r in json.loads(result.stdout)) == 4
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--metric", "accuracy/tset"], "--metric accuracy/tset: no run under"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metric", "accuracy/tset"], "--metric accuracy/tset: no run under"),
+    ],
+)
 def test_compare_bad_metric(swept, args, message):
     assert message in one_error(gdtrain("compare", swept, *args))
 

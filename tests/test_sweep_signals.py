@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain
-from gdtrain.training import checkpoints
-from gdtrain.training import recipe
-from gdtrain.training import tasks
+from gdtrain.training import checkpoints, recipe, tasks
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 LONG = ["--set", "train.epochs=5000"]  # minutes of training: every test stops it long before
@@ -61,10 +59,14 @@ class Sweep:
         self.out, self.err = tmp_path / "stdout", tmp_path / "stderr"
         env = os.environ | {"PYTHONUNBUFFERED": "1", MARK: self.mark}
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", "gdtrain", "sweep", str(SMOKE), *args,
-                                             "--runs-dir", str(self.runs)] + ([] if "--batch-runs" in args else
-                                                                              ["--batch-runs", "1"]),
-                                            stdout=out, stderr=err, env=env, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gdtrain", "sweep", str(SMOKE), *args, "--runs-dir", str(self.runs)]
+                + ([] if "--batch-runs" in args else ["--batch-runs", "1"]),
+                stdout=out,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
 
     def output(self) -> str:
         return f"stdout:\n{self.out.read_text()}\nstderr:\n{self.err.read_text()}"
@@ -86,8 +88,9 @@ class Sweep:
 
     def workers(self) -> set[int]:
         """The worker processes: marked, other than the sweep itself and multiprocessing's resource tracker."""
-        return {pid for pid, cmd in marked(self.mark).items()
-                if pid != self.process.pid and "resource_tracker" not in cmd}
+        return {
+            pid for pid, cmd in marked(self.mark).items() if pid != self.process.pid and "resource_tracker" not in cmd
+        }
 
     def holder(self, run_dir: Path) -> int:
         """The worker process with a file of `run_dir` open (its metrics.jsonl)."""
@@ -134,8 +137,10 @@ def start(tmp_path) -> Iterator:
 
 
 def statuses(run_dirs: list[Path]) -> list[str | None]:
-    return [json.loads((d / "summary.json").read_text())["status"] if (d / "summary.json").exists() else None
-            for d in run_dirs]
+    return [
+        json.loads((d / "summary.json").read_text())["status"] if (d / "summary.json").exists() else None
+        for d in run_dirs
+    ]
 
 
 def assert_stopped_with_checkpoints(run_dirs: list[Path]) -> None:
@@ -149,8 +154,10 @@ def assert_stopped_with_checkpoints(run_dirs: list[Path]) -> None:
 # --- Ctrl-C and SIGTERM -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("to", "sig", "code"), [("group", signal.SIGINT, 130), ("parent", signal.SIGINT, 130),
-                                                 ("parent", signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("to", "sig", "code"),
+    [("group", signal.SIGINT, 130), ("parent", signal.SIGINT, 130), ("parent", signal.SIGTERM, 143)],
+)
 def test_a_signal_stops_a_parallel_sweep_with_checkpoints_and_cancels_the_queue(start, to, sig, code):
     run = start("--grid", "optimizer.lr=0.01,0.02,0.03,0.04", *LONG, "--jobs", "2")
     running = run.wait_for_checkpoints(2)
@@ -159,8 +166,10 @@ def test_a_signal_stops_a_parallel_sweep_with_checkpoints_and_cancels_the_queue(
     assert status == code, run.output()
     assert run.run_dirs() == running  # no queued point started
     assert_stopped_with_checkpoints(running)
-    assert lines[-1].startswith(f"sweep stopped by {sig.name}: 4 points: 0 finished, 0 diverged, 0 failed, "
-                                "2 interrupted, 2 not started; continue with: gdtrain sweep "), run.output()
+    assert lines[-1].startswith(
+        f"sweep stopped by {sig.name}: 4 points: 0 finished, 0 diverged, 0 failed, "
+        "2 interrupted, 2 not started; continue with: gdtrain sweep "
+    ), run.output()
     assert lines[-1].endswith(f"--jobs 2 --batch-runs 1 --set train.epochs=5000 --runs-dir {run.runs} --resume")
     assert "Traceback" not in run.err.read_text() and "Warning" not in run.err.read_text()
     wait_until_gone(None, run.mark)  # no worker outlives the sweep
@@ -175,8 +184,10 @@ def test_a_signal_stops_a_sequential_sweep_and_says_so(start, to, sig, code):
     assert status == code, run.output()
     assert run.run_dirs() == running
     assert_stopped_with_checkpoints(running)
-    assert lines[-1].startswith(f"sweep stopped by {sig.name}: 3 points: 0 finished, 0 diverged, 0 failed, "
-                                "1 interrupted, 2 not started; continue with: gdtrain sweep "), run.output()
+    assert lines[-1].startswith(
+        f"sweep stopped by {sig.name}: 3 points: 0 finished, 0 diverged, 0 failed, "
+        "1 interrupted, 2 not started; continue with: gdtrain sweep "
+    ), run.output()
     assert lines[-1].endswith("--resume")
 
 
@@ -201,13 +212,20 @@ def test_a_killed_worker_fails_its_own_point_only_and_the_sweep_goes_on(start):
     os.kill(run.holder(first), signal.SIGKILL)
     status, lines = run.finish()
     assert status == 1, run.output()
-    reported = {line.split("] ")[1].split(":")[0]: line.split(": ")[1].split()[0] for line in lines if line.startswith("[")}
-    assert reported == {"adam lr=0.01 epochs=5000": "failed", "adam lr=0.01 epochs=1": "finished",
-                        "adam lr=0.01 epochs=2": "finished", "adam lr=0.01 epochs=3": "finished"}, run.output()
+    reported = {
+        line.split("] ")[1].split(":")[0]: line.split(": ")[1].split()[0] for line in lines if line.startswith("[")
+    }
+    assert reported == {
+        "adam lr=0.01 epochs=5000": "failed",
+        "adam lr=0.01 epochs=1": "finished",
+        "adam lr=0.01 epochs=2": "finished",
+        "adam lr=0.01 epochs=3": "finished",
+    }, run.output()
     failed = next(line for line in lines if line.startswith("[") and "epochs=5000:" in line)
     assert "was killed by SIGKILL while it ran" in failed and f"gdtrain resume {first}" in failed
-    on_disk = dict(zip([d.name.rsplit("-", 2)[0].removeprefix("adam-lr0.01-") for d in run.run_dirs()],
-                       statuses(run.run_dirs())))
+    on_disk = dict(
+        zip([d.name.rsplit("-", 2)[0].removeprefix("adam-lr0.01-") for d in run.run_dirs()], statuses(run.run_dirs()))
+    )
     assert on_disk == {"epochs5000": None, "epochs1": "finished", "epochs2": "finished", "epochs3": "finished"}
     assert lines[-1].startswith("sweep done: 4 runs: 3 finished, 1 failed"), run.output()
     assert "BrokenProcessPool" not in run.output()
@@ -221,41 +239,55 @@ def test_a_dead_worker_whose_run_finished_on_disk_reports_it_finished(tmp_path):
 
     process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
     process.start()
-    holder = workers.Worker(process, conn=None, task=[task], before={task.name: frozenset()})  # no pipe: died() reads the disk only
+    holder = workers.Worker(
+        process, conn=None, task=[task], before={task.name: frozenset()}
+    )  # no pipe: died() reads the disk only
     run_dir = runs / "smoke" / "lr=0.1-20260101-120000"
     run_dir.mkdir(parents=True)
     os.kill(holder.process.pid, signal.SIGKILL)
     (failed,) = holder.died()
     assert failed.status == "failed" and "was killed by SIGKILL while it ran" in failed.error
-    (run_dir / "summary.json").write_text(json.dumps({"status": "finished", "final": {"loss/val": 0.5},
-                                                      "wall_seconds": 3.0}))
+    (run_dir / "summary.json").write_text(
+        json.dumps({"status": "finished", "final": {"loss/val": 0.5}, "wall_seconds": 3.0})
+    )
     (finished,) = holder.died()
     assert (finished.status, finished.run_dir, finished.final) == ("finished", str(run_dir), {"loss/val": 0.5})
-    resumer = workers.Worker(process, conn=None, task=[tasks.Task({}, "lr=0.1", str(runs), "smoke", str(run_dir))],
-                             before={"lr=0.1": frozenset([run_dir])})  # it continued an interrupted run in its own folder
+    resumer = workers.Worker(
+        process,
+        conn=None,
+        task=[tasks.Task({}, "lr=0.1", str(runs), "smoke", str(run_dir))],
+        before={"lr=0.1": frozenset([run_dir])},
+    )  # it continued an interrupted run in its own folder
     assert resumer.died()[0].status == "finished"
 
 
 def test_a_worker_whose_parent_died_before_it_asked_for_the_signal_exits(tmp_path):
     """The race PR_SET_PDEATHSIG leaves open: the parent dies before the request is made."""
     asking, alive = tmp_path / "asking", tmp_path / "alive"
-    child = ("import os, sys, time\n"
-             "from gdtrain.core.signals import die_with_parent\n"
-             "parent = os.getppid()\n"
-             "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
-             "while os.getppid() == parent:\n"
-             "    time.sleep(0.01)\n"
-             f"open({str(asking)!r}, 'w').close()\n"
-             "die_with_parent(parent)\n"
-             f"open({str(alive)!r}, 'w').close()\n")
-    launcher = ("import subprocess, sys\n"
-                f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE)\n"
-                "child.stdout.readline()\n"
-                "print(child.pid)\n")  # then the launcher exits: the child's parent is gone
+    child = (
+        "import os, sys, time\n"
+        "from gdtrain.core.signals import die_with_parent\n"
+        "parent = os.getppid()\n"
+        "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+        "while os.getppid() == parent:\n"
+        "    time.sleep(0.01)\n"
+        f"open({str(asking)!r}, 'w').close()\n"
+        "die_with_parent(parent)\n"
+        f"open({str(alive)!r}, 'w').close()\n"
+    )
+    launcher = (
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE)\n"
+        "child.stdout.readline()\n"
+        "print(child.pid)\n"
+    )  # then the launcher exits: the child's parent is gone
     env = os.environ | {MARK: str(tmp_path)}
     try:
-        pid = int(subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, env=env,
-                                 timeout=PATIENCE).stdout)
+        pid = int(
+            subprocess.run(
+                [sys.executable, "-c", launcher], capture_output=True, text=True, env=env, timeout=PATIENCE
+            ).stdout
+        )
         wait_until_gone({pid}, str(tmp_path))
         assert asking.exists() and not alive.exists()
     finally:

@@ -10,13 +10,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gdtrain.training import engine
-from gdtrain.training import lifecycle
-from gdtrain.training import recipe
-from gdtrain.core.config import load_config, validate
-from gdtrain.training.determinism import seed_everything
 from gdtrain.components.models import build_model
+from gdtrain.core.config import load_config, validate
 from gdtrain.core.runs import run_folders
+from gdtrain.training import engine, lifecycle, recipe
+from gdtrain.training.determinism import seed_everything
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -33,8 +31,11 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def tiny(**train_settings) -> dict:
     """A seconds-long regression experiment with the given train settings."""
-    return {"data": {"name": "linear_regression", "n_samples": 100}, "optimizer": {"name": "sgd", "lr": 0.05},
-            "train": {"log_every": 1, **train_settings}}
+    return {
+        "data": {"name": "linear_regression", "n_samples": 100},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "train": {"log_every": 1, **train_settings},
+    }
 
 
 @pytest.mark.parametrize("name", ["synthetic_linreg_bgd", "synthetic_linreg_sgd", "synthetic_linreg_minibatch"])
@@ -123,8 +124,10 @@ def test_epoch_schedules_follow_torch(tmp_path, schedule, expected):
 
 
 def test_warmup_ramps_per_step_then_hands_over_to_the_epoch_schedule(tmp_path):
-    raw = {**tiny(epochs=3, batch_size=20), "schedule": {"name": "step", "step_size": 1, "gamma": 0.5,
-                                                        "warmup_steps": 4, "warmup_start_factor": 0.2}}
+    raw = {
+        **tiny(epochs=3, batch_size=20),
+        "schedule": {"name": "step", "step_size": 1, "gamma": 0.5, "warmup_steps": 4, "warmup_start_factor": 0.2},
+    }
     raw["optimizer"]["lr"] = 0.1
     run_dir, _ = train(tmp_path, raw)  # 4 steps per epoch; lr is the lr each step used
     # warm-up reaches 0.1 after its 4th step, where the epoch's end halves it: no step uses 0.1
@@ -132,8 +135,10 @@ def test_warmup_ramps_per_step_then_hands_over_to_the_epoch_schedule(tmp_path):
 
 
 def test_plateau_schedule_cuts_lr_when_val_loss_stalls(tmp_path):
-    raw = {**tiny(epochs=40, batch_size="full"), "schedule": {"name": "plateau", "factor": 0.5, "patience": 0,
-                                                              "threshold": 0.5}}
+    raw = {
+        **tiny(epochs=40, batch_size="full"),
+        "schedule": {"name": "plateau", "factor": 0.5, "patience": 0, "threshold": 0.5},
+    }
     run_dir, _ = train(tmp_path, raw)
     assert lrs(run_dir)[-1] < 0.05 / 2
 
@@ -210,7 +215,9 @@ def test_samples_per_second_leaves_out_the_first_epoch_which_pays_the_start(tmp_
     run_dir, outcome = train(tmp_path, config="smoke.yaml")  # 3 epochs
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["first_epoch_samples"] == summary["samples"] // 3 and summary["first_epoch_seconds"] >= 0.5
-    steady = (summary["samples"] - summary["first_epoch_samples"]) / (summary["train_seconds"] - summary["first_epoch_seconds"])
+    steady = (summary["samples"] - summary["first_epoch_samples"]) / (
+        summary["train_seconds"] - summary["first_epoch_seconds"]
+    )
     assert summary["samples_per_second"] == pytest.approx(steady, rel=1e-3)
     assert summary["samples_per_second"] > 2 * summary["samples"] / summary["train_seconds"]  # the sleep is out
     assert summary["samples_per_second_with_first_epoch"] is False

@@ -15,8 +15,17 @@ from gdtrain.study.report import verdict_lines
 from gdtrain.study.verdict import OptimizerResult, Reach, Reruns, Setup, StudyResults, Trial, Tuning
 
 
-@pytest.mark.parametrize(("metric", "higher"), [("loss/train", False), ("loss/val", False), ("loss/test", False),
-                                               ("accuracy/val", True), ("accuracy/test", True), ("lr", True)])
+@pytest.mark.parametrize(
+    ("metric", "higher"),
+    [
+        ("loss/train", False),
+        ("loss/val", False),
+        ("loss/test", False),
+        ("accuracy/val", True),
+        ("accuracy/test", True),
+        ("lr", True),
+    ],
+)
 def test_losses_go_down_and_everything_else_up(metric: str, higher: bool) -> None:
     assert metrics.higher_is_better(metric) is higher
     assert metrics.direction(metric) == ("higher" if higher else "lower")
@@ -33,63 +42,149 @@ def test_choose_takes_the_best_select_value_the_first_among_equals() -> None:
 
 
 def _trial(name: str, lr: float, value: float | None) -> Trial:
-    return Trial(name, {"lr": lr}, value, "finished" if value is not None else "diverged", f"runs/s/{name}",
-                 {"name": "sgd", "lr": lr})
+    return Trial(
+        name,
+        {"lr": lr},
+        value,
+        "finished" if value is not None else "diverged",
+        f"runs/s/{name}",
+        {"name": "sgd", "lr": lr},
+    )
 
 
 def hand_made() -> StudyResults:
     """Two compared optimizers, one whose every trial diverged; numbers chosen by hand, not computed."""
     setup = Setup("loss/val", "loss/test", 2, 0.5, "s", "s.yaml", 2, "grid", 0, (1, 2))
     sgd = OptimizerResult(
-        Tuning("sgd", (_trial("sgd-t01", 0.1, 0.4), _trial("sgd-t02", 10.0, None)), {"name": "sgd", "lr": 0.1},
-               "sgd-t01"),
-        (0.6, 0.5), Reruns((0.3, 0.35), (1, 2), ("finished", "finished"), ("runs/s/sgd-s1", "runs/s/sgd-s2"), 0,
-                           stats.Summary(2, 0.325, 0.325, 0.035, (0.3, 0.35))),
-        Reach(0.5, 1, 2, stats.Summary(1, 40.0, 40.0, 0.0, (40.0, 40.0)), None), 1)
+        Tuning(
+            "sgd", (_trial("sgd-t01", 0.1, 0.4), _trial("sgd-t02", 10.0, None)), {"name": "sgd", "lr": 0.1}, "sgd-t01"
+        ),
+        (0.6, 0.5),
+        Reruns(
+            (0.3, 0.35),
+            (1, 2),
+            ("finished", "finished"),
+            ("runs/s/sgd-s1", "runs/s/sgd-s2"),
+            0,
+            stats.Summary(2, 0.325, 0.325, 0.035, (0.3, 0.35)),
+        ),
+        Reach(0.5, 1, 2, stats.Summary(1, 40.0, 40.0, 0.0, (40.0, 40.0)), None),
+        1,
+    )
     adam = OptimizerResult(
         Tuning("adam", (_trial("adam-t01", 0.01, 0.45),), {"name": "adam", "lr": 0.01}, "adam-t01"),
-        (0.45,), Reruns((0.5, 0.8), (1, 2), ("finished", "diverged"), ("runs/s/adam-s1", "runs/s/adam-s2"), 1,
-                        stats.Summary(2, 0.65, 0.65, 0.2, (0.5, 0.8))),
-        Reach(0.5, 0, 1, None, None), 2)
-    wild = OptimizerResult(Tuning("wild", (_trial("wild-t01", 10.0, None),), None, None), (0.6,),
-                           Reruns((), (), (), (), 0, None), Reach(0.5, 0, 0, None, None), None)
+        (0.45,),
+        Reruns(
+            (0.5, 0.8),
+            (1, 2),
+            ("finished", "diverged"),
+            ("runs/s/adam-s1", "runs/s/adam-s2"),
+            1,
+            stats.Summary(2, 0.65, 0.65, 0.2, (0.5, 0.8)),
+        ),
+        Reach(0.5, 0, 1, None, None),
+        2,
+    )
+    wild = OptimizerResult(
+        Tuning("wild", (_trial("wild-t01", 10.0, None),), None, None),
+        (0.6,),
+        Reruns((), (), (), (), 0, None),
+        Reach(0.5, 0, 0, None, None),
+        None,
+    )
     pair = stats.Pair("sgd", "adam", 1.0, (1.0, 1.0), 0.01, "sgd beats adam")
     return StudyResults(setup, {"sgd": sgd, "adam": adam, "wild": wild}, (pair,), (("sgd",), ("adam",)), ("wild",))
 
 
 def test_results_json_keeps_its_layout() -> None:
     def trial(name: str, lr: float, value: float | None) -> dict:
-        return {"name": name, "settings": {"lr": lr}, "select_value": value,
-                "status": "finished" if value is not None else "diverged", "run_dir": f"runs/s/{name}",
-                "optimizer": {"name": "sgd", "lr": lr}}
+        return {
+            "name": name,
+            "settings": {"lr": lr},
+            "select_value": value,
+            "status": "finished" if value is not None else "diverged",
+            "run_dir": f"runs/s/{name}",
+            "optimizer": {"name": "sgd", "lr": lr},
+        }
 
     expected = {
-        "select": "loss/val", "report": "loss/test", "higher_is_better": False, "seeds": 2, "target": 0.5,
+        "select": "loss/val",
+        "report": "loss/test",
+        "higher_is_better": False,
+        "seeds": 2,
+        "target": 0.5,
         "optimizers": {
-            "sgd": {"chosen": {"name": "sgd", "lr": 0.1}, "chosen_trial": "sgd-t01",
-                    "trials": [trial("sgd-t01", 0.1, 0.4), trial("sgd-t02", 10.0, None)], "budget_curve": [0.6, 0.5],
-                    "reruns": {"values": [0.3, 0.35], "seeds": [1, 2], "statuses": ["finished", "finished"],
-                               "run_dirs": ["runs/s/sgd-s1", "runs/s/sgd-s2"], "diverged": 0,
-                               "mean": 0.325, "median": 0.325, "std": 0.035, "ci": [0.3, 0.35]},
-                    "to_target": {"target": 0.5, "reached": 1, "of": 2, "steps": {"mean": 40.0, "ci": [40.0, 40.0]},
-                                  "samples": None},
-                    "group": 1},
-            "adam": {"chosen": {"name": "adam", "lr": 0.01}, "chosen_trial": "adam-t01",
-                     "trials": [trial("adam-t01", 0.01, 0.45)], "budget_curve": [0.45],
-                     "reruns": {"values": [0.5, 0.8], "seeds": [1, 2], "statuses": ["finished", "diverged"],
-                                "run_dirs": ["runs/s/adam-s1", "runs/s/adam-s2"], "diverged": 1,
-                                "mean": 0.65, "median": 0.65, "std": 0.2, "ci": [0.5, 0.8]},
-                     "to_target": {"target": 0.5, "reached": 0, "of": 1, "steps": None, "samples": None},
-                     "group": 2},
-            "wild": {"chosen": None, "chosen_trial": None, "trials": [trial("wild-t01", 10.0, None)],
-                     "budget_curve": [0.6],
-                     "reruns": {"values": [], "seeds": [], "statuses": [], "run_dirs": [], "diverged": 0},
-                     "to_target": {"target": 0.5, "reached": 0, "of": 0, "steps": None, "samples": None}},
+            "sgd": {
+                "chosen": {"name": "sgd", "lr": 0.1},
+                "chosen_trial": "sgd-t01",
+                "trials": [trial("sgd-t01", 0.1, 0.4), trial("sgd-t02", 10.0, None)],
+                "budget_curve": [0.6, 0.5],
+                "reruns": {
+                    "values": [0.3, 0.35],
+                    "seeds": [1, 2],
+                    "statuses": ["finished", "finished"],
+                    "run_dirs": ["runs/s/sgd-s1", "runs/s/sgd-s2"],
+                    "diverged": 0,
+                    "mean": 0.325,
+                    "median": 0.325,
+                    "std": 0.035,
+                    "ci": [0.3, 0.35],
+                },
+                "to_target": {
+                    "target": 0.5,
+                    "reached": 1,
+                    "of": 2,
+                    "steps": {"mean": 40.0, "ci": [40.0, 40.0]},
+                    "samples": None,
+                },
+                "group": 1,
+            },
+            "adam": {
+                "chosen": {"name": "adam", "lr": 0.01},
+                "chosen_trial": "adam-t01",
+                "trials": [trial("adam-t01", 0.01, 0.45)],
+                "budget_curve": [0.45],
+                "reruns": {
+                    "values": [0.5, 0.8],
+                    "seeds": [1, 2],
+                    "statuses": ["finished", "diverged"],
+                    "run_dirs": ["runs/s/adam-s1", "runs/s/adam-s2"],
+                    "diverged": 1,
+                    "mean": 0.65,
+                    "median": 0.65,
+                    "std": 0.2,
+                    "ci": [0.5, 0.8],
+                },
+                "to_target": {"target": 0.5, "reached": 0, "of": 1, "steps": None, "samples": None},
+                "group": 2,
+            },
+            "wild": {
+                "chosen": None,
+                "chosen_trial": None,
+                "trials": [trial("wild-t01", 10.0, None)],
+                "budget_curve": [0.6],
+                "reruns": {"values": [], "seeds": [], "statuses": [], "run_dirs": [], "diverged": 0},
+                "to_target": {"target": 0.5, "reached": 0, "of": 0, "steps": None, "samples": None},
+            },
         },
-        "pairs": [{"a": "sgd", "b": "adam", "p_a_beats_b": 1.0, "ci": [1.0, 1.0], "p_value": 0.01,
-                   "verdict": "sgd beats adam"}],
-        "groups": [["sgd"], ["adam"]], "unranked": ["wild"],
-        "study": "s", "source": "s.yaml", "budget": 2, "sampler": "grid", "tuning_seed": 0, "rerun_seeds": [1, 2],
+        "pairs": [
+            {
+                "a": "sgd",
+                "b": "adam",
+                "p_a_beats_b": 1.0,
+                "ci": [1.0, 1.0],
+                "p_value": 0.01,
+                "verdict": "sgd beats adam",
+            }
+        ],
+        "groups": [["sgd"], ["adam"]],
+        "unranked": ["wild"],
+        "study": "s",
+        "source": "s.yaml",
+        "budget": 2,
+        "sampler": "grid",
+        "tuning_seed": 0,
+        "rerun_seeds": [1, 2],
     }
     # key order included: results.json's bytes stay as they were
     assert json.dumps(hand_made().to_json(), indent=2) == json.dumps(expected, indent=2)
@@ -101,13 +196,16 @@ def test_the_verdict_names_the_winner_whichever_side_of_the_pair_it_is() -> None
     assert (reversed_pair.winner, reversed_pair.loser) == ("sgd", "adam")
     tie = stats.Pair("adam", "sgd", 0.5, (0.2, 0.8), 0.5, "no detectable difference")
     assert (tie.winner, tie.loser) == (None, None)
-    lines = verdict_lines(StudyResults(results.setup, results.optimizers, (reversed_pair,), results.groups,
-                                       results.unranked))
+    lines = verdict_lines(
+        StudyResults(results.setup, results.optimizers, (reversed_pair,), results.groups, results.unranked)
+    )
     assert "- sgd beats adam: P = 0.90, 95% CI 0.75–1.00" in lines
     assert lines[-1] == "- not compared (every trial diverged): wild"
     lines = verdict_lines(StudyResults(results.setup, results.optimizers, (tie,), (("adam", "sgd"),), ()))
-    assert lines == ["**No detectable difference**: adam and sgd tie on loss/test with 2 seeds each.",
-                     "- no detectable difference with 2 seeds: adam–sgd"]
+    assert lines == [
+        "**No detectable difference**: adam and sgd tie on loss/test with 2 seeds each.",
+        "- no detectable difference with 2 seeds: adam–sgd",
+    ]
 
 
 def _run(folder: Path, status: str, seed: int, final: dict[str, float]) -> str:
@@ -121,12 +219,23 @@ def _run(folder: Path, status: str, seed: int, final: dict[str, float]) -> str:
 
 def test_analyse_scores_a_diverged_rerun_worst_and_groups_by_the_report_metric(tmp_path: Path) -> None:
     trials = {label: (_trial(f"{label}-t01", 0.1, v),) for label, v in (("a", 0.2), ("b", 0.3), ("c", None))}
-    tunings = [Tuning(label, t, {"name": "sgd", "lr": 0.1} if t[0].select_value else None,
-                      t[0].name if t[0].select_value else None) for label, t in trials.items()]
-    reruns = {"a": [_run(tmp_path / f"a{s}", "finished", s, {"loss/val": 0.1 * s}) for s in (1, 2, 3)],
-              "b": [_run(tmp_path / "b1", "diverged", 1, {}),
-                    *[_run(tmp_path / f"b{s}", "finished", s, {"loss/val": 1.0 + s}) for s in (2, 3)]],
-              "c": []}
+    tunings = [
+        Tuning(
+            label,
+            t,
+            {"name": "sgd", "lr": 0.1} if t[0].select_value else None,
+            t[0].name if t[0].select_value else None,
+        )
+        for label, t in trials.items()
+    ]
+    reruns = {
+        "a": [_run(tmp_path / f"a{s}", "finished", s, {"loss/val": 0.1 * s}) for s in (1, 2, 3)],
+        "b": [
+            _run(tmp_path / "b1", "diverged", 1, {}),
+            *[_run(tmp_path / f"b{s}", "finished", s, {"loss/val": 1.0 + s}) for s in (2, 3)],
+        ],
+        "c": [],
+    }
     setup = Setup("loss/val", "loss/val", 3, 0.35, "s", "s.yaml", 1, "grid", 0, (1, 2, 3))
     results = verdict.analyse(tunings, reruns, setup)
     b = results.optimizers["b"]

@@ -43,8 +43,15 @@ class Dataset:
     def to(self, device: torch.device) -> Dataset:
         """The same dataset with every tensor on `device`."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Dataset(move(self.x_train), move(self.y_train), move(self.x_val), move(self.y_val),
-                       self.n_classes, move(self.x_test), move(self.y_test))
+        return Dataset(
+            move(self.x_train),
+            move(self.y_train),
+            move(self.x_val),
+            move(self.y_val),
+            self.n_classes,
+            move(self.x_test),
+            move(self.y_test),
+        )
 
 
 def _linear_regression(cfg: LinearRegressionData, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -125,8 +132,15 @@ class Table:
 
     def dataset(self) -> Dataset:
         """The splits as a Dataset of their own tensors (rows taken before they are made float: less memory)."""
-        return Dataset(self.features(self.x[self.train]), self.y[self.train], self.features(self.x[self.val]),
-                       self.y[self.val], self.n_classes, self.x_test, self.y_test)
+        return Dataset(
+            self.features(self.x[self.train]),
+            self.y[self.train],
+            self.features(self.x[self.val]),
+            self.y[self.val],
+            self.n_classes,
+            self.x_test,
+            self.y_test,
+        )
 
 
 def _images(config: Config, g: torch.Generator, like: Table | None) -> Table:
@@ -135,8 +149,16 @@ def _images(config: Config, g: torch.Generator, like: Table | None) -> Table:
     cfg = config.data
     if like is not None:
         order = torch.randperm(len(like.x), generator=g)
-        return Table(like.x, like.y, order[cfg.val_size :], order[: cfg.val_size], cfg.n_classes, like.features,
-                     like.x_test, like.y_test)
+        return Table(
+            like.x,
+            like.y,
+            order[cfg.val_size :],
+            order[: cfg.val_size],
+            cfg.n_classes,
+            like.features,
+            like.x_test,
+            like.y_test,
+        )
     from gdtrain.components import idx  # the IDX reader is needed only for image sets
 
     root = idx.data_root(cfg.root)
@@ -145,8 +167,16 @@ def _images(config: Config, g: torch.Generator, like: Table | None) -> Table:
     train_images, train_labels, test_images, test_labels = idx.load(cfg.name, root)
     _check_sizes(config, len(train_images) - cfg.val_size, cfg.val_size)
     order = torch.randperm(len(train_images), generator=g)
-    return Table(train_images, train_labels, order[cfg.val_size :], order[: cfg.val_size], cfg.n_classes,
-                 lambda images: _pixels(images, cfg), _pixels(test_images, cfg), test_labels)
+    return Table(
+        train_images,
+        train_labels,
+        order[cfg.val_size :],
+        order[: cfg.val_size],
+        cfg.n_classes,
+        lambda images: _pixels(images, cfg),
+        _pixels(test_images, cfg),
+        test_labels,
+    )
 
 
 def table(config: Config, like: Table | None = None) -> Table:

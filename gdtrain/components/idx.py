@@ -39,31 +39,39 @@ class Source:
 
 
 SOURCES = {
-    "mnist": Source("MNIST", (
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "http://yann.lecun.com/exdb/mnist/",
-    ), {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    }),
-    "fashion_mnist": Source("FashionMNIST", (
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    ), {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    }),
-    "kmnist": Source("KMNIST", (
-        "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
-    ), {
-        "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-        "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-        "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-        "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
-    }),
+    "mnist": Source(
+        "MNIST",
+        (
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "fashion_mnist": Source(
+        "FashionMNIST",
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+    "kmnist": Source(
+        "KMNIST",
+        ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        {
+            "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+            "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+            "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+            "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
+        },
+    ),
 }
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 IMAGES_MAGIC, LABELS_MAGIC = 0x0803, 0x0801  # unsigned bytes; 3 and 1 dimensions
@@ -128,11 +136,15 @@ def _read_payload(f: BinaryIO, path: Path, shape: tuple[int, ...]) -> bytearray:
         data += chunk
     says = f"its header {list(shape)} gives {expected:,} bytes of pixels or labels"
     if len(data) < expected:
-        raise UserError(f"{path}: holds {len(data):,} bytes after the header, but {says}; "
-                        "the file is truncated or damaged, replace it")
+        raise UserError(
+            f"{path}: holds {len(data):,} bytes after the header, but {says}; "
+            "the file is truncated or damaged, replace it"
+        )
     if f.read(1):
-        raise UserError(f"{path}: holds more than {says} (read no further); the file is damaged or "
-                        "not one of this set's, replace it")
+        raise UserError(
+            f"{path}: holds more than {says} (read no further); the file is damaged or "
+            "not one of this set's, replace it"
+        )
     return data
 
 
@@ -183,8 +195,9 @@ def shapes(name: str, root: Path) -> tuple[tuple[int, ...], tuple[int, ...], lis
     """(train images' shape, test images' shape, the four paths) from the headers alone, checked
     against each other: what the data will take is known before any of it is read."""
     paths = _paths(name, root)
-    train_x, train_y, test_x, test_y = (header(path, IMAGES_MAGIC if "images" in path.name else LABELS_MAGIC)
-                                        for path in paths)
+    train_x, train_y, test_x, test_y = (
+        header(path, IMAGES_MAGIC if "images" in path.name else LABELS_MAGIC) for path in paths
+    )
     for images, labels, images_path, labels_path in ((train_x, train_y, *paths[:2]), (test_x, test_y, *paths[2:])):
         if images[0] != labels[0]:
             raise UserError(
@@ -230,7 +243,9 @@ def download(name: str, root: Path, timeout: float = 10.0) -> list[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"{folder}: cannot create the data folder ({err.strerror or err}); set data.root or --root") from None
+        raise UserError(
+            f"{folder}: cannot create the data folder ({err.strerror or err}); set data.root or --root"
+        ) from None
     paths = find(name, root)
     for i, (stem, path) in enumerate(zip(FILES, paths)):
         if path is not None:  # already here: read and checked at load, never replaced

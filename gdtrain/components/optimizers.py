@@ -36,9 +36,9 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optim
     return OPTIMIZERS[cfg.name](model.parameters(), **kwargs, **IMPLEMENTATIONS[kernel])
 
 
-
-
-def build_schedule(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, epochs: int) -> lr_scheduler.LRScheduler | None:
+def build_schedule(
+    cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, epochs: int
+) -> lr_scheduler.LRScheduler | None:
     """The per-epoch scheduler (None for constant); `epochs` is the run's length for cosine."""
     if cfg.name == "step":
         return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -48,8 +48,12 @@ def build_schedule(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, epochs
         return lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.t_max or epochs, eta_min=cfg.eta_min)
     if cfg.name == "plateau":
         return lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.factor, patience=cfg.patience,
-            threshold=cfg.threshold, min_lr=cfg.min_lr,
+            optimizer,
+            mode="min",
+            factor=cfg.factor,
+            patience=cfg.patience,
+            threshold=cfg.threshold,
+            min_lr=cfg.min_lr,
         )
     return None
 
@@ -59,4 +63,3 @@ def build_warmup(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer) -> lr_sc
     if cfg.warmup_steps == 0:
         return None
     return lr_scheduler.LinearLR(optimizer, start_factor=cfg.warmup_start_factor, total_iters=cfg.warmup_steps)
-

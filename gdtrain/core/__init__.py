@@ -1,1 +1,2 @@
-"""The foundations every layer shares, torch-free: errors, YAML, the config schema, names, the run-folder contract, processes and signals."""
+"""The foundations every layer shares, torch-free: errors, YAML, the config schema, names,
+the run-folder contract, processes and signals."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -27,8 +27,7 @@ def check_name(value: str) -> str:
     """Accept a run or experiment name only if it is a safe single folder name."""
     if not SAFE_NAME.fullmatch(value) or ".." in value:  # fullmatch: `$` would let a final newline through
         raise ValueError(
-            f"must be 1-100 letters, digits or . _ - = , + (starting with a letter or digit, "
-            f"no '..'), got {value!r}"
+            f"must be 1-100 letters, digits or . _ - = , + (starting with a letter or digit, no '..'), got {value!r}"
         )
     return value
 
@@ -68,7 +67,7 @@ def _batch_size(v: Any) -> Any:
     raise ValueError(f"must be 'full' or a whole number >= 1, got {v!r}")
 
 
-BatchSize = Annotated[Union[Literal["full"], int], BeforeValidator(_batch_size)]
+BatchSize = Annotated[Literal["full"] | int, BeforeValidator(_batch_size)]
 
 
 def _pair(v: Any) -> Any:
@@ -174,10 +173,19 @@ class FunctionData(Section):
     n_classes: ClassVar[None] = None
     # Dimensions each function is defined in, and its usual start (the tutorials': x² from 10).
     DIMENSIONS: ClassVar[dict[str, tuple[int, ...]]] = {
-        "quadratic": (1, 2), "ill_conditioned": (2,), "rosenbrock": (2,), "rastrigin": (2,), "beale": (2,)}
+        "quadratic": (1, 2),
+        "ill_conditioned": (2,),
+        "rosenbrock": (2,),
+        "rastrigin": (2,),
+        "beale": (2,),
+    }
     STARTS: ClassVar[dict[str, list[float]]] = {
-        "quadratic": [10.0], "ill_conditioned": [-9.0, 2.5], "rosenbrock": [-1.5, 2.5],
-        "rastrigin": [2.2, 1.7], "beale": [1.0, 1.5]}
+        "quadratic": [10.0],
+        "ill_conditioned": [-9.0, 2.5],
+        "rosenbrock": [-1.5, 2.5],
+        "rastrigin": [2.2, 1.7],
+        "beale": [1.0, 1.5],
+    }
 
     @model_validator(mode="before")
     @classmethod
@@ -199,7 +207,7 @@ class FunctionData(Section):
 
 
 DataConfig = Annotated[
-    Union[LinearRegressionData, BlobsData, MoonsData, XorData, ImageData, FunctionData],
+    LinearRegressionData | BlobsData | MoonsData | XorData | ImageData | FunctionData,
     Field(discriminator="name"),
 ]
 
@@ -226,7 +234,7 @@ class MLPModel(Section):
     dropout: Fraction = 0.0  # probability, after each hidden activation
 
 
-ModelConfig = Annotated[Union[LinearModel, MLPModel], Field(discriminator="name")]
+ModelConfig = Annotated[LinearModel | MLPModel, Field(discriminator="name")]
 
 # --- optimizer: torch.optim's own argument names and defaults --------------------------------
 
@@ -294,7 +302,7 @@ class AdamWConfig(Section):
 
 
 OptimizerConfig = Annotated[
-    Union[SGDConfig, AdagradConfig, RMSpropConfig, AdamConfig, AdamWConfig], Field(discriminator="name")
+    SGDConfig | AdagradConfig | RMSpropConfig | AdamConfig | AdamWConfig, Field(discriminator="name")
 ]
 
 # --- schedule: torch.optim.lr_scheduler, stepped once per epoch; warm-up per optimizer step ----
@@ -337,7 +345,7 @@ class PlateauSchedule(ScheduleBase):
 
 
 ScheduleConfig = Annotated[
-    Union[ConstantSchedule, StepSchedule, ExponentialSchedule, CosineSchedule, PlateauSchedule],
+    ConstantSchedule | StepSchedule | ExponentialSchedule | CosineSchedule | PlateauSchedule,
     Field(discriminator="name"),
 ]
 
@@ -357,9 +365,13 @@ class TrainConfig(Section):
     min_delta: NonNegative = 0.0  # val-loss decrease that counts as a gain
     checkpoint_every: PosInt | None = None  # optimizer steps between checkpoints, besides each epoch's end
     keep_last: PosInt = 2  # step checkpoints kept in checkpoints/ (best.pt is kept apart)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # torch.autocast dtype of forward and loss; fp16 adds a GradScaler
+    precision: Literal["fp32", "bf16", "fp16"] = (
+        "fp32"  # torch.autocast dtype of forward and loss; fp16 adds a GradScaler
+    )
     compile: bool = False  # torch.compile the model (slow to start, faster per step on GPU); eager if it fails
-    deterministic: bool = False  # torch.use_deterministic_algorithms + cuDNN flags: same numbers on GPU too, slower there
+    deterministic: bool = (
+        False  # torch.use_deterministic_algorithms + cuDNN flags: same numbers on GPU too, slower there
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:
@@ -399,8 +411,7 @@ class Config(Section):
             )
         if loss == "bce" and data.n_classes != 2:
             raise ValueError(
-                f"train.loss: bce needs 2 classes, data '{data.name}' has {data.n_classes}; "
-                "use cross_entropy"
+                f"train.loss: bce needs 2 classes, data '{data.name}' has {data.n_classes}; use cross_entropy"
             )
         if not isinstance(self.data, ImageData):  # file datasets are checked once read
             n_val = round(self.data.n_samples * self.data.val_fraction)
@@ -413,8 +424,10 @@ class Config(Section):
             raise ValueError("model: does not apply to data 'function' (the parameter is x itself); remove it")
         extra = sorted(self.train.model_fields_set - set(FUNCTION_TRAIN_KEYS))
         if extra:
-            raise ValueError(f"train.{extra[0]}: does not apply to data 'function' (no samples, the loss is "
-                             f"f(x), every step is logged); it takes train.{', '.join(FUNCTION_TRAIN_KEYS)} only")
+            raise ValueError(
+                f"train.{extra[0]}: does not apply to data 'function' (no samples, the loss is "
+                f"f(x), every step is logged); it takes train.{', '.join(FUNCTION_TRAIN_KEYS)} only"
+            )
         if self.train.max_steps is None:
             raise ValueError("train.max_steps: data 'function' needs a step budget, e.g. train: {max_steps: 20}")
         return self
@@ -424,8 +437,7 @@ class Config(Section):
         if n_train < 1 or n_val < 1:
             key = "val_size" if isinstance(self.data, ImageData) else "val_fraction"
             raise ValueError(
-                f"data.{key}: leaves {n_train} training and {n_val} validation samples; "
-                f"both need at least 1"
+                f"data.{key}: leaves {n_train} training and {n_val} validation samples; both need at least 1"
             )
         if self.train.batch_size != "full" and self.train.batch_size > n_train:
             raise ValueError(
@@ -494,5 +506,7 @@ def to_dict(config: Config) -> dict[str, Any]:
     if isinstance(config.data, FunctionData):  # the schema refuses what does not apply
         del data["model"]
         data["train"] = {key: data["train"][key] for key in FUNCTION_TRAIN_KEYS}
-    return {key: ({"name": section.pop("name"), **section} if "name" in section else section)
-            for key, section in data.items()}
+    return {
+        key: ({"name": section.pop("name"), **section} if "name" in section else section)
+        for key, section in data.items()
+    }

@@ -77,7 +77,9 @@ def read_runs(root: Path) -> list[Run]:
     found |= {p for p in root.rglob("*") if RUN_FOLDER.fullmatch(p.name) and p.is_dir()}
     runs = [read_run(p) for p in sorted(found) if not _aside(p, root)]
     if not runs:
-        raise UserError(f"{root}: no run folders in it (a run folder holds config.yaml); runs are in runs/<experiment>/")
+        raise UserError(
+            f"{root}: no run folders in it (a run folder holds config.yaml); runs are in runs/<experiment>/"
+        )
     return runs
 
 

@@ -38,8 +38,13 @@ class Manifest:
         """An empty manifest for a `kind` (sweep or study) in the experiment folder `folder`; written by plan()."""
         self.path = folder / MANIFEST
         self.data: dict[str, Any] = {
-            "kind": kind, "id": uuid.uuid4().hex, "command": shlex.join(["gdtrain", *sys.argv[1:]]),
-            "started": datetime.now().strftime("%Y%m%d-%H%M%S"), "points": [], "runs": []}
+            "kind": kind,
+            "id": uuid.uuid4().hex,
+            "command": shlex.join(["gdtrain", *sys.argv[1:]]),
+            "started": datetime.now().strftime("%Y%m%d-%H%M%S"),
+            "points": [],
+            "runs": [],
+        }
         self.taken = False  # another sweep's manifest has replaced this one
 
     def plan(self, points: list[tuple[str, str]]) -> None:
@@ -52,8 +57,10 @@ class Manifest:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._write()
         except OSError as err:
-            raise UserError(f"{self.path}: cannot write the {self.data['kind']}'s manifest "
-                            f"({err.strerror or err}); choose a writable folder with --runs-dir") from None
+            raise UserError(
+                f"{self.path}: cannot write the {self.data['kind']}'s manifest "
+                f"({err.strerror or err}); choose a writable folder with --runs-dir"
+            ) from None
 
     def record(self, run_dir: str | Path, point: str, status: str) -> None:
         """Add (or update) a member run folder and its status; a failed write is a warning, not a stop."""
@@ -66,8 +73,10 @@ class Manifest:
         current = read(self.path.parent)
         if current is not None and current.get("id") != self.data["id"]:
             self.taken = True
-            sys.stderr.write(f"warning: {self.path} now belongs to another sweep or study (started "
-                             f"{current.get('started')}); this one no longer records its runs there\n")
+            sys.stderr.write(
+                f"warning: {self.path} now belongs to another sweep or study (started "
+                f"{current.get('started')}); this one no longer records its runs there\n"
+            )
             return
         try:
             self._write()
@@ -84,10 +93,14 @@ def read(folder: Path) -> dict[str, Any] | None:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ok = (isinstance(data, dict) and isinstance(data.get("runs"), list) and isinstance(data.get("points"), list)
-          and all(isinstance(r, dict) and isinstance(r.get("run"), str) for r in data["runs"])
-          and all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in data["points"])
-          and isinstance(data.get("started"), str))
+    ok = (
+        isinstance(data, dict)
+        and isinstance(data.get("runs"), list)
+        and isinstance(data.get("points"), list)
+        and all(isinstance(r, dict) and isinstance(r.get("run"), str) for r in data["runs"])
+        and all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in data["points"])
+        and isinstance(data.get("started"), str)
+    )
     return data if ok else None
 
 
@@ -97,7 +110,7 @@ def is_member(data: dict[str, Any], run_dir: Path) -> bool:
     if run_dir.name in {r["run"] for r in data["runs"]}:
         return True
     for point in data["points"]:
-        stamp = run_dir.name[len(point["name"]):]
+        stamp = run_dir.name[len(point["name"]) :]
         if run_dir.name.startswith(point["name"]) and re.fullmatch(STAMP, stamp) and stamp[1:16] >= data["started"]:
             return True
     return False

@@ -20,7 +20,7 @@ def higher_is_better(metric: str) -> bool:
 
 
 def direction(metric: str) -> str:
-    """"higher" or "lower", as "{metric} ({direction} is better)" reads."""
+    """ "higher" or "lower", as "{metric} ({direction} is better)" reads."""
     return "higher" if higher_is_better(metric) else "lower"
 
 

@@ -62,16 +62,25 @@ def _peers(configs: list[dict[str, Any]], config: dict[str, Any], key: str) -> l
 def label_keys(configs: list[dict[str, Any]], config: dict[str, Any]) -> list[str]:
     """The keys `config`'s label shows: FIRST, then the optimizer's other settings that vary among
     its peers, then those of the other sections."""
-    varying = [key for key in config if key not in IGNORED and key not in FIRST
-               and _varies(configs if key.endswith(".name") else _peers(configs, config, key), key)]
-    return ([key for key in FIRST if key in config] + [key for key in varying if key.startswith("optimizer.")]
-            + [key for key in varying if not key.startswith("optimizer.")])
+    varying = [
+        key
+        for key in config
+        if key not in IGNORED
+        and key not in FIRST
+        and _varies(configs if key.endswith(".name") else _peers(configs, config, key), key)
+    ]
+    return (
+        [key for key in FIRST if key in config]
+        + [key for key in varying if key.startswith("optimizer.")]
+        + [key for key in varying if not key.startswith("optimizer.")]
+    )
 
 
 def _short(keys: set[str]) -> dict[str, str]:
     """Each key's short form (SHORT, else its last part); the full dotted key where two would clash."""
-    short = {key: SHORT.get(key) or (key.split(".")[0] if key.endswith(".name") else key.split(".")[-1])
-             for key in keys}
+    short = {
+        key: SHORT.get(key) or (key.split(".")[0] if key.endswith(".name") else key.split(".")[-1]) for key in keys
+    }
     counts = Counter(short.values())
     return {key: s if counts[s] == 1 else key for key, s in short.items()}
 

@@ -22,8 +22,9 @@ def require_matplotlib(what: str) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UserError(f"{what} needs matplotlib, which is not installed; pip install 'gdtrain[plot]' "
-                        "(or matplotlib)") from None
+        raise UserError(
+            f"{what} needs matplotlib, which is not installed; pip install 'gdtrain[plot]' (or matplotlib)"
+        ) from None
 
 
 def figure(width: float, height: float) -> Any:

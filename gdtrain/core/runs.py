@@ -63,8 +63,7 @@ def new_run_dir(runs_dir: Path, experiment: str, run_name: str) -> Path:
                 continue
     except OSError as err:
         raise UserError(
-            f"{parent}: cannot create the run folder ({err.strerror or err}); "
-            "choose a writable folder with --runs-dir"
+            f"{parent}: cannot create the run folder ({err.strerror or err}); choose a writable folder with --runs-dir"
         ) from None
     raise UserError(f"{parent}: too many runs named {run_name!r} this second; use --name")
 
@@ -73,10 +72,16 @@ def _git_commit() -> tuple[str | None, bool]:
     """(commit, dirty) of the checkout gdtrain runs from, or (None, False) outside git."""
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=5, check=True).stdout
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None, False
     return commit, bool(status.strip())
@@ -93,7 +98,9 @@ def provenance(device: torch.device, seed: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "git_commit": commit,
         "git_dirty": dirty,
         "command": shlex.join(["gdtrain", *sys.argv[1:]]),
@@ -117,11 +124,15 @@ def lock_run(run_dir: Path) -> BinaryIO:
     except BlockingIOError:
         owner = lock.read(32).split(b"\n")[0].decode("ascii", "replace").strip() or "unknown"
         lock.close()
-        raise UserError(f"{run_dir}: in use by process {owner} (see {path}); wait for it to end, or stop it "
-                        "first: one process at a time trains a run folder") from None
+        raise UserError(
+            f"{run_dir}: in use by process {owner} (see {path}); wait for it to end, or stop it "
+            "first: one process at a time trains a run folder"
+        ) from None
     except OSError as err:  # a filesystem without locks (some network mounts): train, unguarded
-        sys.stderr.write(f"warning: {path}: cannot lock ({err.strerror or err}); nothing stops a second process "
-                         "from writing this run folder\n")
+        sys.stderr.write(
+            f"warning: {path}: cannot lock ({err.strerror or err}); nothing stops a second process "
+            "from writing this run folder\n"
+        )
     try:  # written before the old end is cut, so a reader always finds a whole PID on the first line
         lock.write(f"{os.getpid()}\n".encode())
         lock.truncate()
@@ -146,8 +157,10 @@ def create_run(runs_dir: Path, config: Config, name: str, meta: dict[str, Any]) 
         if lock is not None:
             lock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
-        raise UserError(f"{run_dir.parent}: cannot write a run's config.yaml ({err.strerror or err}); no run "
-                        "folder was kept: free some space or choose another --runs-dir") from None
+        raise UserError(
+            f"{run_dir.parent}: cannot write a run's config.yaml ({err.strerror or err}); no run "
+            "folder was kept: free some space or choose another --runs-dir"
+        ) from None
     return run_dir, lock
 
 
@@ -230,8 +243,9 @@ def run_folders(folder: Path) -> list[Path]:
     or a run folder's name (what TensorBoard's aggregates beside them, gdtrain/training/board.py, never have)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and ((p / "config.yaml").is_file() or RUN_FOLDER.fullmatch(p.name)))
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and ((p / "config.yaml").is_file() or RUN_FOLDER.fullmatch(p.name))
+    )
 
 
 def runs_named(runs_dir: Path, experiment: str, name: str) -> list[Path]:

@@ -50,8 +50,9 @@ def stop_on_signals(stop: Stop, main: bool = True, ranks: int = 1) -> Iterator[N
         stop.signal = signum
         if main:  # one line for the run, not one per process
             when = "after this step" if ranks == 1 else "at the next log point"
-            sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping {when} to save a checkpoint "
-                             "(again to stop at once)\n")
+            sys.stderr.write(
+                f"\n{signal.Signals(signum).name}: stopping {when} to save a checkpoint (again to stop at once)\n"
+            )
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:

@@ -56,8 +56,12 @@ def _check_size(root: yaml.Node) -> None:
             path.discard(id(node))
             sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
             if sizes[id(node)] > MAX_VALUES:
-                raise _ERROR(None, None, f"more than {MAX_VALUES:,} values once aliases are expanded; "
-                             "a config holds a few dozen", node.start_mark)
+                raise _ERROR(
+                    None,
+                    None,
+                    f"more than {MAX_VALUES:,} values once aliases are expanded; a config holds a few dozen",
+                    node.start_mark,
+                )
         elif id(node) in path:
             raise _ERROR(None, None, "an alias refers to a collection that holds it", node.start_mark)
         elif id(node) not in sizes:
@@ -72,8 +76,12 @@ class _Loader(yaml.SafeLoader):
 
     def fetch_flow_collection_start(self, TokenClass: type) -> None:
         if self.flow_level >= MAX_FLOW_DEPTH:
-            raise yaml.scanner.ScannerError(None, None, f"nested more than {MAX_FLOW_DEPTH} levels deep; "
-                                            "a config is a few levels deep", self.get_mark())
+            raise yaml.scanner.ScannerError(
+                None,
+                None,
+                f"nested more than {MAX_FLOW_DEPTH} levels deep; a config is a few levels deep",
+                self.get_mark(),
+            )
         super().fetch_flow_collection_start(TokenClass)
 
     def construct_document(self, node: yaml.Node) -> Any:
@@ -88,8 +96,9 @@ class _Loader(yaml.SafeLoader):
             return super().construct_object(node, deep=deep)
         except _UNREADABLE as err:
             kind = node.tag.rsplit(":", 1)[-1]  # tag:yaml.org,2002:timestamp → timestamp
-            raise _ERROR(None, None, f"cannot read a {kind} from this value ({type(err).__name__}: {err})",
-                         node.start_mark) from None
+            raise _ERROR(
+                None, None, f"cannot read a {kind} from this value ({type(err).__name__}: {err})", node.start_mark
+            ) from None
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         value = super().construct_yaml_int(node)
@@ -119,8 +128,9 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 def _refuse_python(loader: _Loader, suffix: str, node: yaml.Node) -> None:
-    raise _ERROR(None, None, f"!!python/{suffix}: Python objects are refused (a config holds plain values)",
-                 node.start_mark)
+    raise _ERROR(
+        None, None, f"!!python/{suffix}: Python objects are refused (a config holds plain values)", node.start_mark
+    )
 
 
 _Loader.add_multi_constructor("tag:yaml.org,2002:python/", _refuse_python)  # SafeLoader refuses them too, less clearly
@@ -205,7 +215,9 @@ def _names(model: type[BaseModel]) -> tuple[str, ...]:
     return typing.get_args(model.model_fields["name"].annotation)
 
 
-def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None, list[type[BaseModel]]]:
+def _walk(
+    model: type[BaseModel], loc: tuple[Any, ...]
+) -> tuple[list[str], type[BaseModel] | None, list[type[BaseModel]]]:
     """Follow an error location through the schema: (dotted keys, model reached, union members)."""
     keys: list[str] = []
     members: list[type[BaseModel]] = []
@@ -231,10 +243,18 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 
 _TYPE_WORDS = {
-    "int_type": "a whole number", "int_from_float": "a whole number", "int_parsing": "a whole number",
-    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
-    "string_type": "a string", "list_type": "a list", "tuple_type": "a list",
-    "dict_type": "a mapping of keys", "model_type": "a mapping of keys", "model_attributes_type": "a mapping of keys",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "int_parsing": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping of keys",
+    "model_type": "a mapping of keys",
+    "model_attributes_type": "a mapping of keys",
 }
 
 

@@ -60,19 +60,33 @@ class JobOptions:
 
     def args(self) -> list[str]:
         """The command-line options that give these settings again (the --resume line)."""
-        given = [("--slurm-partition", self.partition), ("--slurm-gpus-per-job", self.gpus_per_job),
-                 ("--slurm-time", self.time_min)]
-        return ["--executor", self.executor, *[arg for option, value in given if value is not None
-                                               for arg in (option, str(value))]]
+        given = [
+            ("--slurm-partition", self.partition),
+            ("--slurm-gpus-per-job", self.gpus_per_job),
+            ("--slurm-time", self.time_min),
+        ]
+        return [
+            "--executor",
+            self.executor,
+            *[arg for option, value in given if value is not None for arg in (option, str(value))],
+        ]
 
 
-def job_options(executor: str | None, partition: str | None = None, gpus_per_job: int | None = None,
-                time_min: int | None = None) -> JobOptions | None:
+def job_options(
+    executor: str | None, partition: str | None = None, gpus_per_job: int | None = None, time_min: int | None = None
+) -> JobOptions | None:
     """The --executor and --slurm-* options, checked; None without --executor (this process, or --jobs workers)."""
     if executor is not None and executor not in EXECUTORS:
         raise UserError(f"--executor {executor!r}: unknown executor; choose one of: {', '.join(EXECUTORS)}")
-    given = [option for option, value in [("--slurm-partition", partition), ("--slurm-gpus-per-job", gpus_per_job),
-                                          ("--slurm-time", time_min)] if value is not None]
+    given = [
+        option
+        for option, value in [
+            ("--slurm-partition", partition),
+            ("--slurm-gpus-per-job", gpus_per_job),
+            ("--slurm-time", time_min),
+        ]
+        if value is not None
+    ]
     if given and executor != "slurm":
         raise UserError(f"{', '.join(given)}: Slurm options need --executor slurm; add it, or leave them out")
     if partition is not None and not partition.strip():
@@ -80,8 +94,10 @@ def job_options(executor: str | None, partition: str | None = None, gpus_per_job
     if executor == "slurm":
         missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
         if missing:
-            raise UserError(f"--executor slurm: Slurm's {' and '.join(missing)} not found on PATH; run gdtrain on a "
-                            "Slurm login node, or use --executor local")
+            raise UserError(
+                f"--executor slurm: Slurm's {' and '.join(missing)} not found on PATH; run gdtrain on a "
+                "Slurm login node, or use --executor local"
+            )
     return None if executor is None else JobOptions(executor, partition, gpus_per_job, time_min)
 
 
@@ -95,9 +111,14 @@ def make_executor(options: JobOptions, folder: Path, jobs: int) -> Executor:
         return executor
     executor = submitit.AutoExecutor(folder, cluster="slurm")
     slurm = {"slurm_partition": options.partition, "gpus_per_node": options.gpus_per_job}
-    executor.update_parameters(name="gdtrain", nodes=1, tasks_per_node=1, slurm_array_parallelism=jobs,
-                               timeout_min=options.time_min or SLURM_TIME_MIN,
-                               **{key: value for key, value in slurm.items() if value is not None})
+    executor.update_parameters(
+        name="gdtrain",
+        nodes=1,
+        tasks_per_node=1,
+        slurm_array_parallelism=jobs,
+        timeout_min=options.time_min or SLURM_TIME_MIN,
+        **{key: value for key, value in slurm.items() if value is not None},
+    )
     return executor
 
 
@@ -226,8 +247,6 @@ def outcome(one: Submitted, local: bool, stopping: bool) -> list[Result] | UserE
     why = f"its job {job.job_id} " + (f"raised {raised}" if raised else f"ended without a result ({how})")
     why += f"; its log: {job.paths.stderr}"
     return [lost_result(task, before, why) for task, before in zip(one.unit, one.before)]
-
-
 
 
 def run_job(unit: list[Task], threads: int | None, sweep: int | None) -> list[Result] | UserError:

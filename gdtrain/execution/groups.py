@@ -28,8 +28,15 @@ from gdtrain.training.tasks import Task
 if TYPE_CHECKING:
     import torch
 
-FREE = ("experiment.seed", "optimizer.", "schedule.", "train.grad_clip", "train.patience", "train.min_delta",
-        "train.keep_last")
+FREE = (
+    "experiment.seed",
+    "optimizer.",
+    "schedule.",
+    "train.grad_clip",
+    "train.patience",
+    "train.min_delta",
+    "train.keep_last",
+)
 
 
 def key(config: Config, task: Task) -> str | None:

@@ -28,29 +28,47 @@ class Execution:
 
     def args(self) -> list[str]:
         """The command-line options that give these settings again (--resume aside)."""
-        return [*(["--jobs", str(self.jobs)] if self.jobs > 1 else []),
-                *(["--batch-runs", str(self.batch_runs)] if self.batch_runs is not None else []),
-                *(self.job_options.args() if self.job_options else [])]
+        return [
+            *(["--jobs", str(self.jobs)] if self.jobs > 1 else []),
+            *(["--batch-runs", str(self.batch_runs)] if self.batch_runs is not None else []),
+            *(self.job_options.args() if self.job_options else []),
+        ]
 
     def described(self, folder: Path) -> str:
         """`, 2 at a time, as local jobs (logs in <folder>/_jobs/)`: what follows a sweep's or phase's count."""
         options = self.job_options
-        return ((f", {self.jobs} at a time" if self.jobs > 1 else "")
-                + (f", as {options.executor} jobs (logs in {folder / JOBS}/)" if options else ""))
+        return (f", {self.jobs} at a time" if self.jobs > 1 else "") + (
+            f", as {options.executor} jobs (logs in {folder / JOBS}/)" if options else ""
+        )
 
 
-def execution(jobs: int = 1, batch_runs: int | None = None, executor: str | None = None,
-              partition: str | None = None, gpus_per_job: int | None = None, time_min: int | None = None,
-              resume: bool = False) -> Execution:
+def execution(
+    jobs: int = 1,
+    batch_runs: int | None = None,
+    executor: str | None = None,
+    partition: str | None = None,
+    gpus_per_job: int | None = None,
+    time_min: int | None = None,
+    resume: bool = False,
+) -> Execution:
     """The command line's execution options, checked (a UserError names the option)."""
     if batch_runs is not None and batch_runs < 1:
-        raise UserError(f"--batch-runs {batch_runs}: must be 1 or more (1 trains each run alone; leave it out "
-                        "to train as many together as fit in memory)")
+        raise UserError(
+            f"--batch-runs {batch_runs}: must be 1 or more (1 trains each run alone; leave it out "
+            "to train as many together as fit in memory)"
+        )
     return Execution(jobs, batch_runs, job_options(executor, partition, gpus_per_job, time_min), resume)
 
 
-def continue_command(command: str, source: Path | str, runs_dir: Path, overrides: Sequence[str],
-                     execution: Execution, grid: Sequence[str] = (), seeds: int | None = None) -> str:
+def continue_command(
+    command: str,
+    source: Path | str,
+    runs_dir: Path,
+    overrides: Sequence[str],
+    execution: Execution,
+    grid: Sequence[str] = (),
+    seeds: int | None = None,
+) -> str:
     """`gdtrain sweep|study FILE ... --resume`: what continues a stopped sweep or study with its options.
 
     A study's line names its folder first (`--runs-dir R --resume`, then the rest); a sweep's gives

@@ -96,8 +96,9 @@ def expand(path: Path, grid_options: list[str], seeds: int | None, overrides: li
     seen: dict[str, Point] = {}
     for point in points:
         if point.name in seen:
-            raise UserError(f"{path}: two points of the grid would share the run name {point.name!r}; "
-                            "give each key distinct values")
+            raise UserError(
+                f"{path}: two points of the grid would share the run name {point.name!r}; give each key distinct values"
+            )
         seen[point.name] = point
     return points
 
@@ -110,8 +111,15 @@ def _grid_section(section: Any, path: Path) -> dict[str, Any]:
     return section
 
 
-def sweep_file(config: Path, grid: list[str], seeds: int | None, overrides: list[str], runs_dir: Path,
-               execution: Execution, say: Callable[..., None]) -> int:
+def sweep_file(
+    config: Path,
+    grid: list[str],
+    seeds: int | None,
+    overrides: list[str],
+    runs_dir: Path,
+    execution: Execution,
+    say: Callable[..., None],
+) -> int:
     """`gdtrain sweep`: expand the file's grid, run its points as `execution` says, and say each
     result and the closing counts through `say` (typer.echo's signature); returns the exit status."""
     points = expand(config, grid, seeds, overrides)
@@ -126,8 +134,11 @@ def sweep_file(config: Path, grid: list[str], seeds: int | None, overrides: list
         shown = ", ".join(f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val"))
         kept = f"checkpoint in {result.run_dir}" if result.status == "interrupted" and result.run_dir else ""
         detail = result.error or kept or shown or result.run_dir or ""
-        say(f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
-            + (f" ({result.seconds:.1f} s)" if result.seconds else "") + (f"  {detail}" if detail else ""))
+        say(
+            f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
+            + (f" ({result.seconds:.1f} s)" if result.seconds else "")
+            + (f"  {detail}" if detail else "")
+        )
 
     results, stopped_by = run_sweep(points, runs_dir, execution, report, manifest, say)
     again = continue_command("sweep", config, runs_dir, overrides, execution, grid, seeds)
@@ -143,18 +154,26 @@ def ending(results: list[Result], stopped_by: int | None, folder: Path, again: s
     if stopped_by is not None:
         shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "interrupted", "not started"))
         skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
-        return (f"sweep stopped by {signal.Signals(stopped_by).name}: {len(results)} points: {shown}{skipped}; "
-                f"continue with: {again}"), 128 + stopped_by
-    shown = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "skipped")
-                      if counts[s] or s == "failed")
+        return (
+            f"sweep stopped by {signal.Signals(stopped_by).name}: {len(results)} points: {shown}{skipped}; "
+            f"continue with: {again}"
+        ), 128 + stopped_by
+    shown = ", ".join(
+        f"{counts[s]} {s}" for s in ("finished", "diverged", "failed", "skipped") if counts[s] or s == "failed"
+    )
     failed = f"; run the failed ones again: {again}" if counts["failed"] else ""
     status = 1 if counts["failed"] else 0
     return f"sweep done: {len(results)} runs: {shown}; compare them: gdtrain compare {folder}{failed}", status
 
 
-def run_sweep(points: list[Point], runs_dir: Path, execution: Execution, report: Callable[[Result], None],
-              manifest: Manifest | None = None,
-              say: Callable[[str], None] = lambda line: None) -> tuple[list[Result], int | None]:
+def run_sweep(
+    points: list[Point],
+    runs_dir: Path,
+    execution: Execution,
+    report: Callable[[Result], None],
+    manifest: Manifest | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> tuple[list[Result], int | None]:
     """Run the points as `execution` says: compatible points stacked `batch_runs` at most (None: as
     many as fit; gdtrain/execution/groups.py), `jobs` groups at a time, in this process, in worker
     processes or as submitit jobs; with `resume` skip finished points and continue interrupted ones.
@@ -178,18 +197,24 @@ def run_sweep(points: list[Point], runs_dir: Path, execution: Execution, report:
             report(results[-1])
             continue
         # interrupted, or killed (no summary): continued from its newest checkpoint when it has one
-        paused = next((str(run_dir) for run_dir, status in reversed(before) if status in ("interrupted", "unfinished")),
-                      None)
+        paused = next(
+            (str(run_dir) for run_dir, status in reversed(before) if status in ("interrupted", "unfinished")), None
+        )
         tasks.append(Task(point.raw, point.name, str(runs_dir), point.config.experiment.name, paused))
     units = groups.plan(tasks, execution.batch_runs, jobs) if tasks else []
     if any(len(unit) > 1 for unit in units):
         sizes = ", ".join(str(len(unit)) for unit in units)
-        say(f"stacked: {len(tasks)} runs train as {len(units)} group(s) of {sizes} runs "
-            "(--batch-runs 1 trains each alone)")
+        say(
+            f"stacked: {len(tasks)} runs train as {len(units)} group(s) of {sizes} runs "
+            "(--batch-runs 1 trains each alone)"
+        )
     parallel = jobs > 1 and len(units) > 1
-    guard = Guard(message="stopping the sweep: the running points save a checkpoint and stop, no other point "
-                          "starts (again to stop them at once)" if parallel or options is not None else
-                          "stopping the sweep: no other point starts")
+    guard = Guard(
+        message="stopping the sweep: the running points save a checkpoint and stop, no other point "
+        "starts (again to stop them at once)"
+        if parallel or options is not None
+        else "stopping the sweep: no other point starts"
+    )
     with guard.installed():
         position = {task.name: i for i, task in enumerate(tasks)}
         if options is not None:

@@ -22,8 +22,10 @@ def run_unit(tasks: list[Task]) -> list[Result]:
     except UserError:
         raise
     except Exception as err:  # before the group could start: a crash in it must not stop the sweep
-        return [Result(task.name, "failed", error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - started)
-                for task in tasks]
+        return [
+            Result(task.name, "failed", error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - started)
+            for task in tasks
+        ]
 
 
 def attempt(unit: list[Task], guard: Guard) -> list[Result]:
@@ -33,5 +35,12 @@ def attempt(unit: list[Task], guard: Guard) -> list[Result]:
         with guard.running():
             return run_unit(unit)
     except KeyboardInterrupt:
-        return [Result(task.name, "interrupted", error="stopped at once; its last checkpoint, if any, is kept",
-                       signal=guard.signal or signal.SIGINT) for task in unit]
+        return [
+            Result(
+                task.name,
+                "interrupted",
+                error="stopped at once; its last checkpoint, if any, is kept",
+                signal=guard.signal or signal.SIGINT,
+            )
+            for task in unit
+        ]

@@ -61,8 +61,11 @@ def _serve(conn: Connection, threads: int, parent: int) -> None:
             if unit is None:
                 break
             try:
-                reply: list[Result] | UserError = (attempt(unit, guard) if guard.signal is None
-                                                   else [Result(task.name, "not started") for task in unit])
+                reply: list[Result] | UserError = (
+                    attempt(unit, guard)
+                    if guard.signal is None
+                    else [Result(task.name, "not started") for task in unit]
+                )
             except UserError as err:  # a problem of the whole sweep: the parent reports it
                 reply = err
             try:
@@ -86,8 +89,9 @@ class Worker:
     def send(self, unit: list[Task]) -> None:
         """Hand the worker a group of tasks."""
         self.task = unit
-        self.before = {task.name: frozenset(runs_named(Path(task.runs_dir), task.experiment, task.name))
-                       for task in unit}
+        self.before = {
+            task.name: frozenset(runs_named(Path(task.runs_dir), task.experiment, task.name)) for task in unit
+        }
         with contextlib.suppress(OSError):  # already dead: its pipe reads as closed, handled there
             self.conn.send(unit)
 
@@ -104,9 +108,10 @@ class Worker:
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         except ValueError:
             how = f"was killed by signal {-code}"
-        return [lost_result(task, self.before[task.name], f"its worker process {self.process.pid} {how} while it ran")
-                for task in self.task]
-
+        return [
+            lost_result(task, self.before[task.name], f"its worker process {self.process.pid} {how} while it ran")
+            for task in self.task
+        ]
 
 
 def run_parallel(units: list[list[Task]], jobs: int, guard: Guard) -> Iterator[list[Result]]:

@@ -83,8 +83,13 @@ def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> 
         shown = [figures(r, metric, target) if status in RANKED else Figures(None, None, None, None) for r in members]
         rows.append(Row(text, members, shown, status))
     sign = -1 if metrics.higher_is_better(metric) else 1
-    rows.sort(key=lambda row: (row.status not in RANKED, _mean([f.final for f in row.figures]) is None,
-                               sign * (_mean([f.final for f in row.figures]) or 0.0)))
+    rows.sort(
+        key=lambda row: (
+            row.status not in RANKED,
+            _mean([f.final for f in row.figures]) is None,
+            sign * (_mean([f.final for f in row.figures]) or 0.0),
+        )
+    )
     return rows
 
 
@@ -103,8 +108,11 @@ def rank(rows: list[Row], metric: str) -> list[Row]:
     from gdtrain.report import stats  # scipy, a second to import: only when there are seeds to compare
 
     up = metrics.higher_is_better(metric)
-    pairs = [stats.compare_pair(a.label, _known(a), b.label, _known(b), up)
-             for i, a in enumerate(compared) for b in compared[i + 1:]]
+    pairs = [
+        stats.compare_pair(a.label, _known(a), b.label, _known(b), up)
+        for i, a in enumerate(compared)
+        for b in compared[i + 1 :]
+    ]
     for number, labels in enumerate(stats.tie_groups([row.label for row in compared], pairs), 1):
         for row in compared:
             if row.label in labels:

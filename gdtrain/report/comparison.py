@@ -23,8 +23,16 @@ from gdtrain.report import compare, table
 MACHINE = ("csv", "json")  # formats whose stdout a program reads: nothing else goes there
 
 
-def compare_folder(folder: Path, metric: str | None, target: float | None, per_run: bool, fmt: str,
-                   plot: Path | None, everything: bool, say: Callable[..., None]) -> None:
+def compare_folder(
+    folder: Path,
+    metric: str | None,
+    target: float | None,
+    per_run: bool,
+    fmt: str,
+    plot: Path | None,
+    everything: bool,
+    say: Callable[..., None],
+) -> None:
     """Tabulate the runs under `folder` by `metric`, best first, in `fmt`, and plot them to `plot`;
     `say` prints (typer.echo's signature)."""
     if plot is not None:
@@ -36,8 +44,10 @@ def compare_folder(folder: Path, metric: str | None, target: float | None, per_r
     if not everything:
         manifest, runs, others = folders.members(folder, runs)
         if manifest is not None and not runs:
-            raise UserError(f"{folder}: none of its run folders is part of {describe(manifest)} yet; "
-                            f"--all compares every run folder in it")
+            raise UserError(
+                f"{folder}: none of its run folders is part of {describe(manifest)} yet; "
+                f"--all compares every run folder in it"
+            )
     metric = metric or compare.default_metric(runs)
     runs = with_metric(runs, metric, folder, say)
     rows = compare.group(runs, metric, target, per_run)
@@ -61,8 +71,9 @@ def with_metric(runs: list[Run], metric: str, folder: Path, say: Callable[..., N
     """The runs that logged `metric`: an error when none did, a note on each finished run left out."""
     logged = {tag for run in runs for row in run.rows for tag in row} - {"step", "epoch"}
     if metric not in logged:
-        raise UserError(f"--metric {metric}: no run under {folder} logged it; "
-                        f"logged: {', '.join(sorted(logged)) or 'nothing'}")
+        raise UserError(
+            f"--metric {metric}: no run under {folder} logged it; logged: {', '.join(sorted(logged)) or 'nothing'}"
+        )
     lacking = [run for run in runs if run.status == "finished" and not run.curve(metric)]
     for run in lacking:
         its = ", ".join(sorted({tag for row in run.rows for tag in row} - {"step", "epoch"}))

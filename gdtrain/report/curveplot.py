@@ -40,8 +40,11 @@ def plot(rows: list[Row], metric: str, title: str, path: Path) -> None:
         draw_band(metric_ax, points, colour, label, "o" if short else None)
     loss_ax.set(xlabel="optimizer step", ylabel="training loss (mean over log_every steps)", title="loss/train")
     loss_ax.set_yscale("log")
-    metric_ax.set(xlabel="epoch" if per_epoch else "optimizer step", ylabel=metric,
-                  title=f"{metric} ({metrics.direction(metric)} is better)")
+    metric_ax.set(
+        xlabel="epoch" if per_epoch else "optimizer step",
+        ylabel=metric,
+        title=f"{metric} ({metrics.direction(metric)} is better)",
+    )
     if per_epoch:
         metric_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not metrics.higher_is_better(metric):
@@ -49,7 +52,13 @@ def plot(rows: list[Row], metric: str, title: str, path: Path) -> None:
     for ax in (loss_ax, metric_ax):
         ax.grid(True, which="major", alpha=0.3)
     handles, labels = metric_ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=2 if len(rows) > 3 else 1, fontsize="small",
-                  title=f"final {metric} (mean over seeds; band: lowest to highest seed), best first")
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=2 if len(rows) > 3 else 1,
+        fontsize="small",
+        title=f"final {metric} (mean over seeds; band: lowest to highest seed), best first",
+    )
     fig.suptitle(title)
     save(fig, path, "choose another --plot path")

@@ -81,11 +81,23 @@ def summarise(values: Sequence[float], seed: int = 0) -> Summary:
     if len(x) >= 2 and np.ptp(x) > 0:  # identical values: the mean is all there is, CI [mean, mean]
         with warnings.catch_warnings():  # BCa warns and gives NaN on degenerate resamples; see _interval
             warnings.simplefilter("ignore")
-            result = st.bootstrap((x,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
-                                  method="BCa", rng=np.random.default_rng(seed))
+            result = st.bootstrap(
+                (x,),
+                np.mean,
+                confidence_level=CONFIDENCE,
+                n_resamples=RESAMPLES,
+                method="BCa",
+                rng=np.random.default_rng(seed),
+            )
             if any(math.isnan(v) for v in result.confidence_interval):
-                result = st.bootstrap((x,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
-                                      method="percentile", rng=np.random.default_rng(seed))
+                result = st.bootstrap(
+                    (x,),
+                    np.mean,
+                    confidence_level=CONFIDENCE,
+                    n_resamples=RESAMPLES,
+                    method="percentile",
+                    rng=np.random.default_rng(seed),
+                )
     std = float(x.std(ddof=1)) if len(x) >= 2 else 0.0
     return Summary(len(x), mean, float(np.median(x)), std, _interval(result, mean))
 
@@ -96,8 +108,9 @@ def p_beats(a: Sequence[float], b: Sequence[float], higher_is_better: bool = Tru
     return float(st.mannwhitneyu(x, y).statistic) / (len(x) * len(y))
 
 
-def compare_pair(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float], higher_is_better: bool = True,
-                 seed: int = 0) -> Pair:
+def compare_pair(
+    name_a: str, a: Sequence[float], name_b: str, b: Sequence[float], higher_is_better: bool = True, seed: int = 0
+) -> Pair:
     """P(A beats B) with its bootstrap CI, the one-sided test, and the verdict."""
     x, y = _oriented(a, b, higher_is_better)
     p = p_beats(x, y)
@@ -106,8 +119,15 @@ def compare_pair(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float
     if len(set(x.tolist()) | set(y.tolist())) > 1:  # all values equal: every resample gives 0.5
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = st.bootstrap((x, y), u_fraction, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
-                                  method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+            result = st.bootstrap(
+                (x, y),
+                u_fraction,
+                confidence_level=CONFIDENCE,
+                n_resamples=RESAMPLES,
+                method="percentile",
+                vectorized=True,
+                rng=np.random.default_rng(seed),
+            )
     ci = _interval(result, p)
     better = st.mannwhitneyu(x, y, alternative="greater").pvalue
     worse = st.mannwhitneyu(x, y, alternative="less").pvalue

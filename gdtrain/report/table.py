@@ -25,8 +25,20 @@ from gdtrain.core import metrics
 from gdtrain.core.folders import number
 from gdtrain.report.compare import RANKED, Row
 
-COLUMNS = ("run", "optimizer", "lr", "batch", "seeds", "final", "best", "best epoch", "steps to target",
-           "wall s", "samples/s", "status")  # csv and json; with seeds compared, also group and 95% CI
+COLUMNS = (
+    "run",
+    "optimizer",
+    "lr",
+    "batch",
+    "seeds",
+    "final",
+    "best",
+    "best epoch",
+    "steps to target",
+    "wall s",
+    "samples/s",
+    "status",
+)  # csv and json; with seeds compared, also group and 95% CI
 STATS = ("final", "best", "best epoch", "steps to target", "wall s", "samples/s")  # a value per seed
 CONSTANT = ("group", "batch", "seeds", "status")  # left out of the text table when every row has one value
 WIDTH = 100
@@ -38,25 +50,30 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
     for row in rows:
         first = row.runs[0].config
         timed = [r.summary if row.status in RANKED else {} for r in row.runs]  # a cut-short run's times are no result
-        records.append({
-            "run": row.label,
-            "optimizer": first.get("optimizer.name"),
-            "lr": first.get("optimizer.lr"),
-            "batch": row.runs[0].summary.get("batch_size", first.get("train.batch_size")),
-            "seeds": len(row.runs),
-            "final": [f.final for f in row.figures],
-            "best": [f.best for f in row.figures],
-            "best epoch": [f.best_epoch for f in row.figures],
-            "steps to target": [f.steps_to_target for f in row.figures],
-            "wall s": [number(summary.get("wall_seconds")) for summary in timed],
-            "samples/s": [number(summary.get("samples_per_second")) for summary in timed],
-            # runs from before samples/s left the first epoch out have no flag: theirs includes it
-            "with first epoch": [summary.get("samples_per_second_with_first_epoch", True) is not False
-                                 for summary in timed if number(summary.get("samples_per_second")) is not None],
-            "status": row.status,
-            "group": row.group,
-            "95% CI": row.ci,
-        })
+        records.append(
+            {
+                "run": row.label,
+                "optimizer": first.get("optimizer.name"),
+                "lr": first.get("optimizer.lr"),
+                "batch": row.runs[0].summary.get("batch_size", first.get("train.batch_size")),
+                "seeds": len(row.runs),
+                "final": [f.final for f in row.figures],
+                "best": [f.best for f in row.figures],
+                "best epoch": [f.best_epoch for f in row.figures],
+                "steps to target": [f.steps_to_target for f in row.figures],
+                "wall s": [number(summary.get("wall_seconds")) for summary in timed],
+                "samples/s": [number(summary.get("samples_per_second")) for summary in timed],
+                # runs from before samples/s left the first epoch out have no flag: theirs includes it
+                "with first epoch": [
+                    summary.get("samples_per_second_with_first_epoch", True) is not False
+                    for summary in timed
+                    if number(summary.get("samples_per_second")) is not None
+                ],
+                "status": row.status,
+                "group": row.group,
+                "95% CI": row.ci,
+            }
+        )
     return records
 
 
@@ -93,7 +110,11 @@ def _cell(record: dict[str, Any], column: str, target: float | None) -> str:
         hits = [v for v in value if v is not None]
         if target is None:
             return "-"
-        return "never" if not hits else f"{statistics.fmean(hits):.0f}" + (f" ({len(hits)}/{len(value)})" if len(value) > 1 else "")
+        return (
+            "never"
+            if not hits
+            else f"{statistics.fmean(hits):.0f}" + (f" ({len(hits)}/{len(value)})" if len(value) > 1 else "")
+        )
     if column == "samples/s":
         return _mean(record["samples/s"], ",.0f") + ("*" if any(record["with first epoch"]) else "")
     value = record[column]
@@ -121,17 +142,28 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
     compared = any(r["group"] is not None for r in records)
     _, same = display(records, target)
     seeds = f"mean of {same['seeds']} seeds" if "seeds" in same else "mean over seeds"
-    said = [f"{metric} ({metrics.direction(metric)} is better): final value"
-            + (f", {seeds} with its 95% bootstrap CI" if compared else "") + "; best first."]
+    said = [
+        f"{metric} ({metrics.direction(metric)} is better): final value"
+        + (f", {seeds} with its 95% bootstrap CI" if compared else "")
+        + "; best first."
+    ]
     if compared:
-        said += ["group 1: no other row beats it (P(A beats B) 95% CI above 0.5 and Mann-Whitney p < 0.05).",
-                 "Rows of one group show no detectable difference."]
+        said += [
+            "group 1: no other row beats it (P(A beats B) 95% CI above 0.5 and Mann-Whitney p < 0.05).",
+            "Rows of one group show no detectable difference.",
+        ]
     every = {"group": "group {}", "batch": "batch {}", "seeds": "{} seeds", "status": "{}"}
-    note = ("Every row: " + ", ".join(every[c].format(v) for c, v in same.items()).replace(" 1 seeds", " 1 run")
-            + ". ") if same else ""
+    note = (
+        ("Every row: " + ", ".join(every[c].format(v) for c, v in same.items()).replace(" 1 seeds", " 1 run") + ". ")
+        if same
+        else ""
+    )
     star = any(any(r["with first epoch"]) for r in records)
-    said.append(note + "samples/s: training steps after each process's first epoch"
-                + (" (*: with it: a run of one epoch, or one from before gdtrain left it out)." if star else "."))
+    said.append(
+        note
+        + "samples/s: training steps after each process's first epoch"
+        + (" (*: with it: a run of one epoch, or one from before gdtrain left it out)." if star else ".")
+    )
     return [line for sentence in said for line in textwrap.wrap(sentence, WIDTH)]
 
 

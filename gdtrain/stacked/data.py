@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gdtrain.core.config import Config
 from gdtrain.components.datasets import Table, table, table_key
+from gdtrain.core.config import Config
 from gdtrain.stacked.model import StackedModel, member_correct, member_losses
 
 
@@ -63,8 +63,15 @@ def build(configs: Sequence[Config], device: torch.device) -> GroupData:
     val = torch.stack([t.val + offsets[id(t.x)] for t in mine])
     first = mine[0]
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return GroupData(x.float().to(device), y.to(device), train.to(device), val.to(device), first.n_classes,
-                     move(first.x_test), move(first.y_test))
+    return GroupData(
+        x.float().to(device),
+        y.to(device),
+        train.to(device),
+        val.to(device),
+        first.n_classes,
+        move(first.x_test),
+        move(first.y_test),
+    )
 
 
 def epoch_rows(data: GroupData, orders: Sequence[torch.Generator], batch_size: int) -> Tensor:
@@ -91,8 +98,9 @@ def batches(data: GroupData, rows: Tensor, batch_size: int, start: int = 0) -> I
 
 
 @torch.no_grad()
-def evaluate(model: StackedModel, x: Tensor, y: Tensor, rows: Tensor | None, loss: str,
-             batch_size: int) -> tuple[list[float], list[float] | None]:
+def evaluate(
+    model: StackedModel, x: Tensor, y: Tensor, rows: Tensor | None, loss: str, batch_size: int
+) -> tuple[list[float], list[float] | None]:
     """Each member's mean loss and accuracy (None for mse) over its rows of (x, y) (rows (M, n)), or,
     with rows None, over all of (x, y) (the shared test set), in batches: engine.evaluate per member."""
     model.training = False
@@ -114,4 +122,3 @@ def evaluate(model: StackedModel, x: Tensor, y: Tensor, rows: Tensor | None, los
     model.training = True
     losses = (total.double() / n).tolist()
     return losses, ((correct.double() / n).tolist() if loss != "mse" else None)
-

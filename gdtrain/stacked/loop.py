@@ -2,10 +2,10 @@
 
 The members' models are stacked (stackmodel), their data shared by index (stackdata), and one
 vectorised optimizer updates them all, each with its own optimizer, settings, lr schedule, warm-up
-and clipping (stackopt, stacklr). The loop is engine.train's with a member axis, and every step of a run's life it shares with one
-run (log window, divergence, checkpoint payload, best weights, patience, schedule, finish) is
-gdtrain/training/lifecycle.py's: per step one
-forward and one backward for all members, each on its own batch; losses are read back every
+and clipping (stackopt, stacklr). The loop is engine.train's with a member axis, and every step
+of a run's life it shares with one run (log window, divergence, checkpoint payload, best weights,
+patience, schedule, finish) is gdtrain/training/lifecycle.py's: per step one forward and one
+backward for all members, each on its own batch; losses are read back every
 `log_every` steps, where a member whose loss is NaN or infinite is recorded `diverged` at its own
 step and frozen while the others go on (so is a member out of patience: it finishes early).
 
@@ -79,7 +79,9 @@ class Group:
     settings: Any  # the members' shared TrainConfig (its grad_clip and patience are each member's own)
     device: torch.device
     at: Progress = field(default_factory=Progress)  # the shared position and counters; `pending` holds (M,) losses
-    epoch_orders: list[torch.Tensor] = field(default_factory=list)  # each member's data-order RNG state at the epoch's start
+    epoch_orders: list[torch.Tensor] = field(
+        default_factory=list
+    )  # each member's data-order RNG state at the epoch's start
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -99,16 +101,25 @@ def train_group(tasks: list[Task]) -> list[Result]:
         failed = [m for m in group.members if m.result is None]
         for member in failed:
             lifecycle.disk_error(member.run_dir, err, member.meta, 1)
-        raise UserError(f"{failed[0].run_dir.parent}: cannot write ({err.strerror or err}); the last checkpoints "
-                        f"and the metrics so far are kept; fix it, then resume the sweep") from None
+        raise UserError(
+            f"{failed[0].run_dir.parent}: cannot write ({err.strerror or err}); the last checkpoints "
+            f"and the metrics so far are kept; fix it, then resume the sweep"
+        ) from None
     except BaseException as err:  # a bug, or a second signal: recorded in every unfinished member
         for member in group.members:
             if member.result is None:
                 runs.record_failure(member.run_dir, err, member.meta, runs.resume_command(member.run_dir))
-                member.result = (Result(member.name, "interrupted", str(member.run_dir), signal=stop.signal,
-                                        error="stopped at once; its last checkpoint, if any, is kept")
-                                 if isinstance(err, KeyboardInterrupt) else
-                                 Result(member.name, "failed", str(member.run_dir), error=f"{type(err).__name__}: {err}"))
+                member.result = (
+                    Result(
+                        member.name,
+                        "interrupted",
+                        str(member.run_dir),
+                        signal=stop.signal,
+                        error="stopped at once; its last checkpoint, if any, is kept",
+                    )
+                    if isinstance(err, KeyboardInterrupt)
+                    else Result(member.name, "failed", str(member.run_dir), error=f"{type(err).__name__}: {err}")
+                )
         if not isinstance(err, Exception | KeyboardInterrupt):
             raise
     finally:
@@ -120,8 +131,9 @@ def train_group(tasks: list[Task]) -> list[Result]:
     return [member.result for member in group.members]
 
 
-def stack(configs: list[Config], data: stackdata.GroupData,
-          device: torch.device) -> tuple[StackedModel, StackedOptimizer, MemberSchedules, Plan]:
+def stack(
+    configs: list[Config], data: stackdata.GroupData, device: torch.device
+) -> tuple[StackedModel, StackedOptimizer, MemberSchedules, Plan]:
     """The stacked model, optimizer and lr schedules of the members' configs over their data."""
     models = []
     for config in configs:  # each member's initial weights are its solo run's: the same draws after the same seed
@@ -145,15 +157,19 @@ def _build(tasks: list[Task], configs: list[Config]) -> Group:
     memory.check(first, sizes, lifecycle.plan(sizes.n_train, first.train).batch_size, device)
     data = stackdata.build(configs, device)
     model, optimizer, schedules, steps = stack(configs, data, device)
-    note = (f"trained stacked with {len(configs)} runs ({', '.join(t.name for t in tasks)}): the same initial "
-            "weights, split and data order as alone; numbers differ from a run alone in the last bits only "
-            "(README: Many runs at once)")
+    note = (
+        f"trained stacked with {len(configs)} runs ({', '.join(t.name for t in tasks)}): the same initial "
+        "weights, split and data order as alone; numbers differ from a run alone in the last bits only "
+        "(README: Many runs at once)"
+    )
     members, states = [], []
     try:
         for task, config in zip(tasks, configs):
             kernel = "fused" if kind_key(config.optimizer, device)[2] else "for_loop"
             meta = runs.provenance(device, config.experiment.seed) | {
-                "optimizer_kernel": f"{kernel}, stacked", "stacked": note}
+                "optimizer_kernel": f"{kernel}, stacked",
+                "stacked": note,
+            }
             order = torch.Generator(device=device).manual_seed(config.experiment.seed)
             member, state = _member(task, config, meta, order, device)
             members.append(member)
@@ -169,8 +185,9 @@ def _build(tasks: list[Task], configs: list[Config]) -> Group:
     return group
 
 
-def _member(task: Task, config: Config, meta: dict[str, Any], order: torch.Generator,
-            device: torch.device) -> tuple[Member, dict[str, Any] | None]:
+def _member(
+    task: Task, config: Config, meta: dict[str, Any], order: torch.Generator, device: torch.device
+) -> tuple[Member, dict[str, Any] | None]:
     """The member's run folder, owned: its interrupted one when it has a checkpoint, else a new one."""
     resolved = to_dict(config)
     if task.resume is not None:
@@ -202,17 +219,27 @@ def _restore(group: Group, states: list[dict[str, Any]]) -> None:
     """Put each member's checkpoint into its row; all were written at the same step (groups.py)."""
     at = group.members[0].at
     for m, (member, state) in enumerate(zip(group.members, states)):
-        if (member.at.epoch, member.at.step_in_epoch, member.at.outcome.steps) != (at.epoch, at.step_in_epoch,
-                                                                                   at.outcome.steps):
+        if (member.at.epoch, member.at.step_in_epoch, member.at.outcome.steps) != (
+            at.epoch,
+            at.step_in_epoch,
+            at.outcome.steps,
+        ):
             raise ValueError("the members' checkpoints were written at different steps")
         steps = member.at.outcome.steps
         group.model.load_member_state_dict(m, state["model"])
         group.optimizer.load_member_state_dict(m, state["optimizer"], steps)
-        group.schedules.load_member(m, state["optimizer"]["param_groups"][0], state["scheduler"], state["warmup"], steps)
+        group.schedules.load_member(
+            m, state["optimizer"]["param_groups"][0], state["scheduler"], state["warmup"], steps
+        )
         member.order.set_state(state["rng"]["order"])
     restore_rng(states[0]["rng"], group.members[0].order)  # torch's, numpy's and Python's RNGs are the group's
-    group.at = Progress(at.epoch, at.step_in_epoch, at.seen, None, pending=[
-        torch.stack(column) for column in zip(*(member.at.pending for member in group.members))])
+    group.at = Progress(
+        at.epoch,
+        at.step_in_epoch,
+        at.seen,
+        None,
+        pending=[torch.stack(column) for column in zip(*(member.at.pending for member in group.members))],
+    )
     group.epoch_orders = [member.at.epoch_order for member in group.members]
     for name in COUNTERS:
         setattr(group.at.outcome, name, getattr(at.outcome, name))
@@ -226,8 +253,9 @@ def train(group: Group, stop: Stop) -> int | None:
     params, outcome = model.params, at.outcome
     clip = torch.tensor([m.config.train.grad_clip or math.inf for m in members], dtype=torch.float64)
     clipping = bool(torch.isfinite(clip).any())
-    autocast = torch.autocast(group.device.type, dtype=PRECISIONS[settings.precision],
-                              enabled=settings.precision != "fp32")
+    autocast = torch.autocast(
+        group.device.type, dtype=PRECISIONS[settings.precision], enabled=settings.precision != "fp32"
+    )
     at_start = at.epoch
     for epoch in range(at.epoch, steps.epochs + 1):
         clock = lifecycle.Clock(at)
@@ -284,8 +312,9 @@ def _log_steps(group: Group, epoch: int, lr: torch.Tensor, norms: torch.Tensor) 
     lrs, norm_values = lr.tolist(), norms.tolist()
     at.pending.clear()
     for m, member in enumerate(group.members):
-        if member.live and not lifecycle.log_window(member.at.outcome, member.tracker, window[m], at.outcome.steps,
-                                                    epoch, lrs[m], norm_values[m]):
+        if member.live and not lifecycle.log_window(
+            member.at.outcome, member.tracker, window[m], at.outcome.steps, epoch, lrs[m], norm_values[m]
+        ):
             _finish(group, member, "diverged")
 
 
@@ -293,8 +322,9 @@ def _epoch_end(group: Group, epoch: int) -> None:
     """Validation for every live member: log it, keep a new best, step its schedule; a member with
     a non-finite val loss diverged, one out of patience stops early."""
     data, settings, step = group.data, group.settings, group.at.outcome.steps
-    losses, accuracies = stackdata.evaluate(group.model, data.x, data.y, data.val, settings.loss,
-                                            settings.eval_batch_size)
+    losses, accuracies = stackdata.evaluate(
+        group.model, data.x, data.y, data.val, settings.loss, settings.eval_batch_size
+    )
     for m, member in enumerate(group.members):
         if not member.live:
             continue
@@ -302,7 +332,9 @@ def _epoch_end(group: Group, epoch: int) -> None:
         if not lifecycle.validation(member.at.outcome, member.tracker, values, epoch, step):
             _finish(group, member, "diverged")
             continue
-        if lifecycle.track_best(member.at.outcome, epoch, values) and member.saved is not None:  # with the next checkpoint
+        if (
+            lifecycle.track_best(member.at.outcome, epoch, values) and member.saved is not None
+        ):  # with the next checkpoint
             member.best = lifecycle.best_state(group.model.member_state_dict(m), epoch, step, values)
     group.schedules.epoch_end([losses[m] if member.live else math.inf for m, member in enumerate(group.members)])
     for m, member in enumerate(group.members):
@@ -320,12 +352,25 @@ def _checkpoint(group: Group) -> None:
     for m, member in enumerate(group.members):
         if not member.live or member.saved is None:
             continue
-        progress = Progress(at.epoch, at.step_in_epoch, at.seen, group.epoch_orders[m], member.at.stale_epochs,
-                            member.at.best_for_patience, [p[m] for p in at.pending], _counted(group, member))
+        progress = Progress(
+            at.epoch,
+            at.step_in_epoch,
+            at.seen,
+            group.epoch_orders[m],
+            member.at.stale_epochs,
+            member.at.best_for_patience,
+            [p[m] for p in at.pending],
+            _counted(group, member),
+        )
         state = lifecycle.checkpoint_state(
-            group.model.member_state_dict(m), group.optimizer.member_state_dict(m, group.schedules.group(m)),
-            group.schedules.schedulers[m], group.schedules.warmups[m], progress, rng_states(member.order),
-            member.tracker.flush())
+            group.model.member_state_dict(m),
+            group.optimizer.member_state_dict(m, group.schedules.group(m)),
+            group.schedules.schedulers[m],
+            group.schedules.warmups[m],
+            progress,
+            rng_states(member.order),
+            member.tracker.flush(),
+        )
         lifecycle.save_checkpoint(member.saved, member.best, state, at.outcome.steps, prune=False)
         member.best = None
     for member in live:
@@ -351,8 +396,9 @@ def _finish(group: Group, member: Member, status: str, signal: int | None = None
         member.saved.save_best(member.best)
         member.best = None
     if status == "finished" and data.x_test is not None:
-        losses, accuracies = stackdata.evaluate(group.model, data.x_test, data.y_test, None, group.settings.loss,
-                                                group.settings.eval_batch_size)
+        losses, accuracies = stackdata.evaluate(
+            group.model, data.x_test, data.y_test, None, group.settings.loss, group.settings.eval_batch_size
+        )
         values = {"loss/test": losses[m]} | ({"accuracy/test": accuracies[m]} if accuracies is not None else {})
         lifecycle.log_test(outcome, member.tracker, values)
     outcome.signal = signal
@@ -361,5 +407,6 @@ def _finish(group: Group, member: Member, status: str, signal: int | None = None
     lifecycle.save_weights(member.run_dir, outcome, group.model.member_state_dict(m))
     seconds = time.perf_counter() - group.started
     lifecycle.write_summary(member.run_dir, outcome, group.steps, seconds, member.meta, member.saved)
-    member.result = Result(member.name, status, str(member.run_dir), outcome.final, seconds=seconds,
-                           signal=outcome.signal)
+    member.result = Result(
+        member.name, status, str(member.run_dir), outcome.final, seconds=seconds, signal=outcome.signal
+    )

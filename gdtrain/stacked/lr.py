@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gdtrain.core.config import OptimizerConfig, ScheduleConfig
 from gdtrain.components.optimizers import build_schedule, build_warmup
+from gdtrain.core.config import OptimizerConfig, ScheduleConfig
 from gdtrain.training.lifecycle import step_schedule
 
 
@@ -64,16 +64,23 @@ class MemberSchedules:
 
     def state_dict(self) -> dict[str, Any]:
         """Each member's stand-in optimizer, schedule and warm-up states, and the step count."""
+
         def state(x):
             return None if x is None else x.state_dict()
-        return {"steps": self.steps,
-                "members": [{"optimizer": o.state_dict(), "scheduler": state(s), "warmup": state(w)}
-                            for o, s, w in zip(self.stand_ins, self.schedulers, self.warmups)]}
+
+        return {
+            "steps": self.steps,
+            "members": [
+                {"optimizer": o.state_dict(), "scheduler": state(s), "warmup": state(w)}
+                for o, s, w in zip(self.stand_ins, self.schedulers, self.warmups)
+            ],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`, written by MemberSchedules built from the same configs."""
-        for saved, opt, scheduler, warmup in zip(state["members"], self.stand_ins, self.schedulers, self.warmups,
-                                                 strict=True):
+        for saved, opt, scheduler, warmup in zip(
+            state["members"], self.stand_ins, self.schedulers, self.warmups, strict=True
+        ):
             opt.load_state_dict(saved["optimizer"])
             for x, key in ((scheduler, "scheduler"), (warmup, "warmup")):
                 if (x is None) != (saved[key] is None):
@@ -83,16 +90,24 @@ class MemberSchedules:
         self.steps = state["steps"]
         self._lr = self._read()
 
-    def load_member(self, member: int, group: dict[str, Any], scheduler: dict[str, Any] | None,
-                    warmup: dict[str, Any] | None, steps: int) -> None:
+    def load_member(
+        self,
+        member: int,
+        group: dict[str, Any],
+        scheduler: dict[str, Any] | None,
+        warmup: dict[str, Any] | None,
+        steps: int,
+    ) -> None:
         """Continue member `member` where its solo run's checkpoint stands: its param group's lr
         entries (`group`), its schedule's and warm-up's states; `steps`: optimizer steps taken."""
         self.stand_ins[member].param_groups[0].update({k: v for k, v in group.items() if k in ("lr", "initial_lr")})
-        for x, saved, key in ((self.schedulers[member], scheduler, "scheduler"), (self.warmups[member], warmup, "warmup")):
+        for x, saved, key in (
+            (self.schedulers[member], scheduler, "scheduler"),
+            (self.warmups[member], warmup, "warmup"),
+        ):
             if (x is None) != (saved is None):
                 raise ValueError(f"the checkpoint's {key} does not match this member's schedule config")
             if x is not None:
                 x.load_state_dict(saved)
         self.steps = steps
         self._lr = self._read()
-

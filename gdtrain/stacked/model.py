@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gdtrain.core.config import LinearModel, MLPModel
 from gdtrain.components.models import ACTIVATIONS
+from gdtrain.core.config import LinearModel, MLPModel
 
 
 class StackedModel:
@@ -27,11 +27,14 @@ class StackedModel:
 
     def __init__(self, cfg: LinearModel | MLPModel, models: Sequence[nn.Module]):
         self.names = [name for name, _ in models[0].named_parameters()]
-        self.params = [torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_()
-                       for name in self.names]
+        self.params = [
+            torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_()
+            for name in self.names
+        ]
         bias = not isinstance(cfg, LinearModel) or cfg.bias
-        self.layers = [(self.params[i], self.params[i + 1] if bias else None)
-                       for i in range(0, len(self.params), 2 if bias else 1)]
+        self.layers = [
+            (self.params[i], self.params[i + 1] if bias else None) for i in range(0, len(self.params), 2 if bias else 1)
+        ]
         hidden = isinstance(cfg, MLPModel)
         self.activation = ACTIVATIONS[cfg.activation]() if hidden else None
         self.dropout = cfg.dropout if hidden else 0.0

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gdtrain.core.config import OptimizerConfig
 from gdtrain.components.optimizers import IMPLEMENTATIONS, OPTIMIZERS, implementation
+from gdtrain.core.config import OptimizerConfig
 from gdtrain.stacked.rules import FUSED_RULES, FUSED_SHARED, HYPERS, RULES, Rows, col, state_names
 
 Select = slice | Tensor  # rows as a view (contiguous) or as an index for index_select / index_copy_
@@ -62,7 +62,7 @@ def _take(t: Tensor, rows: Select, out: Tensor | None = None) -> Tensor:
     """The rows of t: a view, or a gathered copy (into `out` when given)."""
     if isinstance(rows, slice):
         return t[rows]
-    return t.index_select(0, rows) if out is None else torch.index_select(t, 0, rows, out=out[:len(rows)])
+    return t.index_select(0, rows) if out is None else torch.index_select(t, 0, rows, out=out[: len(rows)])
 
 
 def _put(t: Tensor, rows: Select, value: Tensor) -> None:
@@ -118,15 +118,24 @@ class StackedOptimizer:
         self.freeze(self.frozen)
 
     def _kind(self, name: str, switch: tuple[bool, ...], fused: bool, members: list[int]) -> Kind:
-        hypers = {h: torch.tensor([_hyper(self.configs[m], h) for m in members], dtype=torch.float64)
-                  for h in HYPERS[name]}
+        hypers = {
+            h: torch.tensor([_hyper(self.configs[m], h) for m in members], dtype=torch.float64) for h in HYPERS[name]
+        }
         rows = _select(members, self.params[0].device)
         state = {s: [torch.zeros_like(_take(p, rows)) for p in self.params] for s in state_names(name, switch)}
         if name == "adagrad":  # torch fills the sum when the optimizer is built
             for t in state["sum"]:
                 t.copy_(col(hypers["initial_accumulator_value"].to(t), t).expand_as(t))
-        return Kind(name, switch, fused, members, hypers, torch.zeros(len(members), dtype=torch.float64), state,
-                    bool((hypers["weight_decay"] != 0).any()))
+        return Kind(
+            name,
+            switch,
+            fused,
+            members,
+            hypers,
+            torch.zeros(len(members), dtype=torch.float64),
+            state,
+            bool((hypers["weight_decay"] != 0).any()),
+        )
 
     @property
     def base_lr(self) -> Tensor:
@@ -152,12 +161,18 @@ class StackedOptimizer:
             into = self.gathered or [(None, None)] * len(self.params)
             kind.step[kind.live] += 1
             step = kind.step[kind.live]  # unfrozen members step together, so all are at the same count
-            rows = Rows(params=[_take(self.params[i], kind.stack_rows, into[i][0]) for i in with_grad],
-                        grads=[_take(self.params[i].grad, kind.stack_rows, into[i][1]) for i in with_grad],
-                        state={s: [_take(ts[i], kind.state_rows) for i in with_grad] for s, ts in kind.state.items()},
-                        work=[(self.work[i][0][:kind.count], self.work[i][1][:kind.count]) for i in with_grad],
-                        hypers={h: v[kind.live] for h, v in kind.hypers.items()}, lr=lr[kind.lr_index], step=step,
-                        switches=kind.switches, decay=kind.decay, first=bool(step[0] == 1))
+            rows = Rows(
+                params=[_take(self.params[i], kind.stack_rows, into[i][0]) for i in with_grad],
+                grads=[_take(self.params[i].grad, kind.stack_rows, into[i][1]) for i in with_grad],
+                state={s: [_take(ts[i], kind.state_rows) for i in with_grad] for s, ts in kind.state.items()},
+                work=[(self.work[i][0][: kind.count], self.work[i][1][: kind.count]) for i in with_grad],
+                hypers={h: v[kind.live] for h, v in kind.hypers.items()},
+                lr=lr[kind.lr_index],
+                step=step,
+                switches=kind.switches,
+                decay=kind.decay,
+                first=bool(step[0] == 1),
+            )
             (FUSED_RULES if kind.fused else RULES)[kind.name](rows)
             for j, i in enumerate(with_grad):
                 _put(self.params[i], kind.stack_rows, rows.params[j])
@@ -166,8 +181,11 @@ class StackedOptimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """Settings, steps, state and the frozen mask; like torch.optim's, its tensors are the live ones, not copies."""
-        return {"configs": [_settings(cfg) for cfg in self.configs], "frozen": self.frozen.clone(),
-                "kinds": [{"members": kind.members, "step": kind.step, "state": kind.state} for kind in self.kinds]}
+        return {
+            "configs": [_settings(cfg) for cfg in self.configs],
+            "frozen": self.frozen.clone(),
+            "kinds": [{"members": kind.members, "step": kind.step, "state": kind.state} for kind in self.kinds],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`, saved by an optimizer built with the same configs and parameter shapes."""
@@ -201,7 +219,6 @@ class StackedOptimizer:
                 solo.state[p]["step"] = torch.tensor(kind.step[row].item(), dtype=torch.float32)
         return solo.state_dict()
 
-
     @torch.no_grad()
     def load_member_state_dict(self, member: int, state: dict[str, Any], steps: int) -> None:
         """Continue member `member` from its solo run's torch.optim state_dict (member_state_dict's
@@ -214,6 +231,7 @@ class StackedOptimizer:
             for i, t in enumerate(tensors):
                 if i in saved:
                     t[row].copy_(saved[i][name])
+
 
 def _settings(cfg: OptimizerConfig) -> dict[str, Any]:
     """The config's torch.optim arguments (what the update depends on besides the lr)."""

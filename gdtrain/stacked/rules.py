@@ -52,8 +52,9 @@ def col(x: Tensor, like: Tensor) -> Tensor:
 def sgd(r: Rows) -> None:
     """torch.optim.SGD: momentum, dampening, nesterov, weight_decay per member."""
     momentum, nesterov = r.switches
-    c = _cast(r.params[0], wd=r.hypers["weight_decay"], mom=r.hypers["momentum"],
-              keep=1 - r.hypers["dampening"], lr=-r.lr)
+    c = _cast(
+        r.params[0], wd=r.hypers["weight_decay"], mom=r.hypers["momentum"], keep=1 - r.hypers["dampening"], lr=-r.lr
+    )
     for i, (p, g, (w0, w1)) in enumerate(zip(r.params, r.grads, r.work)):
         if r.decay:
             g = torch.addcmul(g, p, col(c["wd"], p), out=w0)
@@ -82,8 +83,15 @@ def adagrad(r: Rows) -> None:
 def rmsprop(r: Rows) -> None:
     """torch.optim.RMSprop: alpha, eps, weight_decay, momentum per member; centered."""
     momentum, centered = r.switches
-    c = _cast(r.params[0], wd=r.hypers["weight_decay"], alpha=r.hypers["alpha"], rest=1 - r.hypers["alpha"],
-              eps=r.hypers["eps"], mom=r.hypers["momentum"], lr=-r.lr)
+    c = _cast(
+        r.params[0],
+        wd=r.hypers["weight_decay"],
+        alpha=r.hypers["alpha"],
+        rest=1 - r.hypers["alpha"],
+        eps=r.hypers["eps"],
+        mom=r.hypers["momentum"],
+        lr=-r.lr,
+    )
     for i, (p, g, (w0, w1)) in enumerate(zip(r.params, r.grads, r.work)):
         if r.decay:
             g = torch.addcmul(g, p, col(c["wd"], p), out=w0)
@@ -108,9 +116,17 @@ def adam(r: Rows, decoupled: bool = False) -> None:
     """torch.optim.Adam (L2 weight decay) or, `decoupled`, AdamW: betas, eps, weight_decay per member; amsgrad."""
     (amsgrad,) = r.switches
     beta1, beta2, lr = r.hypers["beta1"], r.hypers["beta2"], r.lr
-    c = _cast(r.params[0], wd=r.hypers["weight_decay"], shrink=1 - lr * r.hypers["weight_decay"],
-              rest1=1 - beta1, beta2=beta2, rest2=1 - beta2, eps=r.hypers["eps"],
-              bc2_sqrt=(1 - beta2**r.step) ** 0.5, step=-(lr / (1 - beta1**r.step)))
+    c = _cast(
+        r.params[0],
+        wd=r.hypers["weight_decay"],
+        shrink=1 - lr * r.hypers["weight_decay"],
+        rest1=1 - beta1,
+        beta2=beta2,
+        rest2=1 - beta2,
+        eps=r.hypers["eps"],
+        bc2_sqrt=(1 - beta2**r.step) ** 0.5,
+        step=-(lr / (1 - beta1**r.step)),
+    )
     for i, (p, g, (w0, w1)) in enumerate(zip(r.params, r.grads, r.work)):
         if r.decay and decoupled:
             p.mul_(col(c["shrink"], p))
@@ -131,8 +147,13 @@ def adamw(r: Rows) -> None:
     adam(r, decoupled=True)
 
 
-RULES: dict[str, Callable[[Rows], None]] = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam,
-                                            "adamw": adamw}
+RULES: dict[str, Callable[[Rows], None]] = {
+    "sgd": sgd,
+    "adagrad": adagrad,
+    "rmsprop": rmsprop,
+    "adam": adam,
+    "adamw": adamw,
+}
 # Settings that are (m,) columns per kind, as the rules read them.
 HYPERS: dict[str, tuple[str, ...]] = {
     "sgd": ("momentum", "dampening", "weight_decay"),
@@ -222,13 +243,17 @@ def adagrad_fused(r: Rows) -> None:
     for p, g, (w0, w1) in zip(r.params, r.grads, r.work):
         grads.append(torch.addcmul(g, p, col(c["wd"], p), out=w0) if r.decay else g)
         zs.append(w1.zero_())
-    torch._fused_adagrad_(zs, grads, r.state["sum"], steps, lr=1.0, lr_decay=0.0, weight_decay=0.0, eps=eps,
-                          maximize=False)
+    torch._fused_adagrad_(
+        zs, grads, r.state["sum"], steps, lr=1.0, lr_decay=0.0, weight_decay=0.0, eps=eps, maximize=False
+    )
     for p, z in zip(r.params, zs):
         p.addcmul_(z, col(c["clr"], p))
 
 
 FUSED_RULES: dict[str, Callable[[Rows], None]] = {"adam": adam_fused, "adamw": adamw_fused, "adagrad": adagrad_fused}
 # The settings a fused kernel takes as one float: members of a fused kind share them.
-FUSED_SHARED: dict[str, tuple[str, ...]] = {"adam": ("beta1", "beta2", "eps"), "adamw": ("beta1", "beta2", "eps"),
-                                            "adagrad": ("eps",)}
+FUSED_SHARED: dict[str, tuple[str, ...]] = {
+    "adam": ("beta1", "beta2", "eps"),
+    "adamw": ("beta1", "beta2", "eps"),
+    "adagrad": ("eps",),
+}

@@ -23,8 +23,12 @@ def draw_all(folder: Path, results: StudyResults) -> list[str]:
     """lr_sensitivity.png, budget_curve.png, reruns.png and final_per_seed.png; their names."""
     colours = _colours(results)
     drawn = []
-    for name, draw in (("lr_sensitivity.png", _lr), ("budget_curve.png", _budget), ("reruns.png", _reruns),
-                       ("final_per_seed.png", _per_seed)):
+    for name, draw in (
+        ("lr_sensitivity.png", _lr),
+        ("budget_curve.png", _budget),
+        ("reruns.png", _reruns),
+        ("final_per_seed.png", _per_seed),
+    ):
         save(draw(results, colours), folder / name, "free some space, then gdtrain study --resume")
         drawn.append(name)
     return drawn
@@ -44,15 +48,23 @@ def _lr(results: StudyResults, colours: dict[str, Any]) -> Any:
         if ok:
             ax.plot(*zip(*ok), marker="o", ms=4, lw=1.4, color=colours[label], label=label)
         if bad:
-            ax.scatter(bad, [floor] * len(bad), marker="x", s=40, color=colours[label],
-                       label=f"{label}: diverged" if not ok else None)
+            ax.scatter(
+                bad,
+                [floor] * len(bad),
+                marker="x",
+                s=40,
+                color=colours[label],
+                label=f"{label}: diverged" if not ok else None,
+            )
         chosen = next((t for t in trials if t.name == e.tuning.chosen_trial), None)
         if chosen is not None:
-            ax.scatter([chosen.lr], [chosen.select_value], s=120, facecolors="none",
-                       edgecolors=colours[label], lw=1.5)
+            ax.scatter([chosen.lr], [chosen.select_value], s=120, facecolors="none", edgecolors=colours[label], lw=1.5)
     ax.set_xscale("log")
-    ax.set(xlabel="lr (log scale)", ylabel=f"{select} (final)",
-           title="lr sensitivity: every tuning trial (circled: chosen; x: diverged)")
+    ax.set(
+        xlabel="lr (log scale)",
+        ylabel=f"{select} (final)",
+        title="lr sensitivity: every tuning trial (circled: chosen; x: diverged)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return fig
@@ -65,8 +77,11 @@ def _budget(results: StudyResults, colours: dict[str, Any]) -> Any:
         curve = e.budget_curve
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, lw=1.6, color=colours[label], label=label)
-    ax.set(xlabel="tuning trials k", ylabel=f"expected best {results.setup.select}",
-           title="Budget curve: expected best after k trials (Dodge et al. 2019)")
+    ax.set(
+        xlabel="tuning trials k",
+        ylabel=f"expected best {results.setup.select}",
+        title="Budget curve: expected best after k trials (Dodge et al. 2019)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return fig
@@ -100,8 +115,15 @@ def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
         jitter = [(k - (n - 1) / 2) * 0.06 for k in range(n)]  # spread equal values apart, deterministically
         ax.scatter([i + j for j in jitter], r.values, color=colours[label], s=22, zorder=3)
         if (s := r.summary) is not None:
-            ax.errorbar([i + 0.3], [s.mean], yerr=[[s.mean - s.ci[0]], [s.ci[1] - s.mean]],
-                        fmt="D", color=colours[label], ms=5, capsize=4)
+            ax.errorbar(
+                [i + 0.3],
+                [s.mean],
+                yerr=[[s.mean - s.ci[0]], [s.ci[1] - s.mean]],
+                fmt="D",
+                color=colours[label],
+                ms=5,
+                capsize=4,
+            )
     groups = [results.optimizers[label].group or "—" for label in order]
     ax.set_xticks(range(len(order)), [f"{label}\n(group {group})" for label, group in zip(order, groups)], fontsize=8)
     report = results.setup.report

@@ -17,10 +17,12 @@ from gdtrain.core.yamlio import dump_yaml
 from gdtrain.report.stats import Pair
 from gdtrain.study.verdict import StudyResults
 
-FIGURES = {"lr_sensitivity.png": "lr sensitivity: the select metric of every tuning trial against its lr",
-           "budget_curve.png": "expected best select value after k trials (Dodge et al. 2019)",
-           "reruns.png": "the chosen settings' reruns: mean and min-max band over seeds",
-           "final_per_seed.png": "the report metric of every rerun, with its mean and 95% CI"}
+FIGURES = {
+    "lr_sensitivity.png": "lr sensitivity: the select metric of every tuning trial against its lr",
+    "budget_curve.png": "expected best select value after k trials (Dodge et al. 2019)",
+    "reruns.png": "the chosen settings' reruns: mean and min-max band over seeds",
+    "final_per_seed.png": "the report metric of every rerun, with its mean and 95% CI",
+}
 
 
 def fmt(value: float | None) -> str:
@@ -40,10 +42,15 @@ def write(folder: Path, results: StudyResults, base: dict[str, Any], meta: Any) 
     chosen.mkdir(exist_ok=True)
     for label, entry in results.optimizers.items():
         if entry.tuning.chosen is not None:
-            doc = {**base, "experiment": {**(base.get("experiment") or {}), "name": meta.name, "seed": meta.seed + 1},
-                   "optimizer": entry.tuning.chosen}
-            (chosen / f"{label}.yaml").write_text(f"# {label}: the setting {results.setup.study} chose; "
-                                                  f"gdtrain run {chosen / (label + '.yaml')}\n" + dump_yaml(doc))
+            doc = {
+                **base,
+                "experiment": {**(base.get("experiment") or {}), "name": meta.name, "seed": meta.seed + 1},
+                "optimizer": entry.tuning.chosen,
+            }
+            (chosen / f"{label}.yaml").write_text(
+                f"# {label}: the setting {results.setup.study} chose; "
+                f"gdtrain run {chosen / (label + '.yaml')}\n" + dump_yaml(doc)
+            )
     drawn = _figures(folder, results)
     (folder / "report.md").write_text(markdown(results, drawn), encoding="utf-8")
 
@@ -62,7 +69,10 @@ def _ci_beats(pair: Pair, name: str) -> tuple[float, float]:
 def verdict_lines(results: StudyResults) -> list[str]:
     """The verdict in plain words: who ties at the top, who beats whom and how surely."""
     groups, seeds, pairs, report = results.groups, results.setup.seeds, results.pairs, results.setup.report
-    names = lambda group: " and ".join(group) if len(group) <= 2 else ", ".join(group[:-1]) + " and " + group[-1]
+
+    def names(group: list[str]) -> str:
+        return " and ".join(group) if len(group) <= 2 else ", ".join(group[:-1]) + " and " + group[-1]
+
     if not groups:
         return ["No optimizer has two reruns to compare; see the table."]
     if len(groups) == 1:
@@ -76,8 +86,9 @@ def verdict_lines(results: StudyResults) -> list[str]:
     for pair in pairs:
         if pair.winner is not None:
             lo, hi = _ci_beats(pair, pair.winner)
-            lines.append(f"- {pair.winner} beats {pair.loser}: P = {_p(_p_beats(pair, pair.winner))}, "
-                         f"95% CI {_p(lo)}–{_p(hi)}")
+            lines.append(
+                f"- {pair.winner} beats {pair.loser}: P = {_p(_p_beats(pair, pair.winner))}, 95% CI {_p(lo)}–{_p(hi)}"
+            )
     ties = [f"{p.a}–{p.b}" for p in pairs if p.winner is None]
     if ties:
         lines.append(f"- no detectable difference with {seeds} seeds: {', '.join(ties)}")
@@ -89,22 +100,29 @@ def verdict_lines(results: StudyResults) -> list[str]:
 def _settings(chosen: dict[str, Any] | None) -> str:
     if chosen is None:
         return "all trials diverged"
-    return ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in chosen.items()
-                     if k not in ("name", "implementation"))
+    return ", ".join(
+        f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in chosen.items() if k not in ("name", "implementation")
+    )
 
 
 def markdown(results: StudyResults, figures: list[str]) -> str:
     """report.md: the verdict, the table, the pairwise matrix and the figures."""
     setup = results.setup
     report = setup.report
-    lines = [f"# Study {setup.study}: which optimizer is better on {report}?", "",
-             *verdict_lines(results), "",
-             f"Each optimizer had {setup.budget} tuning trials ({setup.sampler} sampler, seed "
-             f"{setup.tuning_seed}), chosen on {setup.select}; its best setting was rerun with seeds "
-             f"{', '.join(map(str, setup.rerun_seeds))}. P(A beats B) is the chance that a rerun of A scores better "
-             f"than one of B (Mann-Whitney U / n·m, ties half); A beats B only when its 95% bootstrap CI lies above 0.5 "
-             f"and the one-sided Mann-Whitney test gives p < 0.05. {report}: {metrics.direction(report)} is better.",
-             "", "## Optimizers", ""]
+    lines = [
+        f"# Study {setup.study}: which optimizer is better on {report}?",
+        "",
+        *verdict_lines(results),
+        "",
+        f"Each optimizer had {setup.budget} tuning trials ({setup.sampler} sampler, seed "
+        f"{setup.tuning_seed}), chosen on {setup.select}; its best setting was rerun with seeds "
+        f"{', '.join(map(str, setup.rerun_seeds))}. P(A beats B) is the chance that a rerun of A scores better "
+        f"than one of B (Mann-Whitney U / n·m, ties half); A beats B only when its 95% bootstrap CI lies above 0.5 "
+        f"and the one-sided Mann-Whitney test gives p < 0.05. {report}: {metrics.direction(report)} is better.",
+        "",
+        "## Optimizers",
+        "",
+    ]
     target = setup.target
     head = ["group", "optimizer", "chosen settings", f"mean {report}", "95% CI", "median", "diverged"]
     head += [f"steps to {setup.select} {fmt(target)}"] if target is not None else []
@@ -112,16 +130,28 @@ def markdown(results: StudyResults, figures: list[str]) -> str:
     for label in [*results.ranked, *results.unranked]:
         e = results.optimizers[label]
         r, s = e.reruns, e.reruns.summary
-        row = [str(e.group or "—"), label, _settings(e.tuning.chosen), fmt(s.mean if s else None),
-               f"{fmt(s.ci[0])}–{fmt(s.ci[1])}" if s else "—", fmt(s.median if s else None),
-               f"{r.diverged}/{len(r.values)}"]
+        row = [
+            str(e.group or "—"),
+            label,
+            _settings(e.tuning.chosen),
+            fmt(s.mean if s else None),
+            f"{fmt(s.ci[0])}–{fmt(s.ci[1])}" if s else "—",
+            fmt(s.median if s else None),
+            f"{r.diverged}/{len(r.values)}",
+        ]
         if target is not None:
             t = e.to_target
             row.append("—" if t is None or t.steps is None else f"{t.steps.mean:.0f} ({t.reached}/{t.of})")
         lines.append("| " + " | ".join(row) + " |")
     ranked = results.ranked
     if len(ranked) > 1:
-        lines += ["", "## P(row beats column)", "", "| | " + " | ".join(ranked) + " |", "|" + "---|" * (len(ranked) + 1)]
+        lines += [
+            "",
+            "## P(row beats column)",
+            "",
+            "| | " + " | ".join(ranked) + " |",
+            "|" + "---|" * (len(ranked) + 1),
+        ]
         p = {(q.a, q.b): q.p_a_beats_b for q in results.pairs}
         p |= {(b, a): 1 - v for (a, b), v in list(p.items())}
         for a in ranked:
@@ -141,8 +171,16 @@ def _write_csv(path: Path, results: StudyResults) -> None:
         for label, e in results.optimizers.items():
             r, s = e.reruns, e.reruns.summary
             figures = [s.mean, s.median, s.std, *s.ci] if s else ["", "", "", "", ""]
-            out.writerow([label, "" if e.group is None else e.group, json.dumps(e.tuning.chosen), len(r.values),
-                          *figures, r.diverged])
+            out.writerow(
+                [
+                    label,
+                    "" if e.group is None else e.group,
+                    json.dumps(e.tuning.chosen),
+                    len(r.values),
+                    *figures,
+                    r.diverged,
+                ]
+            )
 
 
 def _figures(folder: Path, results: StudyResults) -> list[str]:

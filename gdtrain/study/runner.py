@@ -8,14 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from gdtrain.core import names
-from gdtrain.core.config import (to_dict, validate)
+from gdtrain.core.config import to_dict, validate
 from gdtrain.core.errors import UserError
-from gdtrain.execution.options import Execution, continue_command
 from gdtrain.core.manifest import MANIFEST, Manifest
 from gdtrain.core.runs import flatten
-
+from gdtrain.execution.options import Execution, continue_command
 from gdtrain.study.spec import Arm, Study, rerun_name, rerun_points, rerun_seeds, tuning_points
 
 if TYPE_CHECKING:
@@ -31,8 +29,10 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
 
     folder = runs_dir / study.name
     if not execution.resume and folder.is_dir() and any(p.name != MANIFEST for p in folder.iterdir()):
-        raise UserError(f"{folder}: already holds a study's runs; continue it with --resume, or give it a new "
-                        f"name: --set study.name=<name>")
+        raise UserError(
+            f"{folder}: already holds a study's runs; continue it with --resume, or give it a new "
+            f"name: --set study.name=<name>"
+        )
     points = tuning_points(study)
     manifest = Manifest(folder, "study")
     manifest.plan(_labelled(study, points))
@@ -41,8 +41,11 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
         return folder, None, code
     tunings, chosen = [], {}
     for arm in study.arms:
-        records = [verdict.trial_record(name, _searched(arm, doc), Path(trials[name]), study.select)
-                   for label, name, doc in points if label == arm.label]
+        records = [
+            verdict.trial_record(name, _searched(arm, doc), Path(trials[name]), study.select)
+            for label, name, doc in points
+            if label == arm.label
+        ]
         best = verdict.choose(records, study.select)
         if best is not None:
             chosen[arm.label] = next(doc["optimizer"] for _, name, doc in points if name == best.name)
@@ -52,10 +55,22 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
     reruns, code = _execute(study, again, runs_dir, execution, echo, "reruns", manifest)
     if reruns is None:
         return folder, None, code
-    rerun_dirs = {arm.label: [reruns[rerun_name(arm, seed)] for seed in rerun_seeds(study) if arm.label in chosen]
-                  for arm in study.arms}
-    setup = verdict.Setup(study.select, study.report, study.spec.seeds, study.spec.target, study.name, study.source,
-                          study.spec.budget, study.spec.sampler, study.spec.study.seed, tuple(rerun_seeds(study)))
+    rerun_dirs = {
+        arm.label: [reruns[rerun_name(arm, seed)] for seed in rerun_seeds(study) if arm.label in chosen]
+        for arm in study.arms
+    }
+    setup = verdict.Setup(
+        study.select,
+        study.report,
+        study.spec.seeds,
+        study.spec.target,
+        study.name,
+        study.source,
+        study.spec.budget,
+        study.spec.sampler,
+        study.spec.study.seed,
+        tuple(rerun_seeds(study)),
+    )
     results = verdict.analyse(tunings, rerun_dirs, setup)
     studyreport.write(folder, results, study.base, study.spec.study)
     return folder, results, 0
@@ -71,8 +86,15 @@ def _labelled(study: Study, points: list[tuple[str, str, dict[str, Any]]]) -> li
     return [(name, text) for (_, name, _), text in zip(points, names.labels(configs))]
 
 
-def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_dir: Path, execution: Execution,
-             echo: Any, phase: str, manifest: Manifest) -> tuple[dict[str, str] | None, int]:
+def _execute(
+    study: Study,
+    points: list[tuple[str, str, dict[str, Any]]],
+    runs_dir: Path,
+    execution: Execution,
+    echo: Any,
+    phase: str,
+    manifest: Manifest,
+) -> tuple[dict[str, str] | None, int]:
     """Run the points as a sweep: ({run name: run folder}, 0), or (None, exit code) when some did not
     end in a result or a signal stopped them."""
     import signal
@@ -95,13 +117,19 @@ def _execute(study: Study, points: list[tuple[str, str, dict[str, Any]]], runs_d
     again = continue_command("study", study.source, runs_dir, study.overrides, execution)
     missing = [r for r in results if r.status not in ("finished", "diverged", "skipped") or r.run_dir is None]
     if stopped_by is not None:
-        counts = ", ".join(f"{sum(r.status == s for r in results)} {s}"
-                           for s in ("finished", "diverged", "skipped", "failed", "interrupted", "not started"))
-        echo(f"study {study.name} stopped by {signal.Signals(stopped_by).name} in {phase}: {counts}; "
-             f"continue with: {again}")
+        counts = ", ".join(
+            f"{sum(r.status == s for r in results)} {s}"
+            for s in ("finished", "diverged", "skipped", "failed", "interrupted", "not started")
+        )
+        echo(
+            f"study {study.name} stopped by {signal.Signals(stopped_by).name} in {phase}: {counts}; "
+            f"continue with: {again}"
+        )
         return None, 128 + stopped_by
     if missing:
-        echo(f"study {study.name}: {len(missing)} of {len(todo)} {phase} runs did not finish "
-             f"({', '.join(sorted({r.status for r in missing}))}); continue with: {again}")
+        echo(
+            f"study {study.name}: {len(missing)} of {len(todo)} {phase} runs did not finish "
+            f"({', '.join(sorted({r.status for r in missing}))}); continue with: {again}"
+        )
         return None, 1
     return {r.name: r.run_dir for r in results}, 0

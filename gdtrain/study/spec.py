@@ -8,7 +8,8 @@ budget for all of them (that is the fairness, after Sivaprasad et al. 2020). `gd
 3. reruns that setting on `seeds` fresh seeds (study.seed + 1, ...: disjoint from the tuning seed);
 4. states the verdict from the reruns' `report` metric (gdtrain/report/stats.py, gdtrain/study/report.py).
 Every trial and rerun is an ordinary run folder in DIR/<study-name>/, so --resume, compare and
-TensorBoard treat them as any run; its manifest.json lists them (gdtrain/core/manifest.py). This module holds the schema and the points; runner.py runs the phases.
+TensorBoard treat them as any run; its manifest.json lists them (gdtrain/core/manifest.py).
+This module holds the schema and the points; runner.py runs the phases.
 """
 
 from __future__ import annotations
@@ -16,18 +17,25 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import AfterValidator, Field, field_validator
 
-from gdtrain.core.config import (Config, ImageData, OptimizerConfig, Section, apply_overrides, check_name,
-                            read_config, validate)
+from gdtrain.core.config import (
+    Config,
+    ImageData,
+    OptimizerConfig,
+    Section,
+    apply_overrides,
+    check_name,
+    read_config,
+    validate,
+)
 from gdtrain.core.errors import UserError
 from gdtrain.core.yamlio import format_validation_error, load_yaml
 
-OPTIMIZER_CLASSES = {member.model_fields["name"].default: member
-                     for member in OptimizerConfig.__origin__.__args__}  # type: ignore[attr-defined]
+OPTIMIZER_CLASSES = {member.model_fields["name"].default: member for member in OptimizerConfig.__origin__.__args__}  # type: ignore[attr-defined]
 STUDY_KEYS = ("study", "base", "optimizers", "budget", "sampler", "seeds", "select", "report", "target")
 
 
@@ -40,7 +48,7 @@ class StudySpec(Section):
     """A study file, validated; `optimizers` entries are checked against their optimizer's schema."""
 
     study: StudyMeta = StudyMeta()
-    base: Union[str, dict[str, Any]]  # a config file (relative to the study file) or an inline config
+    base: str | dict[str, Any]  # a config file (relative to the study file) or an inline config
     optimizers: Annotated[list[dict[str, Any]], Field(min_length=1)]  # {name, label?, fixed keys, spaces}
     budget: Annotated[int, Field(ge=1, le=1000)]  # trials per optimizer, the same for each
     sampler: Literal["grid", "random", "quasirandom"] = "quasirandom"  # quasirandom: scrambled Halton
@@ -68,7 +76,11 @@ class Space:
         if self.kind == "choice":
             return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
         lo, hi = self.values
-        value = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if self.kind == "log_uniform" else lo + u * (hi - lo)
+        value = (
+            math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+            if self.kind == "log_uniform"
+            else lo + u * (hi - lo)
+        )
         return float(f"{value:.4g}")  # 4 significant digits: readable configs, no lost resolution that matters
 
     def grid(self, n: int) -> list[Any]:
@@ -89,11 +101,16 @@ def _space(where: str, key: str, value: Any, field_is_list: bool) -> Space | Non
     """A search space from a study value, or None for a fixed setting."""
     if isinstance(value, dict):
         if len(value) != 1 or next(iter(value)) not in ("log_uniform", "uniform"):
-            raise UserError(f"{where}.{key}: a search space is {{log_uniform: [lo, hi]}}, {{uniform: [lo, hi]}} "
-                            f"or a list of values, got {value!r}")
+            raise UserError(
+                f"{where}.{key}: a search space is {{log_uniform: [lo, hi]}}, {{uniform: [lo, hi]}} "
+                f"or a list of values, got {value!r}"
+            )
         kind, bounds = next(iter(value.items()))
-        if (not isinstance(bounds, list) or len(bounds) != 2
-                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)):
+        if (
+            not isinstance(bounds, list)
+            or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+        ):
             raise UserError(f"{where}.{key}.{kind}: must be two finite numbers [lo, hi], got {bounds!r}")
         lo, hi = float(bounds[0]), float(bounds[1])
         if kind == "log_uniform" and lo <= 0:
@@ -128,7 +145,10 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
         if key in ("name", "label"):
             continue
         if key not in fields:
-            raise UserError(f"{where}.{key}: unknown key for {name}; valid keys: label, {', '.join(k for k in fields if k != 'name')}")
+            raise UserError(
+                f"{where}.{key}: unknown key for {name}; valid keys: label, "
+                f"{', '.join(k for k in fields if k != 'name')}"
+            )
         field_is_list = "tuple" in str(fields[key].annotation)  # betas: a pair is a value, a list of pairs choices
         space = _space(where, key, value, field_is_list)
         if space is None:
@@ -136,7 +156,9 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
         else:
             spaces[key] = space
     if "lr" not in spaces:
-        raise UserError(f"{where}.lr: every optimizer searches its lr, e.g. lr: {{log_uniform: [1e-4, 1]}} or lr: [0.1, 0.01]")
+        raise UserError(
+            f"{where}.lr: every optimizer searches its lr, e.g. lr: {{log_uniform: [1e-4, 1]}} or lr: [0.1, 0.01]"
+        )
     order = ["lr"] + sorted(key for key in spaces if key != "lr")  # lr is every arm's first axis: matched draws
     return Arm(label, fixed, {key: spaces[key] for key in order})
 
@@ -144,9 +166,24 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
 class Study:
     """A validated study: the spec, the base document, its arms and the metrics it uses."""
 
-    def __init__(self, spec: StudySpec, base: dict[str, Any], arms: list[Arm], select: str, report: str,
-                 source: str, overrides: list[str] = ()) -> None:
-        self.spec, self.base, self.arms, self.select, self.report, self.source = spec, base, arms, select, report, source
+    def __init__(
+        self,
+        spec: StudySpec,
+        base: dict[str, Any],
+        arms: list[Arm],
+        select: str,
+        report: str,
+        source: str,
+        overrides: list[str] = (),
+    ) -> None:
+        self.spec, self.base, self.arms, self.select, self.report, self.source = (
+            spec,
+            base,
+            arms,
+            select,
+            report,
+            source,
+        )
         self.overrides = list(overrides)  # the --set options it was loaded with: its resume command repeats them
 
     @property
@@ -159,7 +196,9 @@ def load_study(path: Path, overrides: list[str] = ()) -> Study:
     """Read and check a study file and every trial it implies; any problem is a UserError line."""
     raw = load_yaml(path)
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a study must be a mapping (study, base, optimizers, budget, ...), got {type(raw).__name__}")
+        raise UserError(
+            f"{path}: a study must be a mapping (study, base, optimizers, budget, ...), got {type(raw).__name__}"
+        )
     study_sets = [o for o in overrides if o.partition("=")[0].split(".")[0] in STUDY_KEYS]
     base_sets = [o for o in overrides if o not in study_sets]
     if any(o.startswith("optimizer.") or o.startswith("optimizer=") for o in base_sets):
@@ -181,8 +220,10 @@ def load_study(path: Path, overrides: list[str] = ()) -> Study:
     arms = [_arm(str(path), i, entry if isinstance(entry, dict) else {}) for i, entry in enumerate(spec.optimizers)]
     labels = [arm.label for arm in arms]
     if len(set(labels)) != len(labels):
-        raise UserError(f"{path}: optimizers: two entries share the label {_first_repeat(labels)!r}; "
-                        "give each a distinct label, e.g. label: momentum")
+        raise UserError(
+            f"{path}: optimizers: two entries share the label {_first_repeat(labels)!r}; "
+            "give each a distinct label, e.g. label: momentum"
+        )
     probe = validate(_document(base, arms[0].fixed | {"lr": 1e-3}, spec.study, spec.study.seed), f"{path}: base")
     select, report = _metrics(spec, probe, path)
     study = Study(spec, base, arms, select, report, str(path), list(overrides))
@@ -202,8 +243,10 @@ def _metrics(spec: StudySpec, probe: Config, path: Path) -> tuple[str, str]:
     logged_val = [f"{k}/val" for k in kinds]
     select = spec.select or logged_val[-1]
     if select.endswith("/test"):
-        raise UserError(f"{path}: select: {select} is a test metric; choosing on it leaks the test set into "
-                        f"tuning; use one of: {', '.join(logged_val)}")
+        raise UserError(
+            f"{path}: select: {select} is a test metric; choosing on it leaks the test set into "
+            f"tuning; use one of: {', '.join(logged_val)}"
+        )
     if select not in logged_val:
         raise UserError(f"{path}: select: this task does not log {select!r}; use one of: {', '.join(logged_val)}")
     reportable = logged_val + ([f"{k}/test" for k in kinds] if has_test else [])
@@ -245,9 +288,11 @@ def _grid(study: Study, arm: Arm) -> list[dict[str, Any]]:
     ranges = [key for key, s in arm.spaces.items() if s.kind != "choice"]
     per_range = round((budget / choices) ** (1 / len(ranges))) if ranges else 1
     if choices * per_range ** len(ranges) != budget:
-        raise UserError(f"{where}: sampler grid: {choices} choice combinations and {len(ranges)} range(s) cannot make "
-                        f"exactly budget {budget} points; use sampler: quasirandom, or a budget of "
-                        f"{choices} x n^{len(ranges)}")
+        raise UserError(
+            f"{where}: sampler grid: {choices} choice combinations and {len(ranges)} range(s) cannot make "
+            f"exactly budget {budget} points; use sampler: quasirandom, or a budget of "
+            f"{choices} x n^{len(ranges)}"
+        )
     axes = {key: space.grid(per_range) for key, space in arm.spaces.items()}
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
@@ -288,5 +333,7 @@ def rerun_points(study: Study, chosen: dict[str, dict[str, Any]]) -> list[tuple[
         if arm.label not in chosen:
             continue  # every trial diverged: nothing to rerun
         for seed in rerun_seeds(study):
-            points.append((arm.label, rerun_name(arm, seed), _document(study.base, chosen[arm.label], study.spec.study, seed)))
+            points.append(
+                (arm.label, rerun_name(arm, seed), _document(study.base, chosen[arm.label], study.spec.study, seed))
+            )
     return points

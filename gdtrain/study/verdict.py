@@ -80,8 +80,13 @@ class Reruns:
 
     def as_dict(self) -> dict[str, Any]:
         """The reruns as results.json lists them."""
-        out: dict[str, Any] = {"values": list(self.values), "seeds": list(self.seeds), "statuses": list(self.statuses),
-                               "run_dirs": list(self.run_dirs), "diverged": self.diverged}
+        out: dict[str, Any] = {
+            "values": list(self.values),
+            "seeds": list(self.seeds),
+            "statuses": list(self.statuses),
+            "run_dirs": list(self.run_dirs),
+            "diverged": self.diverged,
+        }
         if self.summary is not None:
             s = self.summary
             out |= {"mean": s.mean, "median": s.median, "std": s.std, "ci": list(s.ci)}
@@ -100,8 +105,13 @@ class Reach:
 
     def as_dict(self) -> dict[str, Any]:
         """The reach as results.json lists it: each estimate as its mean and CI."""
-        return {"target": self.target, "reached": self.reached, "of": self.of, "steps": _estimate(self.steps),
-                "samples": _estimate(self.samples)}
+        return {
+            "target": self.target,
+            "reached": self.reached,
+            "of": self.of,
+            "steps": _estimate(self.steps),
+            "samples": _estimate(self.samples),
+        }
 
 
 def _estimate(summary: stats.Summary | None) -> dict[str, Any] | None:
@@ -121,9 +131,14 @@ class OptimizerResult:
     def as_dict(self) -> dict[str, Any]:
         """The optimizer as results.json lists it."""
         reach = None if self.to_target is None else self.to_target.as_dict()
-        out = {"chosen": self.tuning.chosen, "chosen_trial": self.tuning.chosen_trial,
-               "trials": [t.as_dict() for t in self.tuning.trials], "budget_curve": list(self.budget_curve),
-               "reruns": self.reruns.as_dict(), "to_target": reach}
+        out = {
+            "chosen": self.tuning.chosen,
+            "chosen_trial": self.tuning.chosen_trial,
+            "trials": [t.as_dict() for t in self.tuning.trials],
+            "budget_curve": list(self.budget_curve),
+            "reruns": self.reruns.as_dict(),
+            "to_target": reach,
+        }
         return out | ({"group": self.group} if self.group is not None else {})
 
 
@@ -146,14 +161,31 @@ class StudyResults:
         """results.json."""
         s = self.setup
         return {
-            "select": s.select, "report": s.report, "higher_is_better": metrics.higher_is_better(s.report),
-            "seeds": s.seeds, "target": s.target,
+            "select": s.select,
+            "report": s.report,
+            "higher_is_better": metrics.higher_is_better(s.report),
+            "seeds": s.seeds,
+            "target": s.target,
             "optimizers": {label: e.as_dict() for label, e in self.optimizers.items()},
-            "pairs": [{"a": p.a, "b": p.b, "p_a_beats_b": p.p_a_beats_b, "ci": list(p.ci), "p_value": p.p_value,
-                       "verdict": p.verdict} for p in self.pairs],
-            "groups": [list(group) for group in self.groups], "unranked": list(self.unranked),
-            "study": s.study, "source": s.source, "budget": s.budget, "sampler": s.sampler,
-            "tuning_seed": s.tuning_seed, "rerun_seeds": list(s.rerun_seeds),
+            "pairs": [
+                {
+                    "a": p.a,
+                    "b": p.b,
+                    "p_a_beats_b": p.p_a_beats_b,
+                    "ci": list(p.ci),
+                    "p_value": p.p_value,
+                    "verdict": p.verdict,
+                }
+                for p in self.pairs
+            ],
+            "groups": [list(group) for group in self.groups],
+            "unranked": list(self.unranked),
+            "study": s.study,
+            "source": s.source,
+            "budget": s.budget,
+            "sampler": s.sampler,
+            "tuning_seed": s.tuning_seed,
+            "rerun_seeds": list(s.rerun_seeds),
         }
 
 
@@ -181,8 +213,14 @@ def choose(trials: list[Trial], select: str) -> Trial | None:
 def trial_record(name: str, settings: dict[str, Any], run_dir: Path, select: str) -> Trial:
     """One tuning trial, read from its run folder."""
     run = read_run(run_dir)
-    return Trial(name, settings, final_value(run, select), run.status, str(run_dir),
-                 {k.removeprefix("optimizer."): v for k, v in run.config.items() if k.startswith("optimizer.")})
+    return Trial(
+        name,
+        settings,
+        final_value(run, select),
+        run.status,
+        str(run_dir),
+        {k.removeprefix("optimizer."): v for k, v in run.config.items() if k.startswith("optimizer.")},
+    )
 
 
 def _to_target(runs: list[Run], select: str, target: float | None) -> Reach | None:
@@ -198,14 +236,24 @@ def _to_target(runs: list[Run], select: str, target: float | None) -> Reach | No
             steps.append(reached)
             samples.append(epoch * seen // epochs if epochs else None)
     got_steps, got_samples = ([v for v in values if v is not None] for values in (steps, samples))
-    return Reach(target, len(steps), len(runs), stats.summarise(got_steps) if got_steps else None,
-                 stats.summarise(got_samples) if got_samples else None)
+    return Reach(
+        target,
+        len(steps),
+        len(runs),
+        stats.summarise(got_steps) if got_steps else None,
+        stats.summarise(got_samples) if got_samples else None,
+    )
 
 
 def _reruns(runs: list[Run], values: list[float]) -> Reruns:
-    return Reruns(tuple(values), tuple(r.config.get("experiment.seed") for r in runs), tuple(r.status for r in runs),
-                  tuple(str(r.path) for r in runs), sum(r.status == "diverged" for r in runs),
-                  stats.summarise(values) if len(values) >= 2 else None)
+    return Reruns(
+        tuple(values),
+        tuple(r.config.get("experiment.seed") for r in runs),
+        tuple(r.status for r in runs),
+        tuple(str(r.path) for r in runs),
+        sum(r.status == "diverged" for r in runs),
+        stats.summarise(values) if len(values) >= 2 else None,
+    )
 
 
 def analyse(tunings: list[Tuning], reruns: dict[str, list[str]], setup: Setup) -> StudyResults:
@@ -218,8 +266,9 @@ def analyse(tunings: list[Tuning], reruns: dict[str, list[str]], setup: Setup) -
     done = {label: _reruns(runs[label], values[label]) for label in runs}
     ranked = [label for label in runs if done[label].summary is not None]
     up = metrics.higher_is_better(report)
-    pairs = tuple(stats.compare_pair(a, values[a], b, values[b], up)
-                  for i, a in enumerate(ranked) for b in ranked[i + 1:])
+    pairs = tuple(
+        stats.compare_pair(a, values[a], b, values[b], up) for i, a in enumerate(ranked) for b in ranked[i + 1 :]
+    )
     by_mean = sorted(ranked, key=lambda label: done[label].summary.mean, reverse=up)
     groups = tuple(tuple(sorted(g, key=by_mean.index)) for g in stats.tie_groups(by_mean, pairs))
     rank = {label: number for number, group in enumerate(groups, 1) for label in group}

@@ -45,9 +45,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2, summary_v2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from gdtrain.core import folders
-from gdtrain.core import names
-from gdtrain.core import runs
+from gdtrain.core import folders, names, runs
 from gdtrain.core.config import FunctionData, ImageData, load_config, to_dict
 from gdtrain.core.errors import UserError
 from gdtrain.core.plotting import band
@@ -83,7 +81,9 @@ def session_end(status: str) -> summary_pb2.Summary | None:
     code = api_pb2.STATUS_SUCCESS if status == "finished" else api_pb2.STATUS_FAILURE
     # summary.session_end_pb builds the same, but needs TensorFlow
     end = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
-    return _plugin_summary(hparams_metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))
+    return _plugin_summary(
+        hparams_metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end)
+    )
 
 
 def define(folder: Path) -> None:
@@ -168,8 +168,10 @@ def _experiment(sessions: list[tuple[folders.Run, list[str]]]) -> summary_pb2.Su
     seeds = {run.config.get("experiment.seed") for run in found}
     if len(seeds) > 1 and len(varying) < TICKED:  # a column to spare: each row is a run, the seed tells them apart
         varying.add("experiment.seed")
-    keys = sorted({key for value in values for key in value},
-                  key=lambda k: (k not in varying, FIRST.index(k) if k in FIRST else len(FIRST), k))
+    keys = sorted(
+        {key for value in values for key in value},
+        key=lambda k: (k not in varying, FIRST.index(k) if k in FIRST else len(FIRST), k),
+    )
     infos = []
     for key in keys:
         info = api_pb2.HParamInfo(name=key, differs=key in varying)
@@ -198,8 +200,9 @@ def _domain(seen: list[bool | int | float | str]) -> summary_v2.Domain | None:
 
 def _plugin_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
     """An HParams summary as summary_v2 writes one: the plugin data in the metadata, a null tensor."""
-    value = summary_pb2.Summary.Value(tag=tag, metadata=hparams_metadata.create_summary_metadata(data),
-                                      tensor=hparams_metadata.NULL_TENSOR)
+    value = summary_pb2.Summary.Value(
+        tag=tag, metadata=hparams_metadata.create_summary_metadata(data), tensor=hparams_metadata.NULL_TENSOR
+    )
     return summary_pb2.Summary(value=[value])
 
 
@@ -261,14 +264,24 @@ def _aggregate(members: list[folders.Run]) -> list[event_pb2.Event]:
     shared = set.intersection(*({tag for row in run.rows for tag in row} for run in members)) - {"step", "epoch"}
     points: dict[int, list[summary_pb2.Summary.Value]] = {}
     for tag in sorted(shared):
-        curves = [[(epoch if tag.endswith(runs.EPOCH_TAG_SUFFIXES) else step, value)
-                   for step, epoch, value in run.curve(tag) if math.isfinite(value)] for run in members]
+        curves = [
+            [
+                (epoch if tag.endswith(runs.EPOCH_TAG_SUFFIXES) else step, value)
+                for step, epoch, value in run.curve(tag)
+                if math.isfinite(value)
+            ]
+            for run in members
+        ]
         for x, *figures in zip(*band(curves)):
-            points.setdefault(x, []).extend(summary_pb2.Summary.Value(tag=f"{SEEDS}{tag}/{stat}", simple_value=figure)
-                                            for stat, figure in zip(("mean", "min", "max"), figures))
+            points.setdefault(x, []).extend(
+                summary_pb2.Summary.Value(tag=f"{SEEDS}{tag}/{stat}", simple_value=figure)
+                for stat, figure in zip(("mean", "min", "max"), figures)
+            )
     now = time.time()
-    return [event_pb2.Event(wall_time=now, step=x, summary=summary_pb2.Summary(value=values))
-            for x, values in sorted(points.items())]
+    return [
+        event_pb2.Event(wall_time=now, step=x, summary=summary_pb2.Summary(value=values))
+        for x, values in sorted(points.items())
+    ]
 
 
 def _layout(tags: set[str]) -> summary_pb2.Summary:
@@ -279,16 +292,26 @@ def _layout(tags: set[str]) -> summary_pb2.Summary:
     shown = [tag for tag in OPENING if tag in aggregated] + [tag for tag in aggregated if tag not in OPENING]
     categories = []
     for tag in shown:
-        series = layout_pb2.MarginChartContent.Series(value=f"{SEEDS}{tag}/mean", lower=f"{SEEDS}{tag}/min",
-                                                      upper=f"{SEEDS}{tag}/max")
+        series = layout_pb2.MarginChartContent.Series(
+            value=f"{SEEDS}{tag}/mean", lower=f"{SEEDS}{tag}/min", upper=f"{SEEDS}{tag}/max"
+        )
         chart = layout_pb2.Chart(title=tag, margin=layout_pb2.MarginChartContent(series=[series]))
-        categories.append(layout_pb2.Category(title=f"{tag}: mean over seeds, band from the lowest to the highest seed",
-                                              chart=[chart], closed=tag not in OPENING))
+        categories.append(
+            layout_pb2.Category(
+                title=f"{tag}: mean over seeds, band from the lowest to the highest seed",
+                chart=[chart],
+                closed=tag not in OPENING,
+            )
+        )
     # custom_scalar.summary.pb builds the same, but needs TensorFlow: the layout as a string tensor
-    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-                                    string_val=[layout_pb2.Layout(category=categories).SerializeToString()])
-    value = summary_pb2.Summary.Value(tag=layout_metadata.CONFIG_SUMMARY_TAG,
-                                      metadata=layout_metadata.create_summary_metadata(), tensor=tensor)
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+        string_val=[layout_pb2.Layout(category=categories).SerializeToString()],
+    )
+    value = summary_pb2.Summary.Value(
+        tag=layout_metadata.CONFIG_SUMMARY_TAG, metadata=layout_metadata.create_summary_metadata(), tensor=tensor
+    )
     return summary_pb2.Summary(value=[value])
 
 
@@ -308,7 +331,9 @@ def _replace_events(folder: Path, contents: list[summary_pb2.Summary] | list[eve
             writer = RecordWriter(f)
             writer.write(event_pb2.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
             for item in contents:
-                event = item if isinstance(item, event_pb2.Event) else event_pb2.Event(wall_time=now, step=0, summary=item)
+                event = (
+                    item if isinstance(item, event_pb2.Event) else event_pb2.Event(wall_time=now, step=0, summary=item)
+                )
                 writer.write(event.SerializeToString())
         os.replace(tmp, final)
     finally:

@@ -129,15 +129,18 @@ def load(path: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
         raise UserError(f"{path}: no such checkpoint") from None
     except Exception as err:  # on corrupt bytes the weights-only unpickler raises IndexError, KeyError, struct.error...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a readable gdtrain checkpoint ({first[:160]}); delete it to fall back on "
-                        "an older one, or start the run again") from None
+        raise UserError(
+            f"{path}: not a readable gdtrain checkpoint ({first[:160]}); delete it to fall back on "
+            "an older one, or start the run again"
+        ) from None
     if not isinstance(state, dict) or not isinstance(state.get("config"), str):
         raise UserError(f"{path}: not a gdtrain checkpoint (no config in it)")
     saved = json.loads(state["config"])
     if resolved is not None and saved != json.loads(json.dumps(resolved)):
         diff = _first_difference(saved, json.loads(json.dumps(resolved)))
-        raise UserError(f"{path}: written by a different config ({diff}); resume it with the config.yaml it "
-                        "was saved with")
+        raise UserError(
+            f"{path}: written by a different config ({diff}); resume it with the config.yaml it was saved with"
+        )
     return state
 
 
@@ -146,8 +149,9 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # as in load: whatever corrupt bytes make the unpickler raise
-        raise UserError(f"{path}: not a readable weights file ({type(err).__name__}); the run's checkpoints "
-                        "may still be") from None
+        raise UserError(
+            f"{path}: not a readable weights file ({type(err).__name__}); the run's checkpoints may still be"
+        ) from None
     return state_dict_in(weights, path)
 
 

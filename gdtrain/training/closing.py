@@ -26,12 +26,17 @@ def ending(run_dir: Path, outcome: Outcome, cfg: Config, say: Callable[..., None
     if rank != 0:
         return 0
     if outcome.status == "interrupted":
-        say(f"interrupted at step {outcome.steps}, checkpoint saved; continue with: "
-            f"{resume_command(run_dir, size)}", err=True)
+        say(
+            f"interrupted at step {outcome.steps}, checkpoint saved; continue with: {resume_command(run_dir, size)}",
+            err=True,
+        )
         return 128 + (outcome.signal or 2)
     if outcome.status == "diverged":
-        say(f"error: diverged at step {outcome.diverged_at_step}: the loss became NaN or infinite; "
-            f"try a smaller learning rate than optimizer.lr={cfg.optimizer.lr:g} (run folder: {run_dir})", err=True)
+        say(
+            f"error: diverged at step {outcome.diverged_at_step}: the loss became NaN or infinite; "
+            f"try a smaller learning rate than optimizer.lr={cfg.optimizer.lr:g} (run folder: {run_dir})",
+            err=True,
+        )
         return 1
     shown = ", ".join(f"{tag} {value:.4g}" for tag, value in outcome.final.items() if "/" in tag)
     early = " (stopped early)" if outcome.stopped_early else ""
@@ -49,6 +54,9 @@ def stopped_at_once(where: Path, say: Callable[..., None]) -> int:
     if rank != 0:
         return 0
     nproc = f"--nproc {size} " if size > 1 else ""
-    say(f"error: stopped at once by a second interrupt; the run under {where} keeps its last "
-        f"checkpoint: gdtrain resume {nproc}<run folder>", err=True)
+    say(
+        f"error: stopped at once by a second interrupt; the run under {where} keeps its last "
+        f"checkpoint: gdtrain resume {nproc}<run folder>",
+        err=True,
+    )
     return 130

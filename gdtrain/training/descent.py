@@ -25,17 +25,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gdtrain.training import board
-from gdtrain.training import pathplot
-from gdtrain.core import plotting
-from gdtrain.core import runs
+from gdtrain.components.functions import FUNCTIONS, Objective
+from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation
+from gdtrain.core import plotting, runs
 from gdtrain.core.config import Config, FunctionData, OptimizerConfig, ScheduleConfig, TrainConfig, to_dict, validate
+from gdtrain.core.errors import UserError
+from gdtrain.training import board, pathplot
 from gdtrain.training.determinism import seed_everything
 from gdtrain.training.device import resolve_device
 from gdtrain.training.lifecycle import Outcome, step_schedule
-from gdtrain.core.errors import UserError
-from gdtrain.components.functions import FUNCTIONS, Objective
-from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation
 from gdtrain.training.tracker import Tracker
 
 # What each `gdtrain paths --optimizers` name means: the optimizer's schema defaults plus these.
@@ -64,8 +62,15 @@ def _coordinates(x: Tensor) -> dict[str, float]:
     return {f"x/{i}": v for i, v in enumerate(x.tolist())}
 
 
-def descend(objective: Objective, start: list[float], optimizer_cfg: OptimizerConfig, schedule_cfg: ScheduleConfig,
-            settings: TrainConfig, device: torch.device, tracker: Tracker) -> tuple[Outcome, Tensor]:
+def descend(
+    objective: Objective,
+    start: list[float],
+    optimizer_cfg: OptimizerConfig,
+    schedule_cfg: ScheduleConfig,
+    settings: TrainConfig,
+    device: torch.device,
+    tracker: Tracker,
+) -> tuple[Outcome, Tensor]:
     """Minimise f from `start` for `settings.max_steps` steps; return the outcome and the path (S + 1, D)."""
     x = nn.Parameter(torch.tensor(start, dtype=torch.float64, device=device))  # (D,)
     optimizer = build_optimizer(optimizer_cfg, nn.ParameterList([x]))
@@ -112,15 +117,22 @@ def subtitle(label: str, config: Config, steps: int) -> str:
     return f"{label}, {steps} steps from ({start}){schedule}"
 
 
-def run_function(config: Config, runs_dir: Path, run_name: str | None = None, label: str | None = None,
-                 say: Callable[[str], None] | None = None) -> Descent:
+def run_function(
+    config: Config,
+    runs_dir: Path,
+    run_name: str | None = None,
+    label: str | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Descent:
     """Minimise the configured test function into a new run folder with path.png; never raises on
     divergence. `say` is told the folder as soon as it exists."""
     plotting.require_matplotlib("drawing optimizer paths")
     device = resolve_device(config.train.device)
     seed_everything(config.experiment.seed)
     objective, label = FUNCTIONS[config.data.function], label or config.optimizer.name
-    meta = runs.provenance(device, config.experiment.seed) | {"optimizer_kernel": implementation(config.optimizer, device)}
+    meta = runs.provenance(device, config.experiment.seed) | {
+        "optimizer_kernel": implementation(config.optimizer, device)
+    }
     run_dir, lock = runs.create_run(runs_dir, config, runs.run_name(config, run_name), meta)
     if say is not None:
         say(f"run folder: {run_dir}   (tensorboard --logdir {run_dir.parent})")
@@ -128,20 +140,24 @@ def run_function(config: Config, runs_dir: Path, run_name: str | None = None, la
         try:
             return _record(objective, label, config, device, run_dir, meta)
         except OSError as err:  # a full disk, or the folder made read-only
-            raise UserError(f"{run_dir}: cannot write ({err.strerror or err}); run it again once it can be "
-                            f"written: gdtrain run {run_dir / 'config.yaml'}") from None
+            raise UserError(
+                f"{run_dir}: cannot write ({err.strerror or err}); run it again once it can be "
+                f"written: gdtrain run {run_dir / 'config.yaml'}"
+            ) from None
 
 
-def _record(objective: Objective, label: str, config: Config, device: torch.device, run_dir: Path,
-            meta: dict[str, Any]) -> Descent:
+def _record(
+    objective: Objective, label: str, config: Config, device: torch.device, run_dir: Path, meta: dict[str, Any]
+) -> Descent:
     """run_function's descent, logged into `run_dir`: metrics, path.png, then summary.json."""
     tracker = Tracker(run_dir)
     tracker.log_hparams(runs.flatten(to_dict(config)))
     board.define(run_dir.parent)
     started = time.perf_counter()
     try:
-        outcome, points = descend(objective, config.data.start, config.optimizer, config.schedule, config.train,
-                                  device, tracker)
+        outcome, points = descend(
+            objective, config.data.start, config.optimizer, config.schedule, config.train, device, tracker
+        )
         tracker.log_end(outcome.status)
         values = objective.f(points.T)  # (S + 1,)
         trace = pathplot.Trace(f"{label} lr {config.optimizer.lr:g}", points, values, _note(outcome))
@@ -155,11 +171,18 @@ def _record(objective: Objective, label: str, config: Config, device: torch.devi
     finally:
         tracker.close()
     summary = {
-        "status": outcome.status, "final": outcome.final, "best": outcome.best, "steps": outcome.steps,
-        "diverged_at_step": outcome.diverged_at_step, "function": config.data.function,
-        "x": points[-1].tolist(), "f": float(values[-1]), "minimum": list(objective.minimum[: points.shape[1]]),
+        "status": outcome.status,
+        "final": outcome.final,
+        "best": outcome.best,
+        "steps": outcome.steps,
+        "diverged_at_step": outcome.diverged_at_step,
+        "function": config.data.function,
+        "x": points[-1].tolist(),
+        "f": float(values[-1]),
+        "minimum": list(objective.minimum[: points.shape[1]]),
         "distance_to_minimum": float((points[-1] - torch.tensor(objective.minimum[: points.shape[1]])).norm()),
-        "wall_seconds": round(time.perf_counter() - started, 3), "environment": meta,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "environment": meta,
     }
     runs.write_summary(run_dir, summary)
     return Descent(run_dir, outcome, points, values)
@@ -176,8 +199,10 @@ def parse_optimizers(text: str, config: Config) -> list[tuple[str, Config]]:
         if name not in ALIASES:
             close = difflib.get_close_matches(name, list(ALIASES), n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise UserError(f"--optimizers: unknown optimizer '{name}'; {hint}choose from: {', '.join(ALIASES)}"
-                            " (NAME:LR sets that one's lr)")
+            raise UserError(
+                f"--optimizers: unknown optimizer '{name}'; {hint}choose from: {', '.join(ALIASES)}"
+                " (NAME:LR sets that one's lr)"
+            )
         try:
             lr = float(lr_text) if sep else config.optimizer.lr
         except ValueError:
@@ -192,8 +217,9 @@ def parse_optimizers(text: str, config: Config) -> list[tuple[str, Config]]:
     return chosen
 
 
-def run_paths(config: Config, optimizers: str, runs_dir: Path,
-              run_name: str | None = None) -> tuple[Path, list[Descent]]:
+def run_paths(
+    config: Config, optimizers: str, runs_dir: Path, run_name: str | None = None
+) -> tuple[Path, list[Descent]]:
     """One run per optimizer, then all their paths in one figure in a `paths` run folder."""
     if not isinstance(config.data, FunctionData):
         raise UserError(f"data.name: gdtrain paths needs data: {{name: function, ...}}, got '{config.data.name}'")
@@ -203,8 +229,10 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
     device = resolve_device(config.train.device)  # a user error before any folder exists
     descents = [run_function(cfg, runs_dir, f"{label}-lr{cfg.optimizer.lr:g}", label) for label, cfg in chosen]
     objective = FUNCTIONS[config.data.function]
-    traces = [pathplot.Trace(f"{label} lr {cfg.optimizer.lr:g}", d.points, d.values, _note(d.outcome))
-              for (label, cfg), d in zip(chosen, descents)]
+    traces = [
+        pathplot.Trace(f"{label} lr {cfg.optimizer.lr:g}", d.points, d.values, _note(d.outcome))
+        for (label, cfg), d in zip(chosen, descents)
+    ]
     lrs = {cfg.optimizer.lr for _, cfg in chosen}
     names = ", ".join(dict.fromkeys(label for label, _ in chosen))
     names += f", lr {lrs.pop():g}" if len(lrs) == 1 else ", lr as in the legend"
@@ -213,10 +241,22 @@ def run_paths(config: Config, optimizers: str, runs_dir: Path,
     image = plotting.render(figure)  # (H, W, 3)
     summary = {
         "status": "finished" if all(d.outcome.status == "finished" for d in descents) else "diverged",
-        "function": config.data.function, "start": config.data.start, "steps": steps, "picture": "paths.png",
-        "runs": [{"label": label, "optimizer": to_dict(cfg)["optimizer"], "status": d.outcome.status,
-                  "diverged_at_step": d.outcome.diverged_at_step, "x": d.points[-1].tolist(),
-                  "f": float(d.values[-1]), "run_dir": str(d.run_dir)} for (label, cfg), d in zip(chosen, descents)],
+        "function": config.data.function,
+        "start": config.data.start,
+        "steps": steps,
+        "picture": "paths.png",
+        "runs": [
+            {
+                "label": label,
+                "optimizer": to_dict(cfg)["optimizer"],
+                "status": d.outcome.status,
+                "diverged_at_step": d.outcome.diverged_at_step,
+                "x": d.points[-1].tolist(),
+                "f": float(d.values[-1]),
+                "run_dir": str(d.run_dir),
+            }
+            for (label, cfg), d in zip(chosen, descents)
+        ],
     }
     meta = runs.provenance(device, config.experiment.seed) | {"optimizers": optimizers}
     run_dir, lock = runs.create_run(runs_dir, config, name, meta)

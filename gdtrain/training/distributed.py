@@ -75,8 +75,10 @@ def together(world: World) -> Iterator[None]:
 def check_batch(world: World, batch_size: int) -> None:
     """Every rank needs at least one sample of each global batch."""
     if world.size > 1 and batch_size < world.size:
-        raise UserError(f"train.batch_size: {batch_size} cannot be shared by {world.size} processes; "
-                        f"use at least {world.size}, or fewer processes")
+        raise UserError(
+            f"train.batch_size: {batch_size} cannot be shared by {world.size} processes; "
+            f"use at least {world.size}, or fewer processes"
+        )
 
 
 def all_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:

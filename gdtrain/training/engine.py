@@ -29,13 +29,13 @@ from torch import Tensor, nn
 from torch.optim import lr_scheduler
 from tqdm import tqdm
 
+from gdtrain.components.datasets import Dataset, shuffled_batches
+from gdtrain.components.losses import LOSSES, count_correct
+from gdtrain.core.config import TrainConfig
 from gdtrain.core.signals import Stop
 from gdtrain.training import lifecycle
 from gdtrain.training.checkpoints import Checkpoints, rng_states
-from gdtrain.core.config import TrainConfig
-from gdtrain.components.datasets import Dataset, shuffled_batches
 from gdtrain.training.distributed import World, all_sum, gather
-from gdtrain.components.losses import LOSSES, count_correct
 from gdtrain.training.lifecycle import Outcome, Plan, Progress
 from gdtrain.training.tracker import NullTracker, Tracker
 
@@ -68,8 +68,9 @@ def agree(stop: Stop, world: World) -> int | None:
     return next((sig for sig in gather(stop.signal, world) if sig is not None), None)
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str, batch_size: int,
-             world: World = World()) -> tuple[float, float | None]:
+def evaluate(
+    model: nn.Module, x: Tensor, y: Tensor, loss: str, batch_size: int, world: World = World()
+) -> tuple[float, float | None]:
     """Mean loss and accuracy (None for mse) over (x, y), in batches, without gradients; with
     several processes each takes its shard and the sums are added up, so all see the same figures."""
     model.eval()
@@ -98,8 +99,9 @@ def _local(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _metrics(model: nn.Module, x: Tensor, y: Tensor, split: str, settings: TrainConfig,
-             world: World) -> dict[str, float]:
+def _metrics(
+    model: nn.Module, x: Tensor, y: Tensor, split: str, settings: TrainConfig, world: World
+) -> dict[str, float]:
     """`loss/<split>` and, unless the loss is mse, `accuracy/<split>` of the model on (x, y)."""
     loss, accuracy = evaluate(_local(model), x, y, settings.loss, settings.eval_batch_size, world)
     return {f"loss/{split}": loss} | ({f"accuracy/{split}": accuracy} if accuracy is not None else {})
@@ -117,8 +119,15 @@ def _bar(parts: Parts, at: Progress, epoch: int, quiet: bool) -> tqdm:
     """The epoch's progress bar in samples, from where a resumed epoch stands; none when quiet or not a terminal."""
     steps = parts.steps
     total = min(len(parts.data.x_train), (steps.max_steps - at.outcome.steps + at.step_in_epoch) * steps.batch_size)
-    return tqdm(total=total, initial=at.seen, unit="sample", unit_scale=True, leave=False,
-                desc=f"epoch {epoch}/{steps.epochs}", disable=True if quiet else None)
+    return tqdm(
+        total=total,
+        initial=at.seen,
+        unit="sample",
+        unit_scale=True,
+        leave=False,
+        desc=f"epoch {epoch}/{steps.epochs}",
+        disable=True if quiet else None,
+    )
 
 
 def _losses(pending: list[Tensor], world: World) -> list[float]:
@@ -134,34 +143,63 @@ def _grad_norm(params: list[Tensor]) -> Tensor:
     return nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
-def _checkpoint(parts: Parts, at: Progress, tracker: Tracker | NullTracker, checkpoints: Checkpoints | None,
-                best: dict[str, Any] | None) -> None:
+def _checkpoint(
+    parts: Parts,
+    at: Progress,
+    tracker: Tracker | NullTracker,
+    checkpoints: Checkpoints | None,
+    best: dict[str, Any] | None,
+) -> None:
     """best.pt when a new best is waiting, then step-<step>.pt; every rank takes part (its RNG states)."""
     rng = gather(rng_states(parts.order), parts.world)
     if checkpoints is None:
         return
-    state = lifecycle.checkpoint_state(parts.model.state_dict(), parts.optimizer.state_dict(), parts.scheduler,
-                                       parts.warmup, at, rng, tracker.flush(), parts.scaler.state_dict())
+    state = lifecycle.checkpoint_state(
+        parts.model.state_dict(),
+        parts.optimizer.state_dict(),
+        parts.scheduler,
+        parts.warmup,
+        at,
+        rng,
+        tracker.flush(),
+        parts.scaler.state_dict(),
+    )
     lifecycle.save_checkpoint(checkpoints, best, state, at.outcome.steps)
 
 
 def _epoch_line(epoch: int, epochs: int, outcome: Outcome, rate: float) -> str:
     """`epoch 3/10  step 5625  loss/train 0.31  loss/val 0.29  accuracy/val 0.91  lr 0.001  51k samples/s`."""
-    shown = {tag: outcome.final[tag] for tag in ("loss/train", "loss/val", "accuracy/val", "lr") if tag in outcome.final}
+    shown = {
+        tag: outcome.final[tag] for tag in ("loss/train", "loss/val", "accuracy/val", "lr") if tag in outcome.final
+    }
     figures = "  ".join(f"{tag} {value:.4g}" for tag, value in shown.items())
     return f"epoch {epoch}/{epochs}  step {outcome.steps}  {figures}  {rate:,.0f} samples/s"
 
 
-def train(parts: Parts, *, tracker: Tracker | NullTracker, checkpoints: Checkpoints | None = None,
-          progress: Progress | None = None, stop: Stop | None = None, quiet: bool = False,
-          model: nn.Module | None = None) -> Outcome:
+def train(
+    parts: Parts,
+    *,
+    tracker: Tracker | NullTracker,
+    checkpoints: Checkpoints | None = None,
+    progress: Progress | None = None,
+    stop: Stop | None = None,
+    quiet: bool = False,
+    model: nn.Module | None = None,
+) -> Outcome:
     """Train `parts` for parts.steps, from `progress` when resuming; `model`: parts.model wrapped (DDP, compile)."""
-    data, optimizer, scaler, settings, steps, world = (parts.data, parts.optimizer, parts.scaler, parts.settings,
-                                                       parts.steps, parts.world)
+    data, optimizer, scaler, settings, steps, world = (
+        parts.data,
+        parts.optimizer,
+        parts.scaler,
+        parts.settings,
+        parts.steps,
+        parts.world,
+    )
     model = parts.model if model is None else model
     loss_fn, params = LOSSES[settings.loss], [p for p in model.parameters() if p.requires_grad]
-    autocast = torch.autocast(parts.device.type, dtype=PRECISIONS[settings.precision],
-                              enabled=settings.precision != "fp32")
+    autocast = torch.autocast(
+        parts.device.type, dtype=PRECISIONS[settings.precision], enabled=settings.precision != "fp32"
+    )
     at = progress or Progress()
     outcome, stop = at.outcome, stop or Stop()
     best: dict[str, Any] | None = None  # weights of the lowest val loss, not yet in best.pt

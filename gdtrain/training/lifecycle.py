@@ -103,8 +103,14 @@ class Progress:
         return cls(**fields, pending=list(state["pending"].to(device).unbind()), outcome=Outcome(**state["outcome"]))
 
 
-def open_tracker(run_dir: Path, config: Config, meta: dict[str, Any], processes: int = 1,
-                 resume_at: int | None = None, define: bool = True) -> Tracker:
+def open_tracker(
+    run_dir: Path,
+    config: Config,
+    meta: dict[str, Any],
+    processes: int = 1,
+    resume_at: int | None = None,
+    define: bool = True,
+) -> Tracker:
     """Rank 0's Tracker, its HParams session logged and (with `define`) the experiment's definition
     updated; a full disk here is the same one line as mid-run."""
     try:
@@ -119,8 +125,9 @@ def open_tracker(run_dir: Path, config: Config, meta: dict[str, Any], processes:
     return tracker
 
 
-def epoch_orders(at: Progress, epoch: int, orders: Sequence[torch.Generator],
-                 saved: Sequence[Tensor | None]) -> list[Tensor]:
+def epoch_orders(
+    at: Progress, epoch: int, orders: Sequence[torch.Generator], saved: Sequence[Tensor | None]
+) -> list[Tensor]:
     """At the start of an epoch's batches, each data-order RNG's state, kept to redraw the epoch's
     permutation; resuming mid-epoch, the `saved` states put back instead (the same permutation)."""
     if at.step_in_epoch == 0:
@@ -159,8 +166,15 @@ class Clock:
         return (self.at.seen - self.seen_before) / max(time.perf_counter() - self.epoch_started, 1e-9)
 
 
-def log_window(outcome: Outcome, tracker: Tracker | NullTracker, losses: list[float], step: int, epoch: int,
-               lr: float, grad_norm: Tensor | float) -> bool:
+def log_window(
+    outcome: Outcome,
+    tracker: Tracker | NullTracker,
+    losses: list[float],
+    step: int,
+    epoch: int,
+    lr: float,
+    grad_norm: Tensor | float,
+) -> bool:
     """At a log point (optimizer step `step`): the mean train loss since the last one, and the lr and
     gradient norm of the step just taken, logged and kept in outcome.final. False, and the run
     diverged at the step where it appeared, when a loss of the window is not finite (then the
@@ -180,20 +194,33 @@ def checkpoint_due(step: int, settings: TrainConfig, halt: int | None) -> bool:
     return halt is not None or bool(settings.checkpoint_every and step % settings.checkpoint_every == 0)
 
 
-def checkpoint_state(model: dict[str, Tensor], optimizer: dict[str, Any], scheduler: lr_scheduler.LRScheduler | None,
-                     warmup: lr_scheduler.LRScheduler | None, progress: Progress, rng: Any, metrics_offset: int,
-                     scaler: dict[str, Any] | None = None) -> dict[str, Any]:
+def checkpoint_state(
+    model: dict[str, Tensor],
+    optimizer: dict[str, Any],
+    scheduler: lr_scheduler.LRScheduler | None,
+    warmup: lr_scheduler.LRScheduler | None,
+    progress: Progress,
+    rng: Any,
+    metrics_offset: int,
+    scaler: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A checkpoint's payload, one format for a run and a stacked member: state dicts, progress, RNGs
     (a rank's, or a list of every rank's) and how far metrics.jsonl had got."""
-    return {"model": model, "optimizer": optimizer,
-            "scaler": scaler or {},  # a GradScaler's state: {} unless fp16
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "warmup": warmup.state_dict() if warmup is not None else None,
-            "progress": progress.state(), "rng": rng, "metrics_offset": metrics_offset}
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "scaler": scaler or {},  # a GradScaler's state: {} unless fp16
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "warmup": warmup.state_dict() if warmup is not None else None,
+        "progress": progress.state(),
+        "rng": rng,
+        "metrics_offset": metrics_offset,
+    }
 
 
-def save_checkpoint(saved: Checkpoints | None, best: dict[str, Any] | None, state: dict[str, Any], step: int,
-                    prune: bool = True) -> None:
+def save_checkpoint(
+    saved: Checkpoints | None, best: dict[str, Any] | None, state: dict[str, Any], step: int, prune: bool = True
+) -> None:
     """best.pt first when a new best is waiting, then step-<step>.pt (nothing without `saved`);
     `prune`: then drop all but the newest keep_last."""
     if saved is None:
@@ -203,8 +230,9 @@ def save_checkpoint(saved: Checkpoints | None, best: dict[str, Any] | None, stat
     saved.save(state, step, prune)
 
 
-def validation(outcome: Outcome, tracker: Tracker | NullTracker, values: dict[str, float], epoch: int,
-               step: int) -> bool:
+def validation(
+    outcome: Outcome, tracker: Tracker | NullTracker, values: dict[str, float], epoch: int, step: int
+) -> bool:
     """An epoch's validation figures logged and kept; False, and the run diverged at `step`, when
     the validation loss is not finite."""
     if not math.isfinite(values["loss/val"]):
@@ -263,8 +291,15 @@ def save_weights(run_dir: Path, outcome: Outcome, weights: dict[str, Tensor]) ->
         save_atomic(weights, run_dir / "model.pt")
 
 
-def write_summary(run_dir: Path, outcome: Outcome, steps: Plan, wall_seconds: float, meta: dict[str, Any],
-                  saved: Checkpoints | None, nproc: int = 1) -> None:
+def write_summary(
+    run_dir: Path,
+    outcome: Outcome,
+    steps: Plan,
+    wall_seconds: float,
+    meta: dict[str, Any],
+    saved: Checkpoints | None,
+    nproc: int = 1,
+) -> None:
     """summary.json, written last: the run is done. An interrupted one names its checkpoint and the
     command that continues it."""
     summary = summarise(outcome, steps, wall_seconds, meta)
@@ -302,5 +337,7 @@ def summarise(outcome: Outcome, steps: Plan, wall_seconds: float, meta: dict[str
 def disk_error(run_dir: Path, err: OSError, meta: dict[str, Any], nproc: int) -> UserError:
     """The one line for a write that failed (summary.json records it, when the disk still takes it)."""
     runs.record_failure(run_dir, err, meta, runs.resume_command(run_dir, nproc))
-    return UserError(f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far "
-                     f"are kept; fix it, then {runs.resume_command(run_dir, nproc)}")
+    return UserError(
+        f"{run_dir}: cannot write ({err.strerror or err}); the last checkpoint and the metrics so far "
+        f"are kept; fix it, then {runs.resume_command(run_dir, nproc)}"
+    )

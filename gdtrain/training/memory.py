@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gdtrain.core.config import (BlobsData, Config, FunctionData, ImageData, LinearModel, LinearRegressionData, MLPModel,
-                            OptimizerConfig)
+from gdtrain.core.config import (
+    BlobsData,
+    Config,
+    FunctionData,
+    ImageData,
+    LinearModel,
+    LinearRegressionData,
+    MLPModel,
+    OptimizerConfig,
+)
 from gdtrain.core.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported only when a run starts; `gdtrain check` stays quick
@@ -26,7 +34,9 @@ if TYPE_CHECKING:  # torch is imported only when a run starts; `gdtrain check` s
 
 FLOAT, LABEL = 4, 8  # bytes: data, weights, state and activations are float32; class labels int64
 NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as about 2**63
-PER_LAYER = 24_000  # bytes of each Linear beyond its numbers: module, tensors, autograd and optimizer entries (measured 16.5k)
+PER_LAYER = (
+    24_000  # bytes of each Linear beyond its numbers: module, tensors, autograd and optimizer entries (measured 16.5k)
+)
 MARGIN = 1.2  # on top of the estimate: allocator slack, and memory others take while the run starts
 OVERHEAD = 128_000_000  # bytes a run takes after it starts besides its tensors (measured 91-93 MB)
 
@@ -67,9 +77,17 @@ def data_sizes(config: Config) -> Sizes:
         except ValueError as err:
             raise UserError(str(err)) from None
         pixels = "×".join(map(str, train[1:]))
-        return Sizes(train[0] - cfg.val_size, cfg.val_size, test[0], math.prod(train[1:]), None, cfg.n_classes,
-                     f"{paths[0]} and {paths[2].name}: {train[0]} + {test[0]} images of {pixels} pixels",
-                     (f"the number of images in {paths[0].parent}",), "the image size")
+        return Sizes(
+            train[0] - cfg.val_size,
+            cfg.val_size,
+            test[0],
+            math.prod(train[1:]),
+            None,
+            cfg.n_classes,
+            f"{paths[0]} and {paths[2].name}: {train[0]} + {test[0]} images of {pixels} pixels",
+            (f"the number of images in {paths[0].parent}",),
+            "the image size",
+        )
     n_val = round(cfg.n_samples * cfg.val_fraction)
     if isinstance(cfg, LinearRegressionData):
         features, feature_key = len(cfg.weight), "the length of data.weight"
@@ -78,8 +96,17 @@ def data_sizes(config: Config) -> Sizes:
     else:
         features, feature_key = 2, None  # moons and xor are 2-D
     targets = 1 if cfg.task == "regression" else None
-    return Sizes(cfg.n_samples - n_val, n_val, 0, features, targets, cfg.n_classes,
-                 f"data.n_samples {cfg.n_samples} × {features} features", ("data.n_samples",), feature_key)
+    return Sizes(
+        cfg.n_samples - n_val,
+        n_val,
+        0,
+        features,
+        targets,
+        cfg.n_classes,
+        f"data.n_samples {cfg.n_samples} × {features} features",
+        ("data.n_samples",),
+        feature_key,
+    )
 
 
 @dataclass(frozen=True)
@@ -142,33 +169,45 @@ def estimate(config: Config, sizes: Sizes, batch_size: int) -> list[Part]:
     else:
         building = n * (3 * row + LABEL)
     shuffled = 0 if batch_size >= sizes.n_train else sizes.n_train * (row + LABEL)
-    data = Part("the data", max(building, n * row + shuffled),
-                f"{sizes.source} needs ~{{size}} (x float32 and y of every split, with the copies made while "
-                "building or shuffling)",
-                _fix(*sizes.sample_keys, sizes.feature_key))
+    data = Part(
+        "the data",
+        max(building, n * row + shuffled),
+        f"{sizes.source} needs ~{{size}} (x float32 and y of every split, with the copies made while "
+        "building or shuffling)",
+        _fix(*sizes.sample_keys, sizes.feature_key),
+    )
 
     bias = not isinstance(config.model, LinearModel) or config.model.bias
     params = sum(a * b + b * bias for a, b in zip(layers, layers[1:]))
     state = state_copies(config.optimizer)
     big = max(range(len(layers) - 1), key=lambda i: layers[i] * layers[i + 1])  # the largest weight matrix
-    model = Part("the model", params * FLOAT * (3 + state) + (len(layers) - 1) * PER_LAYER,
-                 f"{shown} is {params} parameters and needs ~{{size}} (weights, gradients, a copy of the best "
-                 f"and {config.optimizer.name}'s {state} state tensors, float32)",
-                 _fix(*_width_keys(config, sizes, layers, [big, big + 1])))
+    model = Part(
+        "the model",
+        params * FLOAT * (3 + state) + (len(layers) - 1) * PER_LAYER,
+        f"{shown} is {params} parameters and needs ~{{size}} (weights, gradients, a copy of the best "
+        f"and {config.optimizer.name}'s {state} state tensors, float32)",
+        _fix(*_width_keys(config, sizes, layers, [big, big + 1])),
+    )
 
     # Forward keeps each layer's output for backward (dropout a mask and its output too), backward
     # holds two layers' gradients at a time; evaluation holds a layer's input, output and activation.
     wide = max(range(len(layers)), key=lambda i: layers[i])
     dropout = isinstance(config.model, MLPModel) and config.model.dropout > 0
     saved = sum(layers) * (3 if dropout else 2) + 2 * max(layers)
-    train = Part("a training batch", batch_size * saved * FLOAT,
-                 f"train.batch_size {batch_size} × {shown} activations need ~{{size}} (float32, forward and backward)",
-                 _fix("train.batch_size", *_width_keys(config, sizes, layers, [wide])))
+    train = Part(
+        "a training batch",
+        batch_size * saved * FLOAT,
+        f"train.batch_size {batch_size} × {shown} activations need ~{{size}} (float32, forward and backward)",
+        _fix("train.batch_size", *_width_keys(config, sizes, layers, [wide])),
+    )
     eval_batch = min(config.train.eval_batch_size, max(sizes.n_val, sizes.n_test))
     pair = max(a + b for a, b in zip(layers, layers[1:]))
-    evaluation = Part("an evaluation batch", eval_batch * (pair + max(layers) + 2 * layers[-1]) * FLOAT,
-                      f"train.eval_batch_size {eval_batch} × {shown} activations need ~{{size}} (float32)",
-                      _fix("train.eval_batch_size", *_width_keys(config, sizes, layers, [wide])))
+    evaluation = Part(
+        "an evaluation batch",
+        eval_batch * (pair + max(layers) + 2 * layers[-1]) * FLOAT,
+        f"train.eval_batch_size {eval_batch} × {shown} activations need ~{{size}} (float32)",
+        _fix("train.eval_batch_size", *_width_keys(config, sizes, layers, [wide])),
+    )
     return [data, model, train, evaluation]
 
 
@@ -260,9 +299,11 @@ def check(config: Config, sizes: Sizes, batch_size: int, device: torch.device, p
         if free is not None and need > free[0]:
             largest = max(counted, key=lambda part: part.bytes)
             copies = f" for {processes} processes" if processes > 1 else ""
-            raise UserError(f"{largest.name} does not fit in memory: {largest.what.format(size=size(largest.bytes))}; "
-                            f"the run needs ~{size(need)} in all{copies}, margin included, but {size(free[0])} is "
-                            f"available ({free[1]}); {largest.fix}")
+            raise UserError(
+                f"{largest.name} does not fit in memory: {largest.what.format(size=size(largest.bytes))}; "
+                f"the run needs ~{size(need)} in all{copies}, margin included, but {size(free[0])} is "
+                f"available ({free[1]}); {largest.fix}"
+            )
 
 
 def describe(config: Config) -> str | None:
@@ -275,4 +316,7 @@ def describe(config: Config) -> str | None:
     batch_size = sizes.n_train if config.train.batch_size == "full" else config.train.batch_size
     parts = estimate(config, sizes, batch_size)
     shares = ", ".join(f"{part.name.split(' ', 1)[1]} {size(part.bytes)}" for part in parts)
-    return f"# memory: ~{size(total(parts))} at the peak, margin included ({shares}); a run is refused when its device has less free"
+    return (
+        f"# memory: ~{size(total(parts))} at the peak, margin included ({shares}); "
+        "a run is refused when its device has less free"
+    )

@@ -94,8 +94,12 @@ def draw(objective: Objective, traces: list[Trace], subtitle: str) -> Any:
     # a white edge makes paths stand out on a contour; on a 1-D curve it would hide the curve
     halo = [patheffects.withStroke(linewidth=3.5, foreground="white", alpha=0.8)] if dim == 2 else []
     for k, trace in enumerate(traces):
-        style = {"color": f"C{k % 10}", "lw": 1.8, "ms": 3.5,
-                 "marker": "o" if len(trace.points) <= MARKED_STEPS + 1 else None}
+        style = {
+            "color": f"C{k % 10}",
+            "lw": 1.8,
+            "ms": 3.5,
+            "marker": "o" if len(trace.points) <= MARKED_STEPS + 1 else None,
+        }
         # a 1-D path is drawn on the curve: (x_k, f(x_k))
         xs, ys = trace.points[:, 0], (trace.values if dim == 1 else trace.points[:, 1])
         left.plot(xs, ys, zorder=3, path_effects=halo, **style)
@@ -118,7 +122,13 @@ def draw(objective: Objective, traces: list[Trace], subtitle: str) -> Any:
     right.grid(True, which="major", alpha=0.3)
     handles, labels = left.get_legend_handles_labels()
     more_handles, more_labels = right.get_legend_handles_labels()
-    figure.legend(more_handles + handles, more_labels + labels, loc="lower center", fontsize=10, frameon=False,
-                  ncols=min(len(traces) + 3, 4))
+    figure.legend(
+        more_handles + handles,
+        more_labels + labels,
+        loc="lower center",
+        fontsize=10,
+        frameon=False,
+        ncols=min(len(traces) + 3, 4),
+    )
     figure.suptitle(f"{objective.title}: {objective.formulas[dim]}\n{subtitle}", fontsize=12)
     return figure

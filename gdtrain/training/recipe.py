@@ -18,24 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdtrain.training import checkpoints
-from gdtrain.training import descent
-from gdtrain.training import distributed
-from gdtrain.training import engine
-from gdtrain.training import lifecycle
-from gdtrain.training import memory
-from gdtrain.core import runs
-from gdtrain.training.checkpoints import Checkpoints
-from gdtrain.core.config import Config, FunctionData, load_config, to_dict
 from gdtrain.components.datasets import Dataset, build_dataset
+from gdtrain.components.models import build_model
+from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation
+from gdtrain.core import runs
+from gdtrain.core.config import Config, FunctionData, load_config, to_dict
+from gdtrain.core.errors import UserError
+from gdtrain.core.signals import Stop, stop_on_signals
+from gdtrain.training import checkpoints, descent, distributed, engine, lifecycle, memory
+from gdtrain.training.checkpoints import Checkpoints
 from gdtrain.training.determinism import seed_everything, set_determinism
 from gdtrain.training.device import resolve_device
 from gdtrain.training.engine import Parts
 from gdtrain.training.lifecycle import Outcome, Progress
-from gdtrain.core.errors import UserError
-from gdtrain.core.signals import Stop, stop_on_signals
-from gdtrain.components.models import build_model
-from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation
 from gdtrain.training.tracker import NullTracker, Tracker
 
 
@@ -77,13 +72,19 @@ def compiled(model: nn.Module, data: Dataset, config: Config, batch_size: int) -
     except Exception as err:  # inductor needs a C++ compiler and a supported platform
         model.zero_grad(set_to_none=True)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        sys.stderr.write(f"warning: train.compile: torch.compile failed ({type(err).__name__}: {first}); "
-                         "training without it\n")
+        sys.stderr.write(
+            f"warning: train.compile: torch.compile failed ({type(err).__name__}: {first}); training without it\n"
+        )
         return model
 
 
-def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool = False,
-        say: Callable[[str], None] | None = None) -> tuple[Path, Outcome]:
+def run(
+    config: Config,
+    runs_dir: Path,
+    run_name: str | None = None,
+    quiet: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> tuple[Path, Outcome]:
     """Train the configured experiment into a new run folder; return the folder and the outcome.
     `say` (rank 0's) is told the folder as soon as it exists."""
     name = runs.run_name(config, run_name)
@@ -103,13 +104,17 @@ def run(config: Config, runs_dir: Path, run_name: str | None = None, quiet: bool
         with distributed.together(parts.world):
             if parts.world.main:
                 tracker = lifecycle.open_tracker(run_dir, config, meta, parts.world.size)
-        run_dir = Path(distributed.gather(str(run_dir) if parts.world.main else "", parts.world)[0]
-                       if parts.world.size > 1 else run_dir)
+        run_dir = Path(
+            distributed.gather(str(run_dir) if parts.world.main else "", parts.world)[0]
+            if parts.world.size > 1
+            else run_dir
+        )
         return run_dir, _train(config, parts, run_dir, tracker, None, meta, quiet)
 
 
-def resume(run_dir: Path, quiet: bool = False, say: Callable[[str], None] | None = None,
-           step: int | None = None) -> Outcome:
+def resume(
+    run_dir: Path, quiet: bool = False, say: Callable[[str], None] | None = None, step: int | None = None
+) -> Outcome:
     """Continue a run from its newest checkpoint (or the one at `step`, the newer ones dropped), into
     the same folder, as if it had never stopped; `say` (rank 0's) is told where it continues."""
     config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
@@ -117,9 +122,13 @@ def resume(run_dir: Path, quiet: bool = False, say: Callable[[str], None] | None
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run>")
     status = runs.status(run_dir)
     if status in runs.RESULTS:
-        raise UserError(f"{run_dir}: already {status}; nothing to resume (gdtrain run {run_dir / 'config.yaml'} starts anew)")
+        raise UserError(
+            f"{run_dir}: already {status}; nothing to resume (gdtrain run {run_dir / 'config.yaml'} starts anew)"
+        )
     if isinstance(config.data, FunctionData):
-        raise UserError(f"{run_dir}: function runs keep no checkpoints; run again: gdtrain run {run_dir / 'config.yaml'}")
+        raise UserError(
+            f"{run_dir}: function runs keep no checkpoints; run again: gdtrain run {run_dir / 'config.yaml'}"
+        )
     with own(run_dir):  # before reading a checkpoint: an owner could be replacing it
         return _continue(run_dir, config, quiet, say, step)
 
@@ -135,15 +144,18 @@ def own(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
         raise UserError(f"{run_dir}: cannot write in it ({err.strerror or err})") from None
 
 
-def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], None] | None = None,
-              step: int | None = None) -> Outcome:
+def _continue(
+    run_dir: Path, config: Config, quiet: bool, say: Callable[[str], None] | None = None, step: int | None = None
+) -> Outcome:
     """resume() once the folder is this process's: restore the newest checkpoint (or `step`'s) and train on."""
     resolved = to_dict(config)
     saved = Checkpoints(run_dir, config.train.keep_last, resolved)
     latest = saved.rewind(step) if step is not None and step in saved.steps() else saved.latest()
     if latest is None:
-        raise UserError(f"{run_dir}: no checkpoint in it (it stopped before its first); "
-                        f"run it again: gdtrain run {run_dir / 'config.yaml'}")
+        raise UserError(
+            f"{run_dir}: no checkpoint in it (it stopped before its first); "
+            f"run it again: gdtrain run {run_dir / 'config.yaml'}"
+        )
     state = checkpoints.load(latest, resolved)
     parts = build(config)
     parts.model.load_state_dict(state["model"])
@@ -156,14 +168,18 @@ def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], N
     rng, world = state["rng"], parts.world
     if isinstance(rng, list) != (world.size > 1) or (world.size > 1 and len(rng) != world.size):
         saved_by = len(rng) if isinstance(rng, list) else 1
-        raise UserError(f"{latest}: written by {saved_by} process(es); resume it with as many "
-                        f"(gdtrain resume --nproc {saved_by}), not {world.size}")
+        raise UserError(
+            f"{latest}: written by {saved_by} process(es); resume it with as many "
+            f"(gdtrain resume --nproc {saved_by}), not {world.size}"
+        )
     checkpoints.restore_rng(rng[world.rank] if world.size > 1 else rng, parts.order)
     progress = Progress.from_state(state["progress"], parts.device)
     if say is not None and world.main:
         within = f", its step {progress.step_in_epoch}" if progress.step_in_epoch else " from its start"
-        say(f"resuming {run_dir} at epoch {progress.epoch}/{parts.steps.epochs}{within}, step "
-            f"{progress.outcome.steps} overall (checkpoint {latest.name})")
+        say(
+            f"resuming {run_dir} at epoch {progress.epoch}/{parts.steps.epochs}{within}, step "
+            f"{progress.outcome.steps} overall (checkpoint {latest.name})"
+        )
     meta = _meta(config, parts) | {"resumed_from": str(latest)}
     tracker: Tracker | NullTracker = NullTracker()
     with distributed.together(world):
@@ -174,18 +190,35 @@ def _continue(run_dir: Path, config: Config, quiet: bool, say: Callable[[str], N
 
 def _meta(config: Config, parts: Parts) -> dict[str, Any]:
     return runs.provenance(parts.device, config.experiment.seed) | {
-        "optimizer_kernel": implementation(config.optimizer, parts.device)}
+        "optimizer_kernel": implementation(config.optimizer, parts.device)
+    }
 
 
-def _run_engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, saved: Checkpoints | None,
-                progress: Progress | None, stop: Stop, quiet: bool) -> Outcome:
+def _run_engine(
+    config: Config,
+    parts: Parts,
+    tracker: Tracker | NullTracker,
+    saved: Checkpoints | None,
+    progress: Progress | None,
+    stop: Stop,
+    quiet: bool,
+) -> Outcome:
     """engine.train on the model, wrapped in DistributedDataParallel with several processes."""
     world = parts.world
     model = compiled(parts.model, parts.data, config, parts.steps.batch_size)
     if world.size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None)
-    outcome = engine.train(parts, tracker=tracker, checkpoints=saved, progress=progress, stop=stop,
-                           quiet=quiet or not world.main, model=model)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[world.local_rank] if parts.device.type == "cuda" else None
+        )
+    outcome = engine.train(
+        parts,
+        tracker=tracker,
+        checkpoints=saved,
+        progress=progress,
+        stop=stop,
+        quiet=quiet or not world.main,
+        model=model,
+    )
     # The wrapper is freed here, before leave() destroys the process group: its Reducer, freed
     # after that, joins gloo's worker thread while holding the GIL and the rank hangs at exit
     # (pytorch/pytorch#56297). The collect frees it even if a reference cycle holds it.
@@ -194,8 +227,15 @@ def _run_engine(config: Config, parts: Parts, tracker: Tracker | NullTracker, sa
     return outcome
 
 
-def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullTracker, progress: Progress | None,
-           meta: dict[str, Any], quiet: bool) -> Outcome:
+def _train(
+    config: Config,
+    parts: Parts,
+    run_dir: Path,
+    tracker: Tracker | NullTracker,
+    progress: Progress | None,
+    meta: dict[str, Any],
+    quiet: bool,
+) -> Outcome:
     """Run the engine with checkpoints and signal handling; write model.pt and summary.json."""
     world = parts.world
     saved = Checkpoints(run_dir, config.train.keep_last, to_dict(config)) if world.main else None
@@ -215,8 +255,14 @@ def _train(config: Config, parts: Parts, run_dir: Path, tracker: Tracker | NullT
                 return outcome
             lifecycle.save_weights(run_dir, outcome, parts.model.state_dict())
         except OSError as err:  # disk full, folder removed or made read-only while training
-            raise lifecycle.disk_error(run_dir, err, meta, world.size) if world.main else UserError(
-                f"{run_dir}: cannot write ({err.strerror or err}); {runs.resume_command(run_dir, world.size)} once fixed") from None
+            raise (
+                lifecycle.disk_error(run_dir, err, meta, world.size)
+                if world.main
+                else UserError(
+                    f"{run_dir}: cannot write ({err.strerror or err}); "
+                    f"{runs.resume_command(run_dir, world.size)} once fixed"
+                )
+            ) from None
         except BaseException as err:  # a bug, or a second Ctrl-C: record it, then let it surface
             if world.main:
                 runs.record_failure(run_dir, err, meta, runs.resume_command(run_dir, world.size))

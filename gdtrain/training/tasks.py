@@ -58,8 +58,14 @@ def run_point(task: Task) -> Result:
         raise
     except Exception as err:  # a crash in one run must not stop the sweep
         return Result(task.name, "failed", error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - started)
-    return Result(task.name, outcome.status, str(run_dir), outcome.final, seconds=time.perf_counter() - started,
-                  signal=outcome.signal)
+    return Result(
+        task.name,
+        outcome.status,
+        str(run_dir),
+        outcome.final,
+        seconds=time.perf_counter() - started,
+        signal=outcome.signal,
+    )
 
 
 def _resume(task: Task) -> tuple[Path, Outcome] | None:
@@ -81,7 +87,11 @@ def recorded_result(name: str, run_dir: Path) -> Result | None:
         final, seconds = summary["final"], float(summary["wall_seconds"])
     except (TypeError, KeyError, ValueError):
         return None
-    return Result(name, summary["status"], str(run_dir), final, seconds=seconds) if summary["status"] in runs.RESULTS else None
+    return (
+        Result(name, summary["status"], str(run_dir), final, seconds=seconds)
+        if summary["status"] in runs.RESULTS
+        else None
+    )
 
 
 def lost_result(task: Task, before: frozenset[Path], why: str) -> Result:
@@ -95,4 +105,3 @@ def lost_result(task: Task, before: frozenset[Path], why: str) -> Result:
             return recorded
     hint = f"; its run folder keeps its last checkpoint: gdtrain resume {made[-1]}" if made else ""
     return Result(task.name, "failed", str(made[-1]) if made else None, error=why + hint)
-

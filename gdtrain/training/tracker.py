@@ -14,8 +14,8 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from gdtrain.training import board
 from gdtrain.core.runs import EPOCH_TAG_SUFFIXES
+from gdtrain.training import board
 
 
 class Tracker:
