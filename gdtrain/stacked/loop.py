@@ -312,8 +312,9 @@ def _log_steps(group: Group, epoch: int, lr: torch.Tensor, norms: torch.Tensor) 
     lrs, norm_values = lr.tolist(), norms.tolist()
     at.pending.clear()
     for m, member in enumerate(group.members):
+        figures = {"lr": lrs[m], "grad_norm": norm_values[m]}
         if member.live and not lifecycle.log_window(
-            member.at.outcome, member.tracker, window[m], at.outcome.steps, epoch, lrs[m], norm_values[m]
+            member.at.outcome, member.tracker, window[m], at.outcome.steps, epoch, figures
         ):
             _finish(group, member, "diverged")
 

@@ -237,7 +237,8 @@ def train(
                 halt = agree(stop, world)  # the same answer on every rank
                 if settings.grad_clip is None:  # never clipped, this step's gradients are still in .grad
                     grad_norm = _grad_norm(params)
-                if not lifecycle.log_window(outcome, tracker, losses, outcome.steps, epoch, lr, grad_norm):
+                figures = {"lr": lr, "grad_norm": grad_norm}
+                if not lifecycle.log_window(outcome, tracker, losses, outcome.steps, epoch, figures):
                     break
                 bar.update(at.seen - bar.n)
                 bar.set_postfix(loss=f"{outcome.final['loss/train']:.4g}", refresh=False)

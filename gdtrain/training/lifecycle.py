@@ -172,18 +172,17 @@ def log_window(
     losses: list[float],
     step: int,
     epoch: int,
-    lr: float,
-    grad_norm: Tensor | float,
+    figures: dict[str, Tensor | float],
 ) -> bool:
-    """At a log point (optimizer step `step`): the mean train loss since the last one, and the lr and
-    gradient norm of the step just taken, logged and kept in outcome.final. False, and the run
-    diverged at the step where it appeared, when a loss of the window is not finite (then the
-    norm, a 0-d tensor on the device, is never read back)."""
+    """At a log point (optimizer step `step`): the mean train loss since the last one and the step's
+    own `figures` (the lr it used, its gradients' norm: {tag: value}), logged and kept in
+    outcome.final. False, and the run diverged at the step where it appeared, when a loss of the
+    window is not finite (then a figure that is a 0-d tensor on the device is never read back)."""
     bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
     if bad is not None:
         outcome.status, outcome.diverged_at_step = "diverged", step - len(losses) + bad + 1
         return False
-    values = {"loss/train": sum(losses) / len(losses), "lr": lr, "grad_norm": float(grad_norm)}
+    values = {"loss/train": sum(losses) / len(losses)} | {tag: float(value) for tag, value in figures.items()}
     tracker.log_step(values, step=step, epoch=epoch)
     outcome.final.update(values)
     return True
