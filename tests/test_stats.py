@@ -62,17 +62,14 @@ def test_overlapping_noise_is_not_ranked() -> None:
 
 
 def test_tie_groups_put_the_unbeaten_first_and_handle_cycles() -> None:
-    def pair(a: str, b: str, verdict: str) -> stats.Pair:
-        return stats.Pair(a, b, 0.5, (0.5, 0.5), 0.5, verdict)
+    def pair(a: str, b: str, winner: str | None) -> stats.Pair:
+        return stats.Pair(a, b, 0.5, (0.5, 0.5), 0.5, 0.5, winner)
 
     # a beats c; b ties with both: a and b are unbeaten, c comes after
-    pairs = [
-        pair("a", "b", "no detectable difference"),
-        pair("a", "c", "a beats c"),
-        pair("b", "c", "no detectable difference"),
-    ]
+    pairs = [pair("a", "b", None), pair("a", "c", "a"), pair("b", "c", None)]
+    assert [p.verdict for p in pairs] == ["no detectable difference", "a beats c", "no detectable difference"]
     assert stats.tie_groups(["c", "b", "a"], pairs) == [["b", "a"], ["c"]]
-    cycle = [pair("a", "b", "a beats b"), pair("b", "c", "b beats c"), pair("c", "a", "c beats a")]
+    cycle = [pair("a", "b", "a"), pair("b", "c", "b"), pair("c", "a", "c")]
     assert stats.tie_groups(["a", "b", "c"], cycle) == [["a", "b", "c"]]
 
 
@@ -95,8 +92,9 @@ def test_summary_of_reruns() -> None:
     s = stats.summarise(values)
     assert (s.n, s.mean, s.median) == (5, pytest.approx(0.922), 0.92)
     assert s.std == pytest.approx(np.std(values, ddof=1))
-    assert min(values) <= s.ci[0] < s.mean < s.ci[1] <= max(values)
-    assert stats.summarise(values) == s  # seeded: the same numbers every time
+    # Student's t interval: mean ± t(0.975, 4) · s / √5
+    half = 2.7764451051977987 * np.std(values, ddof=1) / np.sqrt(5)
+    assert s.ci == (pytest.approx(0.922 - half), pytest.approx(0.922 + half))
     same = stats.summarise([0.5, 0.5, 0.5])
     assert same.ci == (0.5, 0.5) and same.std == 0.0
 
@@ -111,3 +109,50 @@ def test_the_bootstraps_u_statistic_is_mannwhitneyus() -> None:
         batch_x, batch_y = rng.normal(size=(6, n)), rng.normal(size=(6, m))  # as the bootstrap calls it
         expected = [mannwhitneyu(a, b).statistic / (n * m) for a, b in zip(batch_x, batch_y)]
         assert stats.u_fraction(batch_x, batch_y, axis=-1) == pytest.approx(expected)
+
+
+def test_the_two_sided_p_is_exact_with_ties_where_scipy_would_approximate() -> None:
+    # the case: with a tie scipy leaves the exact test for the normal approximation (0.038);
+    # the 20 ways to split six values into two threes give 2/20 as extreme
+    better, worse = [0.9712, 0.9712, 0.9715], [0.969, 0.97, 0.9705]
+    assert stats.two_sided_p(better, worse) == pytest.approx(0.1)
+    assert stats.compare_pair("a", better, "b", worse).winner is None
+
+
+@pytest.mark.parametrize("n", [3, 4, 5])
+def test_the_exact_p_counts_every_split(n: int) -> None:
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(n)
+    x, y = rng.integers(0, 4, n).astype(float), rng.integers(1, 5, n + 1).astype(float)  # ties on purpose
+    ranks, centre = rankdata(np.concatenate([x, y])), n * (2 * n + 2) / 2
+    observed = abs(ranks[:n].sum() - centre)
+    splits = [
+        abs(ranks[list(idx)].sum() - centre) >= observed - 1e-9 for idx in itertools.combinations(range(2 * n + 1), n)
+    ]
+    assert stats.two_sided_p(x, y) == pytest.approx(sum(splits) / len(splits))
+
+
+def test_holm_adjusts_step_down() -> None:
+    assert stats.holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+
+
+def test_a_family_of_pairs_makes_no_claim_the_adjustment_does_not_allow() -> None:
+    # 5 seeds: each separated pair has exact p = 2/252 = 0.0079; alone a claim, but not one of 21 (x21 = 0.17)
+    samples = {f"o{i}": [10 * i + j for j in range(5)] for i in range(7)}
+    assert stats.compare_pair("o1", samples["o1"], "o0", samples["o0"]).winner == "o1"
+    pairs = stats.compare_all(samples)
+    assert len(pairs) == 21 and all(p.winner is None for p in pairs)
+    assert min(p.p_adjusted for p in pairs) == pytest.approx(21 * 2 / 252)
+
+
+def test_a_diverged_run_ranks_below_every_finished_one() -> None:
+    finished, diverged = [0.5, 0.6, 0.7, 0.8, 0.9], [0.1, 0.2, float("-inf"), float("-inf"), float("-inf")]
+    pair = stats.compare_pair("ok", finished, "wild", diverged)
+    assert pair.p_a_beats_b == 1.0 and pair.winner == "ok"
+
+
+def test_an_interval_stays_within_what_the_metric_can_take() -> None:
+    lo, hi = stats.mean_interval([0.2, 0.99, 0.99], (0.0, 1.0))  # an accuracy: t alone would reach past 1
+    assert 0.0 <= lo < hi == 1.0
+    assert stats.mean_interval([0.2, 0.99, 0.99])[1] > 1.0

@@ -92,7 +92,7 @@ def hand_made() -> StudyResults:
         Reach(0.5, 0, 0, None, None),
         None,
     )
-    pair = stats.Pair("sgd", "adam", 1.0, (1.0, 1.0), 0.01, "sgd beats adam")
+    pair = stats.Pair("sgd", "adam", 1.0, (1.0, 1.0), 0.01, 0.01, "sgd")
     return StudyResults(setup, {"sgd": sgd, "adam": adam, "wild": wild}, (pair,), (("sgd",), ("adam",)), ("wild",))
 
 
@@ -174,6 +174,8 @@ def test_results_json_keeps_its_layout() -> None:
                 "p_a_beats_b": 1.0,
                 "ci": [1.0, 1.0],
                 "p_value": 0.01,
+                "p_adjusted": 0.01,
+                "winner": "sgd",
                 "verdict": "sgd beats adam",
             }
         ],
@@ -192,14 +194,14 @@ def test_results_json_keeps_its_layout() -> None:
 
 def test_the_verdict_names_the_winner_whichever_side_of_the_pair_it_is() -> None:
     results = hand_made()
-    reversed_pair = stats.Pair("adam", "sgd", 0.1, (0.0, 0.25), 0.97, "sgd beats adam")
+    reversed_pair = stats.Pair("adam", "sgd", 0.1, (0.0, 0.25), 0.03, 0.03, "sgd")
     assert (reversed_pair.winner, reversed_pair.loser) == ("sgd", "adam")
-    tie = stats.Pair("adam", "sgd", 0.5, (0.2, 0.8), 0.5, "no detectable difference")
+    tie = stats.Pair("adam", "sgd", 0.5, (0.2, 0.8), 0.5, 0.5, None)
     assert (tie.winner, tie.loser) == (None, None)
     lines = verdict_lines(
         StudyResults(results.setup, results.optimizers, (reversed_pair,), results.groups, results.unranked)
     )
-    assert "- sgd beats adam: P = 0.90, 95% CI 0.75–1.00" in lines
+    assert "- sgd beats adam: P = 0.90, 95% CI 0.75–1.00, p = 0.03 (two-sided, Holm over 1 pairs)" in lines
     assert lines[-1] == "- not compared (every trial diverged): wild"
     lines = verdict_lines(StudyResults(results.setup, results.optimizers, (tie,), (("adam", "sgd"),), ()))
     assert lines == [

@@ -8,6 +8,7 @@ accuracies (study/spec.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,14 @@ def worst_of(metric: str) -> Pick:
 def reaches(metric: str, value: float, target: float) -> bool:
     """Whether `value` has reached `target`: at or above it when higher is better, at or below it otherwise."""
     return value >= target if higher_is_better(metric) else value <= target
+
+
+def bounds(metric: str) -> tuple[float, float]:
+    """The values `metric` can take: an accuracy lies in [0, 1], a loss is not negative (the losses
+    gdtrain logs: mse, cross-entropy, bce); an interval of a mean is clipped to them."""
+    if metric.startswith("accuracy"):
+        return (0.0, 1.0)
+    return (0.0, math.inf) if metric.startswith("loss") else (-math.inf, math.inf)
 
 
 def improves(metric: str, value: float, best: float | None) -> bool:

@@ -108,15 +108,11 @@ def rank(rows: list[Row], metric: str) -> list[Row]:
     from gdtrain.report import stats  # scipy, a second to import: only when there are seeds to compare
 
     up = metrics.higher_is_better(metric)
-    pairs = [
-        stats.compare_pair(a.label, _known(a), b.label, _known(b), up)
-        for i, a in enumerate(compared)
-        for b in compared[i + 1 :]
-    ]
+    pairs = stats.compare_all({row.label: _known(row) for row in compared}, up)  # Holm over every pair
     for number, labels in enumerate(stats.tie_groups([row.label for row in compared], pairs), 1):
         for row in compared:
             if row.label in labels:
-                row.group, row.ci = number, stats.summarise(_known(row)).ci
+                row.group, row.ci = number, stats.mean_interval(_known(row), metrics.bounds(metric))
     ordered = sorted(compared, key=lambda row: (row.group, (-1 if up else 1) * statistics.fmean(_known(row))))
     return ordered + [row for row in rows if row not in compared]
 

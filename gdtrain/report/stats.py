@@ -1,16 +1,25 @@
-"""How sure are we: confidence intervals, P(A beats B), tie groups and the budget curve.
+"""How sure are we: confidence intervals, P(A beats B), claims at a stated error rate, tie groups
+and the budget curve.
 
-Everything a study or compare states about optimizers comes from here, and scipy does the
-statistics (`scipy.stats.bootstrap`, `mannwhitneyu`); only Dodge et al.'s expected-maximum formula
-and the grouping are written by hand. Values are oriented by `higher_is_better`, so accuracy and
-loss read the same way: "A beats B" always means A is the better optimizer.
+Everything a study or compare states about optimizers comes from here. scipy does the statistics
+(`mannwhitneyu`, `bootstrap`, the t distribution); written by hand are the exact null distribution
+of the rank sum when values tie (scipy's exact method refuses ties), Holm's adjustment, the
+grouping and Dodge et al.'s expected-maximum formula. Values are oriented by `higher_is_better`,
+so accuracy and loss read the same way: "A beats B" always means A is the better optimizer.
 
 - P(A beats B) = U / (n·m): the chance that a random rerun of A scores better than a random rerun
-  of B, ties counted half (Bouthillier et al. 2021; rliable's probability of improvement).
-- A beats B only when the 95% bootstrap CI of that probability lies above 0.5 *and* a one-sided
-  Mann-Whitney test rejects "no difference" at 5%. The second condition matters with few seeds: two
-  fully separated samples of 2 give a bootstrap CI of [1, 1] (every resample is separated too),
-  although 1 arrangement in 6 is separated by chance alone; the exact test says p = 0.17.
+  of B, ties counted half (Bouthillier et al. 2021; rliable's probability of improvement), with a
+  95% bootstrap CI.
+- A claim "A beats B" is a two-sided Mann-Whitney test, its p-value exact (every arrangement of the
+  two samples' ranks counted, ties included) up to EXACT_LIMIT values, a permutation p beyond.
+  The claims made together (every pair of a compare table or a study) hold at a family-wise error
+  rate of ALPHA: Holm's step-down adjustment over the pairs, and A beats B when the adjusted p is
+  below ALPHA and P(A beats B) > 0.5. So with 2 seeds a side no claim is possible (the smallest
+  two-sided p is 1/3), with 3 none either (1/10), and seven optimizers need more seeds than five
+  (the smallest p, 2/252, times 21 pairs is above 0.05): benchmarks/verdict_calibration.py measures
+  the false-claim rate, the intervals' coverage and the power.
+- The 95% interval of a mean is Student's t interval: it covers 95% on normal data at any n (a
+  bootstrap of 5 values covers about 81%).
 """
 
 from __future__ import annotations
@@ -25,8 +34,9 @@ import numpy as np
 from scipy import stats as st
 
 CONFIDENCE = 0.95  # of every interval reported
-ALPHA = 0.05  # of the Mann-Whitney test behind "beats"
-RESAMPLES = 9999  # bootstrap resamples; scipy's default
+ALPHA = 0.05  # the family-wise error rate of the "A beats B" claims made together
+RESAMPLES = 9999  # bootstrap resamples (scipy's default), and permutations beyond EXACT_LIMIT
+EXACT_LIMIT = 80  # values in two samples up to which the rank-sum distribution is counted exactly
 
 
 @dataclass(frozen=True)
@@ -48,18 +58,19 @@ class Pair:
     b: str
     p_a_beats_b: float  # U / (n·m), ties half
     ci: tuple[float, float]  # 95% bootstrap CI of p_a_beats_b
-    p_value: float  # one-sided Mann-Whitney: is A better than B?
-    verdict: str  # "a beats b" | "b beats a" | "no detectable difference"
+    p_value: float  # two-sided Mann-Whitney p of "A and B score alike"
+    p_adjusted: float  # p_value after Holm's adjustment over the pairs compared together
+    winner: str | None  # the detectably better of the two; None: no detectable difference
+
+    @property
+    def verdict(self) -> str:
+        """`a beats b` or `no detectable difference`, as the report words it."""
+        return "no detectable difference" if self.winner is None else f"{self.winner} beats {self.loser}"
 
     @property
     def a_beats_b(self) -> bool:
         """A is detectably better than B."""
-        return self.verdict == f"{self.a} beats {self.b}"
-
-    @property
-    def winner(self) -> str | None:
-        """The detectably better of the two; None when there is no detectable difference."""
-        return self.a if self.a_beats_b else self.b if self.verdict == f"{self.b} beats {self.a}" else None
+        return self.winner == self.a
 
     @property
     def loser(self) -> str | None:
@@ -73,33 +84,22 @@ def _interval(result: Any, fallback: float) -> tuple[float, float]:
     return (fallback, fallback) if math.isnan(lo) or math.isnan(hi) else (lo, hi)
 
 
-def summarise(values: Sequence[float], seed: int = 0) -> Summary:
-    """Mean, median, std and a 95% BCa bootstrap CI of the mean of one optimizer's reruns."""
+def summarise(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> Summary:
+    """Mean, median, std and the 95% Student t interval of the mean of one optimizer's reruns,
+    clipped to the `bounds` the metric can take (core.metrics.bounds)."""
+    x = np.asarray(values, dtype=float)
+    std = float(x.std(ddof=1)) if len(x) >= 2 else 0.0
+    return Summary(len(x), float(x.mean()), float(np.median(x)), std, mean_interval(x, bounds))
+
+
+def mean_interval(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """The 95% Student t interval of the mean, clipped to `bounds`; the mean twice for one value or no spread."""
     x = np.asarray(values, dtype=float)
     mean = float(x.mean())
-    result = None
-    if len(x) >= 2 and np.ptp(x) > 0:  # identical values: the mean is all there is, CI [mean, mean]
-        with warnings.catch_warnings():  # BCa warns and gives NaN on degenerate resamples; see _interval
-            warnings.simplefilter("ignore")
-            result = st.bootstrap(
-                (x,),
-                np.mean,
-                confidence_level=CONFIDENCE,
-                n_resamples=RESAMPLES,
-                method="BCa",
-                rng=np.random.default_rng(seed),
-            )
-            if any(math.isnan(v) for v in result.confidence_interval):
-                result = st.bootstrap(
-                    (x,),
-                    np.mean,
-                    confidence_level=CONFIDENCE,
-                    n_resamples=RESAMPLES,
-                    method="percentile",
-                    rng=np.random.default_rng(seed),
-                )
-    std = float(x.std(ddof=1)) if len(x) >= 2 else 0.0
-    return Summary(len(x), mean, float(np.median(x)), std, _interval(result, mean))
+    if len(x) < 2 or np.ptp(x) == 0:
+        return (mean, mean)
+    half = float(st.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return (max(mean - half, bounds[0]), min(mean + half, bounds[1]))
 
 
 def p_beats(a: Sequence[float], b: Sequence[float], higher_is_better: bool = True) -> float:
@@ -111,33 +111,85 @@ def p_beats(a: Sequence[float], b: Sequence[float], higher_is_better: bool = Tru
 def compare_pair(
     name_a: str, a: Sequence[float], name_b: str, b: Sequence[float], higher_is_better: bool = True, seed: int = 0
 ) -> Pair:
-    """P(A beats B) with its bootstrap CI, the one-sided test, and the verdict."""
-    x, y = _oriented(a, b, higher_is_better)
-    p = p_beats(x, y)
+    """A against B alone (a family of one pair): P(A beats B) with its CI, the two-sided p, the verdict."""
+    return compare_all({name_a: a, name_b: b}, higher_is_better, seed)[0]
 
-    result = None
-    if len(set(x.tolist()) | set(y.tolist())) > 1:  # all values equal: every resample gives 0.5
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = st.bootstrap(
-                (x, y),
-                u_fraction,
-                confidence_level=CONFIDENCE,
-                n_resamples=RESAMPLES,
-                method="percentile",
-                vectorized=True,
-                rng=np.random.default_rng(seed),
-            )
-    ci = _interval(result, p)
-    better = st.mannwhitneyu(x, y, alternative="greater").pvalue
-    worse = st.mannwhitneyu(x, y, alternative="less").pvalue
-    if ci[0] > 0.5 and better < ALPHA:
-        verdict = f"{name_a} beats {name_b}"
-    elif ci[1] < 0.5 and worse < ALPHA:
-        verdict = f"{name_b} beats {name_a}"
-    else:
-        verdict = "no detectable difference"
-    return Pair(name_a, name_b, p, ci, float(better), verdict)
+
+def compare_all(samples: dict[str, Sequence[float]], higher_is_better: bool = True, seed: int = 0) -> list[Pair]:
+    """Every pair of `samples` (in their order: a before b), the claims holding together at a
+    family-wise error rate of ALPHA (Holm over the pairs). A diverged run may be given as -inf
+    (or +inf for a loss): it ranks below every finished one and ties with the others that diverged."""
+    sign = 1.0 if higher_is_better else -1.0
+    oriented = {name: sign * np.asarray(values, dtype=float) for name, values in samples.items()}
+    names = list(oriented)
+    found = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            x, y = oriented[a], oriented[b]
+            found.append((a, b, p_beats(x, y), _u_interval(x, y, seed), two_sided_p(x, y, seed)))
+    adjusted = holm([p for *_, p in found])
+    return [
+        Pair(a, b, u, ci, p, q, (a if u > 0.5 else b) if q < ALPHA and u != 0.5 else None)
+        for (a, b, u, ci, p), q in zip(found, adjusted)
+    ]
+
+
+def _u_interval(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
+    """The 95% percentile bootstrap CI of U / (n·m); a point when every value is equal."""
+    u = float(u_fraction(x, y))
+    finite = np.concatenate([x, y])
+    if len(set(finite.tolist())) <= 1:  # all values equal: every resample gives 0.5
+        return (u, u)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = st.bootstrap(
+            (x, y),
+            u_fraction,
+            confidence_level=CONFIDENCE,
+            n_resamples=RESAMPLES,
+            method="percentile",
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
+    return _interval(result, u)
+
+
+def two_sided_p(x: Sequence[float], y: Sequence[float], seed: int = 0) -> float:
+    """The two-sided Mann-Whitney p-value of x against y: exact (the rank sum's distribution over
+    every split of the pooled values, ties at their mid-ranks) up to EXACT_LIMIT values, else from
+    RESAMPLES random permutations. 1.0 when every value is equal."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    pooled = np.concatenate([x, y])
+    if np.all(pooled == pooled[0]):
+        return 1.0
+    if len(pooled) > EXACT_LIMIT:
+        method = st.PermutationMethod(n_resamples=RESAMPLES, rng=np.random.default_rng(seed))
+        return float(st.mannwhitneyu(x, y, alternative="two-sided", method=method).pvalue)
+    ranks = np.rint(2 * st.rankdata(pooled)).astype(int)  # mid-ranks doubled: whole numbers
+    counts = _rank_sum_counts(ranks, len(x))  # counts[s]: splits whose x side sums to s
+    sums = np.arange(len(counts))
+    centre = len(x) * ranks.sum() / len(pooled)
+    observed = abs(int(ranks[: len(x)].sum()) - centre)
+    return float(min(1.0, counts[np.abs(sums - centre) >= observed - 1e-9].sum() / counts.sum()))
+
+
+def _rank_sum_counts(ranks: np.ndarray, n: int) -> np.ndarray:
+    """How many n-element subsets of `ranks` (whole numbers) have each sum: (sum(ranks) + 1,)."""
+    table = np.zeros((n + 1, int(ranks.sum()) + 1))  # table[k, s]: k-subsets of the ranks so far summing to s
+    table[0, 0] = 1.0
+    for r in ranks:
+        table[1:, r:] = table[1:, r:] + table[:-1, : table.shape[1] - r]  # the right side is read before it is written
+    return table[n]
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values: rejecting those below ALPHA keeps the family-wise error at ALPHA."""
+    order = np.argsort(p_values, kind="stable")
+    m, adjusted, running = len(p_values), [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def u_fraction(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:

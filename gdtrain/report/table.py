@@ -144,12 +144,12 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
     seeds = f"mean of {same['seeds']} seeds" if "seeds" in same else "mean over seeds"
     said = [
         f"{metric} ({metrics.direction(metric)} is better): final value"
-        + (f", {seeds} with its 95% bootstrap CI" if compared else "")
+        + (f", {seeds} with its 95% t interval" if compared else "")
         + "; best first."
     ]
     if compared:
         said += [
-            "group 1: no other row beats it (P(A beats B) 95% CI above 0.5 and Mann-Whitney p < 0.05).",
+            "group 1: no other row beats it (two-sided exact tests, Holm: 5% family-wise).",
             "Rows of one group show no detectable difference.",
         ]
     every = {"group": "group {}", "batch": "batch {}", "seeds": "{} seeds", "status": "{}"}

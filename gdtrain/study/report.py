@@ -87,7 +87,8 @@ def verdict_lines(results: StudyResults) -> list[str]:
         if pair.winner is not None:
             lo, hi = _ci_beats(pair, pair.winner)
             lines.append(
-                f"- {pair.winner} beats {pair.loser}: P = {_p(_p_beats(pair, pair.winner))}, 95% CI {_p(lo)}–{_p(hi)}"
+                f"- {pair.winner} beats {pair.loser}: P = {_p(_p_beats(pair, pair.winner))}, 95% CI {_p(lo)}–{_p(hi)}, "
+                f"p = {_p(pair.p_adjusted)} (two-sided, Holm over {len(pairs)} pairs)"
             )
     ties = [f"{p.a}–{p.b}" for p in pairs if p.winner is None]
     if ties:
@@ -117,8 +118,9 @@ def markdown(results: StudyResults, figures: list[str]) -> str:
         f"Each optimizer had {setup.budget} tuning trials ({setup.sampler} sampler, seed "
         f"{setup.tuning_seed}), chosen on {setup.select}; its best setting was rerun with seeds "
         f"{', '.join(map(str, setup.rerun_seeds))}. P(A beats B) is the chance that a rerun of A scores better "
-        f"than one of B (Mann-Whitney U / n·m, ties half); A beats B only when its 95% bootstrap CI lies above 0.5 "
-        f"and the one-sided Mann-Whitney test gives p < 0.05. {report}: {metrics.direction(report)} is better.",
+        f"than one of B (Mann-Whitney U / n·m, ties half); A beats B only when the two-sided exact Mann-Whitney "
+        f"test, Holm-adjusted over the {len(results.pairs)} pairs, gives p < 0.05: every claim together holds at a "
+        f"5% family-wise error rate. {report}: {metrics.direction(report)} is better.",
         "",
         "## Optimizers",
         "",

@@ -174,6 +174,8 @@ class StudyResults:
                     "p_a_beats_b": p.p_a_beats_b,
                     "ci": list(p.ci),
                     "p_value": p.p_value,
+                    "p_adjusted": p.p_adjusted,
+                    "winner": p.winner,
                     "verdict": p.verdict,
                 }
                 for p in self.pairs
@@ -240,19 +242,19 @@ def _to_target(runs: list[Run], select: str, target: float | None) -> Reach | No
         target,
         len(steps),
         len(runs),
-        stats.summarise(got_steps) if got_steps else None,
-        stats.summarise(got_samples) if got_samples else None,
+        stats.summarise(got_steps, (0.0, math.inf)) if got_steps else None,
+        stats.summarise(got_samples, (0.0, math.inf)) if got_samples else None,
     )
 
 
-def _reruns(runs: list[Run], values: list[float]) -> Reruns:
+def _reruns(runs: list[Run], values: list[float], report: str) -> Reruns:
     return Reruns(
         tuple(values),
         tuple(r.config.get("experiment.seed") for r in runs),
         tuple(r.status for r in runs),
         tuple(str(r.path) for r in runs),
         sum(r.status == "diverged" for r in runs),
-        stats.summarise(values) if len(values) >= 2 else None,
+        stats.summarise(values, metrics.bounds(report)) if len(values) >= 2 else None,
     )
 
 
@@ -263,12 +265,10 @@ def analyse(tunings: list[Tuning], reruns: dict[str, list[str]], setup: Setup) -
     runs = {tuning.label: [read_run(Path(p)) for p in reruns[tuning.label]] for tuning in tunings}
     worst_rerun = _worst([final_value(r, report) for rs in runs.values() for r in rs], report)
     values = {label: _scored([final_value(r, report) for r in rs], worst_rerun) for label, rs in runs.items()}
-    done = {label: _reruns(runs[label], values[label]) for label in runs}
+    done = {label: _reruns(runs[label], values[label], report) for label in runs}
     ranked = [label for label in runs if done[label].summary is not None]
     up = metrics.higher_is_better(report)
-    pairs = tuple(
-        stats.compare_pair(a, values[a], b, values[b], up) for i, a in enumerate(ranked) for b in ranked[i + 1 :]
-    )
+    pairs = tuple(stats.compare_all({label: values[label] for label in ranked}, up))  # Holm over every pair
     by_mean = sorted(ranked, key=lambda label: done[label].summary.mean, reverse=up)
     groups = tuple(tuple(sorted(g, key=by_mean.index)) for g in stats.tie_groups(by_mean, pairs))
     rank = {label: number for number, group in enumerate(groups, 1) for label in group}
