@@ -88,7 +88,7 @@ def verdict_lines(results: StudyResults) -> list[str]:
             lo, hi = _ci_beats(pair, pair.winner)
             lines.append(
                 f"- {pair.winner} beats {pair.loser}: P = {_p(_p_beats(pair, pair.winner))}, 95% CI {_p(lo)}–{_p(hi)}, "
-                f"p = {_p(pair.p_adjusted)} (two-sided, Holm over {len(pairs)} pairs)"
+                f"p = {fmt(pair.p_adjusted)} (two-sided, Holm over {len(pairs)} pairs)"
             )
     ties = [f"{p.a}–{p.b}" for p in pairs if p.winner is None]
     if ties:
