@@ -57,7 +57,7 @@ sweep-synthetic: install ## 7 optimizers x 3 seeds on two moons (~45 s), then th
 	$(BIN)/gdtrain sweep sweeps/synthetic_optimizers.yaml --resume
 	$(BIN)/gdtrain compare runs/synthetic_optimizers --target 0.95 --plot runs/synthetic_optimizers/compare.png
 
-study-quick: install ## which optimizer is better: 4 optimizers tuned and rerun on a synthetic set (~1 min), verdict + report
+study-quick: install ## which optimizer is better: 4 optimizers tuned and rerun on a synthetic set (~10 s), verdict + report
 	$(BIN)/gdtrain study studies/quick.yaml --resume
 
 study: install ## the MNIST study: 7 optimizers, equal tuning budget, 5 seeds each, verdict + report (see README for its time)

@@ -3,8 +3,8 @@
 matplotlib is the optional `plot` extra (`pip install 'gdtrain[plot]'`). The commands call
 `require_matplotlib` before they start, so a missing extra is one `error:` line and no run. Figures
 are matplotlib's object API (`Figure`, drawn by the Agg canvas): no pyplot, no global state, no
-display needed. curveplot (compare --plot), pathplot (optimizer paths) and studyplot (a study's
-figures) draw with these.
+display needed. report/curveplot.py (compare --plot), training/pathplot.py (optimizer paths) and
+study/plot.py (a study's figures) draw with these.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ the seed (initialisation, data order, validation split), the optimizer and all i
 schedule and warm-up, gradient clipping, early stopping (patience, min_delta) and keep_last. So a
 group shares the model's architecture and sizes, the data, loss, precision, batch size and number
 of steps; interrupted points join a group only with points stopped at the same step. fp16,
-torch.compile and function descents always train alone (stacked.py says why). Grouping never
+torch.compile and function descents always train alone (stacked/loop.py says why). Grouping never
 changes what a run computes, only how fast: a group too large for the device's free memory, or
 for `--batch-runs`, is split into groups of near-equal size, and members using the same optimizer
-rule sit next to each other (stackopt updates them through a view instead of a gather).
+rule sit next to each other (stacked/optimizer.py updates them through a view instead of a gather).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Several runs trained as one: a group of compatible sweep or study points (gdtrain/execution/groups.py).
 
-The members' models are stacked (stackmodel), their data shared by index (stackdata), and one
+The members' models are stacked (stacked/model.py), their data shared by index (stacked/data.py), and one
 vectorised optimizer updates them all, each with its own optimizer, settings, lr schedule, warm-up
-and clipping (stackopt, stacklr). The loop is engine.train's with a member axis, and every step
+and clipping (stacked/optimizer.py, stacked/lr.py). The loop is engine.train's with a member axis, and every step
 of a run's life it shares with one run (log window, divergence, checkpoint payload, best weights,
 patience, schedule, finish) is gdtrain/training/lifecycle.py's: per step one forward and one
 backward for all members, each on its own batch; losses are read back every
@@ -13,7 +13,7 @@ Every member writes the run folder its solo run would: config.yaml (its provenan
 in a group), TensorBoard events, metrics.jsonl, checkpoints in the solo format (so `gdtrain resume`
 continues one alone, and a group resumes from its members' checkpoints), best.pt, model.pt and
 summary.json. Its initial weights, split and data order are its solo run's; its numbers differ from
-the solo run's in the last bits only (summation order in batched kernels; README, "Many runs at once").
+the solo run's in the last bits only (summation order in batched kernels; docs/stacked.md).
 Not stacked (groups of one, trained by recipe.run): fp16 (one GradScaler would skip every member's
 step for one member's overflow), torch.compile, function descents.
 """
@@ -160,7 +160,7 @@ def _build(tasks: list[Task], configs: list[Config]) -> Group:
     note = (
         f"trained stacked with {len(configs)} runs ({', '.join(t.name for t in tasks)}): the same initial "
         "weights, split and data order as alone; numbers differ from a run alone in the last bits only "
-        "(README: Many runs at once)"
+        "(docs/stacked.md)"
     )
     members, states = [], []
     try:

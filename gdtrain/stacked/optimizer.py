@@ -6,11 +6,11 @@ split into kinds by optimizer, by the switches that pick a branch of torch's for
 off, nesterov, centered, amsgrad) and by the kernel: torch's fused one for Adam, AdamW and Adagrad
 where a solo run would use it (`implementation: auto` on the CPU; a fused kind also shares betas and
 eps), else the single-tensor formula (bit for bit torch's `foreach=False`). Each kind's rule
-(stackrules) runs once over its members' rows, every other setting an (m,) column.
+(stacked/rules.py) runs once over its members' rows, every other setting an (m,) column.
 A kind whose members sit next to each other in the stack is updated through a view, with no copy; a
 scattered one is gathered with index_select and written back with index_copy_ (benchmarks/stackopt.py
 gives the cost). Frozen members (diverged ones) are left out of their kind's rows: their parameters
-and state stay as they are. The caller gives each step's lr (stacklr.MemberSchedules) and clips
+and state stay as they are. The caller gives each step's lr (lr.MemberSchedules) and clips
 (clip_grad_norms_) before stepping, as engine.train does for one run.
 """
 
@@ -76,7 +76,7 @@ class Kind:
 
     name: str  # the optimizer's config name
     switches: tuple[bool, ...]
-    fused: bool  # torch's fused kernel (stackrules.FUSED_RULES) rather than its single-tensor formula
+    fused: bool  # torch's fused kernel (rules.FUSED_RULES) rather than its single-tensor formula
     members: list[int]  # indices in the stack, ascending
     hypers: dict[str, Tensor]  # (m,) float64 on the CPU
     step: Tensor  # (m,) float64 on the CPU: steps taken (torch counts in floats too)

@@ -6,7 +6,7 @@ as (m,) columns broadcast over a parameter's dims. torch computes its per-step s
 correction, 1 - beta, Adagrad's decayed lr) in Python floats and the kernel rounds them to the
 parameter's dtype; here they are computed in float64 and cast once, which rounds the same way.
 Which branch a rule takes (momentum on, nesterov, centered, amsgrad) is one per call: members
-differing in those are different kinds (stackopt.switches). The fused rules below call torch's own
+differing in those are different kinds (optimizer.switches). The fused rules below call torch's own
 fused kernels. tests/test_stackopt.py proves every rule against torch.optim.
 """
 
@@ -30,7 +30,7 @@ class Rows:
     hypers: dict[str, Tensor]  # (m,) float64: the config's settings, betas as beta1 and beta2
     lr: Tensor  # (m,) float64: this step's lr
     step: Tensor  # (m,) float64: steps taken, this one included
-    switches: tuple[bool, ...]  # the formula's branches, stackopt.switches
+    switches: tuple[bool, ...]  # the formula's branches, optimizer.switches
     decay: bool  # some member has weight_decay != 0 (torch skips the op at 0; adding 0·p is the same)
     first: bool  # the kind's first step (SGD's momentum buffer starts as the gradient)
 
@@ -181,7 +181,7 @@ def state_names(name: str, switches: tuple[bool, ...]) -> tuple[str, ...]:
 # vector loop's tail falls), so it would match neither for_loop nor the solo fused run; its
 # single-tensor rule (two or three passes) matches for_loop bit for bit. RMSprop has no fused kernel.
 # A fused kernel takes every setting as one float, so these rules serve members with equal betas and
-# eps (stackopt keys such kinds by those values). When the rows share lr and weight decay too (a
+# eps (stacked/optimizer.py keys such kinds by those values). When the rows share lr and weight decay too (a
 # group of seeds), the kernel updates them as it updates a solo run, bit for bit. Otherwise it writes
 # the update with lr = 1 into a zeroed scratch z and p += lr·z applies each member's lr: one pass
 # more; weight decay per member goes into the gradient first (L2) or shrinks p first (AdamW), as torch does.
