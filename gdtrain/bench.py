@@ -228,19 +228,19 @@ def stacked_run(data: Dataset, config: Config, runs: int, device: torch.device) 
     with tempfile.TemporaryDirectory() as tmp:
         members = [
             stacked.Member(
-                f"bench-{seed}",
-                c,
-                Path(tmp),
-                None,
-                NullTracker(),
-                None,
-                {},
-                torch.Generator(device=device).manual_seed(seed),
-                Progress(),
+                name=f"bench-{seed}",
+                config=c,
+                run_dir=Path(tmp),
+                owned=None,  # no run folder to hold
+                tracker=NullTracker(),
+                saved=None,  # no checkpoints, as engine_run keeps none
+                meta={},
+                order=torch.Generator(device=device).manual_seed(seed),
+                at=Progress(),
             )
             for seed, c in enumerate(configs)
         ]
-        group = stacked.Group(members, shared, model, optimizer, schedules, steps, config.train, device)
+        group = stacked.Group(members, shared, model, optimizer, schedules, steps, settings=config.train, device=device)
         stacked.train(group, Stop())
     return group.at.outcome.train_seconds, group.at.outcome.samples
 

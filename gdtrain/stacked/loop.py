@@ -179,7 +179,7 @@ def _build(tasks: list[Task], configs: list[Config]) -> Group:
             member.owned.close()
         raise
     board.define(members[0].run_dir.parent)  # once, with every member's settings
-    group = Group(members, data, model, optimizer, schedules, steps, first.train, device)
+    group = Group(members, data, model, optimizer, schedules, steps, settings=first.train, device=device)
     if states[0] is not None:
         _restore(group, states)
     return group
@@ -204,7 +204,8 @@ def _member(
                 owned.close()
                 raise
             at = Progress.from_state(state["progress"], device)
-            return Member(task.name, config, run_dir, owned, tracker, saved, meta, order, at), state
+            member = Member(task.name, config, run_dir, owned, tracker, saved, meta=meta, order=order, at=at)
+            return member, state
     run_dir, owned = runs.create_run(Path(task.runs_dir), config, task.name, meta)
     try:
         tracker = lifecycle.open_tracker(run_dir, config, meta, define=False)
@@ -212,7 +213,7 @@ def _member(
         owned.close()
         raise
     saved = Checkpoints(run_dir, config.train.keep_last, resolved)
-    return Member(task.name, config, run_dir, owned, tracker, saved, meta, order, Progress()), None
+    return Member(task.name, config, run_dir, owned, tracker, saved, meta=meta, order=order, at=Progress()), None
 
 
 def _restore(group: Group, states: list[dict[str, Any]]) -> None:
@@ -234,10 +235,9 @@ def _restore(group: Group, states: list[dict[str, Any]]) -> None:
         member.order.set_state(state["rng"]["order"])
     restore_rng(states[0]["rng"], group.members[0].order)  # torch's, numpy's and Python's RNGs are the group's
     group.at = Progress(
-        at.epoch,
-        at.step_in_epoch,
-        at.seen,
-        None,
+        epoch=at.epoch,
+        step_in_epoch=at.step_in_epoch,
+        seen=at.seen,
         pending=[torch.stack(column) for column in zip(*(member.at.pending for member in group.members))],
     )
     group.epoch_orders = [member.at.epoch_order for member in group.members]
@@ -354,14 +354,14 @@ def _checkpoint(group: Group) -> None:
         if not member.live or member.saved is None:
             continue
         progress = Progress(
-            at.epoch,
-            at.step_in_epoch,
-            at.seen,
-            group.epoch_orders[m],
-            member.at.stale_epochs,
-            member.at.best_for_patience,
-            [p[m] for p in at.pending],
-            _counted(group, member),
+            epoch=at.epoch,
+            step_in_epoch=at.step_in_epoch,
+            seen=at.seen,
+            epoch_order=group.epoch_orders[m],
+            stale_epochs=member.at.stale_epochs,
+            best_for_patience=member.at.best_for_patience,
+            pending=[p[m] for p in at.pending],
+            outcome=_counted(group, member),
         )
         state = lifecycle.checkpoint_state(
             group.model.member_state_dict(m),
