@@ -16,7 +16,7 @@ def test_identical_samples_tie() -> None:
     assert pair.p_a_beats_b == 0.5
     assert pair.ci[0] < 0.5 < pair.ci[1]
     assert pair.verdict == "no detectable difference"
-    assert stats.tie_groups(["adam", "sgd"], [pair]) == [["adam", "sgd"]]
+    assert stats.letters(["adam", "sgd"], [pair]) == {"adam": "a", "sgd": "a"}
 
 
 def test_constant_samples_tie_with_a_point_interval() -> None:
@@ -32,7 +32,7 @@ def test_fully_separated_samples_beat_with_certainty() -> None:
     assert pair.verdict == "adam beats sgd" and pair.a_beats_b
     reverse = stats.compare_pair("sgd", worse, "adam", better)
     assert reverse.p_a_beats_b == 0.0 and reverse.verdict == "adam beats sgd" and not reverse.a_beats_b
-    assert stats.tie_groups(["sgd", "adam"], [reverse]) == [["adam"], ["sgd"]]
+    assert stats.letters(["adam", "sgd"], [reverse]) == {"adam": "a", "sgd": "b"}
 
 
 def test_lower_is_better_turns_the_comparison_round() -> None:
@@ -61,16 +61,21 @@ def test_overlapping_noise_is_not_ranked() -> None:
     assert pair.ci[0] <= 0.5 <= pair.ci[1]
 
 
-def test_tie_groups_put_the_unbeaten_first_and_handle_cycles() -> None:
+def test_letters_never_place_a_row_above_one_it_cannot_be_told_from() -> None:
     def pair(a: str, b: str, winner: str | None) -> stats.Pair:
         return stats.Pair(a, b, 0.5, (0.5, 0.5), 0.5, 0.5, winner)
 
-    # a beats c; b ties with both: a and b are unbeaten, c comes after
+    # a beats c; b ties with both: b shares a letter with each, so nothing ranks b above c
     pairs = [pair("a", "b", None), pair("a", "c", "a"), pair("b", "c", None)]
     assert [p.verdict for p in pairs] == ["no detectable difference", "a beats c", "no detectable difference"]
-    assert stats.tie_groups(["c", "b", "a"], pairs) == [["b", "a"], ["c"]]
-    cycle = [pair("a", "b", "a"), pair("b", "c", "b"), pair("c", "a", "c")]
-    assert stats.tie_groups(["a", "b", "c"], cycle) == [["a", "b", "c"]]
+    assert stats.letters(["a", "b", "c"], pairs) == {"a": "a", "b": "ab", "c": "b"}
+    assert stats.best_set(["a", "b", "c"], pairs) == ["a", "b"] and stats.beats("a", pairs) == ["c"]
+    # the best ties with two that differ from each other: it shares a letter with both
+    pairs = [pair("a", "b", None), pair("a", "c", None), pair("b", "c", "b")]
+    assert stats.letters(["a", "b", "c"], pairs) == {"a": "ab", "b": "a", "c": "b"}
+    assert stats.best_set(["a", "b", "c"], pairs) == ["a", "b", "c"]
+    every = [pair(x, y, x) for x, y in itertools.combinations("abcd", 2)]
+    assert stats.letters(list("abcd"), every) == {"a": "a", "b": "b", "c": "c", "d": "d"}
 
 
 @pytest.mark.parametrize("values", [[0.3, 0.9, 0.5], [0.1, 0.1, 0.7, 0.4], [2.0, -1.0, 0.5, 0.5, 3.0]])

@@ -181,9 +181,7 @@ def test_a_study_tunes_selects_reruns_and_reports(finished: tuple[Path, dict, st
         chosen = load_config(folder / "chosen" / f"{label}.yaml")  # runnable as it is
         assert chosen.optimizer.lr == entry["chosen"]["lr"]
     assert results["pairs"] and results["pairs"][0]["verdict"] == "no detectable difference"  # 2 seeds never decide
-    assert results["groups"] == [
-        sorted(results["optimizers"], key=lambda n: -results["optimizers"][n]["reruns"]["mean"])
-    ]
+    assert results["best"] == sorted(results["optimizers"], key=lambda n: -results["optimizers"][n]["reruns"]["mean"])
     for name in (
         "report.md",
         "results.csv",
@@ -310,7 +308,7 @@ def test_compare_of_seeded_runs_shows_groups_and_intervals_not_a_bare_ranking(fi
     result = gdtrain("compare", folder)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert "higher is better" in lines[0] and "group 1" in lines[1]  # the title, above the table
+    assert "higher is better" in lines[0] and "share a letter" in lines[1]  # the title, above the table
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["group", "run"])  # the header
     header = lines[start].split()
     assert header[0] == "group" and "CI" in header
@@ -320,7 +318,7 @@ def test_compare_of_seeded_runs_shows_groups_and_intervals_not_a_bare_ranking(fi
             for line in lines[start + 1 :]
             if f"  {entry['chosen']['name']} lr={entry['chosen']['lr']:g}  " in line and " 3 " in line
         )
-        assert row.split()[0] == "1"  # 3 seeds each cannot separate them: one group
+        assert row.split()[0] == "a"  # 3 seeds each cannot separate them: one letter
 
 
 def test_a_study_lists_its_runs_in_its_manifest(finished: tuple[Path, dict, str]) -> None:
@@ -342,3 +340,13 @@ def test_a_stopped_study_s_resume_command_repeats_its_set_options(tmp_path: Path
     result = gdtrain("study", ROOT / "studies" / "quick.yaml", "--set", "study.name=quick8", "--runs-dir", tmp_path)
     assert result.exit_code == 130
     assert result.stdout.splitlines()[-1].endswith(f"--runs-dir {tmp_path} --resume --set study.name=quick8")
+
+
+def test_compare_json_rows_carry_their_letters_and_whom_they_beat(finished: tuple[Path, dict, str]) -> None:
+    folder, _, _ = finished
+    result = gdtrain("compare", folder, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    compared = [row for row in rows if row["group"] is not None]
+    assert compared and all(row["group"] == "a" and row["beats"] == [] for row in compared)  # 3 seeds: no claim
+    assert all(row["beats"] is None for row in rows if row["group"] is None)  # one seed: not compared

@@ -69,7 +69,7 @@ def hand_made() -> StudyResults:
             stats.Summary(2, 0.325, 0.325, 0.035, (0.3, 0.35)),
         ),
         Reach(0.5, 1, 2, stats.Summary(1, 40.0, 40.0, 0.0, (40.0, 40.0)), None),
-        1,
+        "a",
     )
     adam = OptimizerResult(
         Tuning("adam", (_trial("adam-t01", 0.01, 0.45),), {"name": "adam", "lr": 0.01}, "adam-t01"),
@@ -83,7 +83,7 @@ def hand_made() -> StudyResults:
             stats.Summary(2, 0.65, 0.65, 0.2, (0.5, 0.8)),
         ),
         Reach(0.5, 0, 1, None, None),
-        2,
+        "b",
     )
     wild = OptimizerResult(
         Tuning("wild", (_trial("wild-t01", 10.0, None),), None, None),
@@ -93,7 +93,8 @@ def hand_made() -> StudyResults:
         None,
     )
     pair = stats.Pair("sgd", "adam", 1.0, (1.0, 1.0), 0.01, 0.01, "sgd")
-    return StudyResults(setup, {"sgd": sgd, "adam": adam, "wild": wild}, (pair,), (("sgd",), ("adam",)), ("wild",))
+    optimizers = {"sgd": sgd, "adam": adam, "wild": wild}
+    return StudyResults(setup, optimizers, (pair,), ("sgd", "adam"), ("sgd",), ("wild",))
 
 
 def test_results_json_keeps_its_layout() -> None:
@@ -137,7 +138,7 @@ def test_results_json_keeps_its_layout() -> None:
                     "steps": {"mean": 40.0, "ci": [40.0, 40.0]},
                     "samples": None,
                 },
-                "group": 1,
+                "group": "a",
             },
             "adam": {
                 "chosen": {"name": "adam", "lr": 0.01},
@@ -156,7 +157,7 @@ def test_results_json_keeps_its_layout() -> None:
                     "ci": [0.5, 0.8],
                 },
                 "to_target": {"target": 0.5, "reached": 0, "of": 1, "steps": None, "samples": None},
-                "group": 2,
+                "group": "b",
             },
             "wild": {
                 "chosen": None,
@@ -179,7 +180,7 @@ def test_results_json_keeps_its_layout() -> None:
                 "verdict": "sgd beats adam",
             }
         ],
-        "groups": [["sgd"], ["adam"]],
+        "best": ["sgd"],
         "unranked": ["wild"],
         "study": "s",
         "source": "s.yaml",
@@ -199,11 +200,15 @@ def test_the_verdict_names_the_winner_whichever_side_of_the_pair_it_is() -> None
     tie = stats.Pair("adam", "sgd", 0.5, (0.2, 0.8), 0.5, 0.5, None)
     assert (tie.winner, tie.loser) == (None, None)
     lines = verdict_lines(
-        StudyResults(results.setup, results.optimizers, (reversed_pair,), results.groups, results.unranked)
+        StudyResults(results.setup, results.optimizers, (reversed_pair,), results.order, results.best, results.unranked)
     )
+    assert lines[:2] == [
+        "**sgd** is best on loss/test (2 seeds each).",
+        "Letters (optimizers that share one show no detectable difference): sgd a, adam b.",
+    ]
     assert "- sgd beats adam: P = 0.90, 95% CI 0.75–1.00, p = 0.03 (two-sided, Holm over 1 pairs)" in lines
     assert lines[-1] == "- not compared (every trial diverged): wild"
-    lines = verdict_lines(StudyResults(results.setup, results.optimizers, (tie,), (("adam", "sgd"),), ()))
+    lines = verdict_lines(StudyResults(results.setup, results.optimizers, (tie,), ("adam", "sgd"), ("adam", "sgd"), ()))
     assert lines == [
         "**No detectable difference**: adam and sgd tie on loss/test with 2 seeds each.",
         "- no detectable difference with 2 seeds: adam–sgd",
@@ -246,7 +251,7 @@ def test_analyse_scores_a_diverged_rerun_worst_and_groups_by_the_report_metric(t
     assert results.optimizers["a"].reruns.summary.mean == pytest.approx(0.2)
     (pair,) = results.pairs
     assert (pair.a, pair.b, pair.p_a_beats_b) == ("a", "b", 1.0)
-    assert results.groups == ((("a",), ("b",)) if pair.winner == "a" else (("a", "b"),))  # who wins: stats.py says
+    assert results.best == (("a",) if pair.winner == "a" else ("a", "b"))  # who wins: stats.py says
     assert results.ranked == ["a", "b"]
     assert results.unranked == ("c",) and results.optimizers["c"].group is None
     assert results.optimizers["c"].budget_curve == (0.3,)  # its diverged trial scored as the study's worst trial

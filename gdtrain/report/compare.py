@@ -62,7 +62,8 @@ class Row:
     runs: list[Run]
     figures: list[Figures]
     status: str
-    group: int | None = None  # tie group from rank(): 1 = no other row beats it; None: not compared
+    group: str | None = None  # letters from rank(): rows sharing one show no detectable difference; None: not compared
+    beats: list[str] | None = None  # the labels of the rows this row detectably beats; None: not compared
     ci: tuple[float, float] | None = None  # 95% bootstrap CI of the mean final metric over seeds
 
 
@@ -100,8 +101,10 @@ def _mean(values: list[float | None]) -> float | None:
 
 def rank(rows: list[Row], metric: str) -> list[Row]:
     """With two or more seeds per configuration, what stats says instead of a bare ranking: each
-    finished row's tie group (1: no other row beats it) and the 95% CI of its mean, set on the
-    row; rows reordered by group, then mean. Rows with one seed are not compared (group None)."""
+    finished row's letters (rows sharing one show no detectable difference; every claim of the
+    table together at 5% family-wise), the rows it beats and the 95% CI of its mean, set on the row;
+    rows in the order of their means, which ranks nothing the letters do not. Rows with one seed
+    are not compared (group None)."""
     compared = [row for row in rows if row.status == "finished" and len(_known(row)) >= 2]
     if not compared:
         return rows
@@ -109,11 +112,11 @@ def rank(rows: list[Row], metric: str) -> list[Row]:
 
     up = metrics.higher_is_better(metric)
     pairs = stats.compare_all({row.label: _known(row) for row in compared}, up)  # Holm over every pair
-    for number, labels in enumerate(stats.tie_groups([row.label for row in compared], pairs), 1):
-        for row in compared:
-            if row.label in labels:
-                row.group, row.ci = number, stats.mean_interval(_known(row), metrics.bounds(metric))
-    ordered = sorted(compared, key=lambda row: (row.group, (-1 if up else 1) * statistics.fmean(_known(row))))
+    ordered = sorted(compared, key=lambda row: (-1 if up else 1) * statistics.fmean(_known(row)))  # best mean first
+    marks = stats.letters([row.label for row in ordered], pairs)
+    for row in compared:
+        row.group, row.beats = marks[row.label], stats.beats(row.label, pairs)
+        row.ci = stats.mean_interval(_known(row), metrics.bounds(metric))
     return ordered + [row for row in rows if row not in compared]
 
 

@@ -205,21 +205,35 @@ def _oriented(a: Sequence[float], b: Sequence[float], higher_is_better: bool) ->
     return sign * np.asarray(a, dtype=float), sign * np.asarray(b, dtype=float)
 
 
-def tie_groups(names: Sequence[str], pairs: Sequence[Pair]) -> list[list[str]]:
-    """Rank in groups: the first holds every optimizer that no other beats; remove it and repeat.
-    Within a group nothing is detectably better, so the report never ranks noise."""
-    beaten_by = {name: set() for name in names}
-    for pair in pairs:
-        if pair.winner is not None:
-            beaten_by[pair.loser].add(pair.winner)
-    left, groups = list(names), []
-    while left:
-        top = [name for name in left if not beaten_by[name] & set(left)]
-        if not top:  # a cycle (A > B > C > A): what is left ties
-            top = list(left)
-        groups.append(top)
-        left = [name for name in left if name not in top]
-    return groups
+def letters(order: Sequence[str], pairs: Sequence[Pair]) -> dict[str, str]:
+    """A compact letter display: rows that share a letter show no detectable difference, rows that
+    share none differ detectably. `order`: best first; its first row gets `a`. Built by inserting each
+    detected difference and absorbing the sets it leaves inside others (Piepho 2004's insert-absorb)."""
+    columns: list[set[str]] = [set(order)]
+    for x, y in [(p.a, p.b) for p in pairs if p.winner is not None]:
+        split = []
+        for column in columns:
+            split += [column - {x}, column - {y}] if x in column and y in column else [column]
+        columns = [
+            c for i, c in enumerate(split) if c and not any(c < d or (c == d and j < i) for j, d in enumerate(split))
+        ]
+    position = {name: i for i, name in enumerate(order)}
+    columns.sort(key=lambda c: sorted(position[name] for name in c))
+    marks = "abcdefghijklmnopqrstuvwxyz"
+    return {name: "".join(marks[i % 26] for i, c in enumerate(columns) if name in c) for name in order}
+
+
+def best_set(order: Sequence[str], pairs: Sequence[Pair]) -> list[str]:
+    """The first of `order` (the best by mean) and every one it cannot be told from, in `order`."""
+    if not order:
+        return []
+    beaten = {p.loser for p in pairs if p.winner == order[0]}
+    return [name for name in order if name not in beaten]
+
+
+def beats(name: str, pairs: Sequence[Pair]) -> list[str]:
+    """The names `name` is detectably better than."""
+    return [p.loser for p in pairs if p.winner == name]
 
 
 def expected_best(values: Sequence[float], k: int, higher_is_better: bool = True) -> float:

@@ -5,6 +5,7 @@ else on stdout. The text and markdown tables fit in 100 columns for a sweep like
 sweeps/synthetic_optimizers.yaml: the row's label already says the optimizer and the lr, so they
 get no columns of their own; a column with the same value in every row (batch, seeds, status,
 group) is said once above the table instead; with seeds compared, a mean comes with its 95% CI
+and its letters (group), and json rows say which rows each one beats
 (its ± std is in csv and json); the best value and its epoch share a column. Wall time, which
 includes a process's start-up (the first run in each sweep worker pays it), is in csv and json
 only. samples/s counts training steps only and leaves out the first epoch of each process that
@@ -71,6 +72,7 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
                 ],
                 "status": row.status,
                 "group": row.group,
+                "beats": row.beats,
                 "95% CI": row.ci,
             }
         )
@@ -149,8 +151,8 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
     ]
     if compared:
         said += [
-            "group 1: no other row beats it (two-sided exact tests, Holm: 5% family-wise).",
-            "Rows of one group show no detectable difference.",
+            "group: rows that share a letter show no detectable difference; rows that share none differ "
+            "(two-sided exact tests, Holm: every claim together at 5% family-wise).",
         ]
     every = {"group": "group {}", "batch": "batch {}", "seeds": "{} seeds", "status": "{}"}
     note = (
@@ -164,13 +166,13 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
         + "samples/s: training steps after each process's first epoch"
         + (" (*: with it: a run of one epoch, or one from before gdtrain left it out)." if star else ".")
     )
-    return [line for sentence in said for line in textwrap.wrap(sentence, WIDTH)]
+    return [line for sentence in said for line in textwrap.wrap(sentence, WIDTH, break_on_hyphens=False)]
 
 
 def _numbers(record: dict[str, Any]) -> dict[str, Any]:
     """For csv and json: each STATS column as its mean, plus `<column> std` when there are seeds."""
     flat: dict[str, Any] = {}
-    for column in (*COLUMNS, "group", "95% CI"):
+    for column in (*COLUMNS, "group", "beats", "95% CI"):
         value = record[column]
         if column not in STATS:
             flat[column] = value
@@ -192,7 +194,7 @@ def render(records: list[dict[str, Any]], fmt: str, target: float | None) -> str
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(flat[0]) if flat else list(COLUMNS), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(flat)
+        writer.writerows([{k: "; ".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in flat])
         return out.getvalue().rstrip("\n")
     shown, _ = display(records, target)
     header = [f"steps to {target:g}" if c == "steps to target" else c for c in shown]

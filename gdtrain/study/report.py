@@ -68,21 +68,21 @@ def _ci_beats(pair: Pair, name: str) -> tuple[float, float]:
 
 def verdict_lines(results: StudyResults) -> list[str]:
     """The verdict in plain words: who ties at the top, who beats whom and how surely."""
-    groups, seeds, pairs, report = results.groups, results.setup.seeds, results.pairs, results.setup.report
+    order, best, seeds, pairs = results.order, results.best, results.setup.seeds, results.pairs
+    report = results.setup.report
 
     def names(group: list[str]) -> str:
         return " and ".join(group) if len(group) <= 2 else ", ".join(group[:-1]) + " and " + group[-1]
 
-    if not groups:
+    if not order:
         return ["No optimizer has two reruns to compare; see the table."]
-    if len(groups) == 1:
-        lines = [f"**No detectable difference**: {names(groups[0])} tie on {report} with {seeds} seeds each."]
+    if len(best) == len(order):
+        lines = [f"**No detectable difference**: {names(list(order))} tie on {report} with {seeds} seeds each."]
     else:
-        top = groups[0]
-        head = f"**{names(top)}** " + ("tie for best" if len(top) > 1 else "is best")
+        head = f"**{names(list(best))}** " + ("tie for best" if len(best) > 1 else "is best")
         lines = [f"{head} on {report} ({seeds} seeds each)."]
-        for rank, group in enumerate(groups[1:], 2):
-            lines.append(f"Group {rank}: {names(group)}" + (" (tied)." if len(group) > 1 else "."))
+        marks = ", ".join(f"{label} {results.optimizers[label].group}" for label in order)
+        lines.append(f"Letters (optimizers that share one show no detectable difference): {marks}.")
     for pair in pairs:
         if pair.winner is not None:
             lo, hi = _ci_beats(pair, pair.winner)

@@ -1,4 +1,4 @@
-"""A study's numbers, from its run folders: choices, reruns, pairs, groups and budget curves.
+"""A study's numbers, from its run folders: choices, reruns, pairs, letters and budget curves.
 
 Everything the report says is computed here once, into StudyResults; the report and the figures
 only format it, and results.json is its to_json(). A diverged trial or rerun is a result, scored
@@ -120,13 +120,15 @@ def _estimate(summary: stats.Summary | None) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class OptimizerResult:
-    """One optimizer of the study: its tuning, budget curve, reruns and tie group."""
+    """One optimizer of the study: its tuning, budget curve, reruns and letters."""
 
     tuning: Tuning
     budget_curve: tuple[float, ...]  # expected best select value after k = 1, 2, ... trials
     reruns: Reruns
     to_target: Reach | None  # None: the study has no target
-    group: int | None  # tie group, 1: no other optimizer beats it; None: not compared
+    group: (
+        str | None
+    )  # letters (stats.letters): optimizers sharing one show no detectable difference; None: not compared
 
     def as_dict(self) -> dict[str, Any]:
         """The optimizer as results.json lists it."""
@@ -144,18 +146,19 @@ class OptimizerResult:
 
 @dataclass(frozen=True)
 class StudyResults:
-    """Everything a study found: each optimizer, every pair of them, and the tie groups."""
+    """Everything a study found: each optimizer, every pair of them, the best and the letters."""
 
     setup: Setup
     optimizers: dict[str, OptimizerResult]  # by label, in the study file's order
     pairs: tuple[stats.Pair, ...]  # every two compared optimizers, in the study file's order
-    groups: tuple[tuple[str, ...], ...]  # best first; within a group by mean, tied
+    order: tuple[str, ...]  # the compared optimizers, best mean first (a ranking only where the letters say so)
+    best: tuple[str, ...]  # the best by mean and every optimizer it cannot be told from
     unranked: tuple[str, ...]  # under two reruns: not compared
 
     @property
     def ranked(self) -> list[str]:
-        """The compared optimizers, group by group."""
-        return [label for group in self.groups for label in group]
+        """The compared optimizers, best mean first."""
+        return list(self.order)
 
     def to_json(self) -> dict[str, Any]:
         """results.json."""
@@ -180,7 +183,7 @@ class StudyResults:
                 }
                 for p in self.pairs
             ],
-            "groups": [list(group) for group in self.groups],
+            "best": list(self.best),
             "unranked": list(self.unranked),
             "study": s.study,
             "source": s.source,
@@ -270,8 +273,7 @@ def analyse(tunings: list[Tuning], reruns: dict[str, list[str]], setup: Setup) -
     up = metrics.higher_is_better(report)
     pairs = tuple(stats.compare_all({label: values[label] for label in ranked}, up))  # Holm over every pair
     by_mean = sorted(ranked, key=lambda label: done[label].summary.mean, reverse=up)
-    groups = tuple(tuple(sorted(g, key=by_mean.index)) for g in stats.tie_groups(by_mean, pairs))
-    rank = {label: number for number, group in enumerate(groups, 1) for label in group}
+    rank = stats.letters(by_mean, pairs)
     optimizers = {}
     for tuning in tunings:
         label = tuning.label
@@ -280,4 +282,5 @@ def analyse(tunings: list[Tuning], reruns: dict[str, list[str]], setup: Setup) -
         finished = [r for r in runs[label] if r.status == "finished"]
         reach = _to_target(finished, select, setup.target)
         optimizers[label] = OptimizerResult(tuning, tuple(curve), done[label], reach, rank.get(label))
-    return StudyResults(setup, optimizers, pairs, groups, tuple(label for label in runs if label not in ranked))
+    unranked = tuple(label for label in runs if label not in ranked)
+    return StudyResults(setup, optimizers, pairs, tuple(by_mean), tuple(stats.best_set(by_mean, pairs)), unranked)
