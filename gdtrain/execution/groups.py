@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from gdtrain.core import runs
 from gdtrain.core.config import Config, FunctionData, to_dict, validate
 from gdtrain.training import memory
-from gdtrain.training.checkpoints import STEP_FILE
+from gdtrain.training.checkpoints import STEP_FILE, step_of
 from gdtrain.training.tasks import Task
 
 if TYPE_CHECKING:
@@ -40,12 +40,20 @@ FREE = (
 
 
 def key(config: Config, task: Task) -> str | None:
-    """What members of one group share; None for a point that always trains alone."""
+    """What members of one group share, the step they continue from included; None for a point
+    that always trains alone."""
+    shared = compatible(config)
+    return None if shared is None else shared + f" at step {resumed_step(task)}"
+
+
+def compatible(config: Config) -> str | None:
+    """What points that could train together share, wherever they stand; None: always alone."""
     train = config.train
     if isinstance(config.data, FunctionData) or train.precision == "fp16" or train.compile:
         return None
-    shared = {k: v for k, v in runs.flatten(to_dict(config)).items() if not k.startswith(FREE)}
-    return json.dumps(shared, sort_keys=True) + f" at step {resumed_step(task)}"
+    return json.dumps(
+        {k: v for k, v in runs.flatten(to_dict(config)).items() if not k.startswith(FREE)}, sort_keys=True
+    )
 
 
 def resumed_step(task: Task) -> int:
@@ -58,8 +66,7 @@ def resumed_step(task: Task) -> int:
 def checkpoint_steps(task: Task) -> set[int]:
     """The steps of the checkpoints in the run folder the task continues."""
     folder = Path(task.resume) / "checkpoints"
-    files = folder.iterdir() if folder.is_dir() else []
-    return {int(m.group(1)) for p in files if (m := STEP_FILE.fullmatch(p.name))}
+    return {step_of(p) for p in (folder.iterdir() if folder.is_dir() else []) if STEP_FILE.fullmatch(p.name)}
 
 
 def align(tasks: list[Task], configs: dict[str, Config]) -> list[Task]:
@@ -67,13 +74,13 @@ def align(tasks: list[Task], configs: dict[str, Config]) -> list[Task]:
     a checkpoint of, when there is one. A group killed while it wrote its members' checkpoints
     left some at the new step and some at the one before (stacked.loop keeps the older one until
     every member has the new): continued together, they compute what the uninterrupted group did."""
-    compatible: dict[str, list[Task]] = {}
+    together: dict[str, list[Task]] = {}
     for task in tasks:
-        shared = key(configs[task.name], Task({}, task.name, task.runs_dir, task.experiment))
+        shared = compatible(configs[task.name])
         if task.resume is not None and shared is not None:
-            compatible.setdefault(shared, []).append(task)
+            together.setdefault(shared, []).append(task)
     step: dict[str, int] = {}
-    for peers in compatible.values():
+    for peers in together.values():
         common = set.intersection(*(checkpoint_steps(t) for t in peers))
         if len(peers) > 1 and common:
             step |= {t.name: max(common) for t in peers}

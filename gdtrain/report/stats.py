@@ -126,7 +126,8 @@ def compare_all(samples: dict[str, Sequence[float]], higher_is_better: bool = Tr
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             x, y = oriented[a], oriented[b]
-            found.append((a, b, p_beats(x, y), _u_interval(x, y, seed), two_sided_p(x, y, seed)))
+            u = float(u_fraction(x, y))  # P(A beats B)
+            found.append((a, b, u, _u_interval(x, y, u, seed), two_sided_p(x, y, seed)))
     adjusted = holm([p for *_, p in found])
     return [
         Pair(a, b, u, ci, p, q, (a if u > 0.5 else b) if q < ALPHA and u != 0.5 else None)
@@ -134,11 +135,9 @@ def compare_all(samples: dict[str, Sequence[float]], higher_is_better: bool = Tr
     ]
 
 
-def _u_interval(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
-    """The 95% percentile bootstrap CI of U / (n·m); a point when every value is equal."""
-    u = float(u_fraction(x, y))
-    finite = np.concatenate([x, y])
-    if len(set(finite.tolist())) <= 1:  # all values equal: every resample gives 0.5
+def _u_interval(x: np.ndarray, y: np.ndarray, u: float, seed: int) -> tuple[float, float]:
+    """The 95% percentile bootstrap CI of U / (n·m) (`u` itself); a point when every value is equal."""
+    if len(set(np.concatenate([x, y]).tolist())) <= 1:  # all values equal: every resample gives 0.5
         return (u, u)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

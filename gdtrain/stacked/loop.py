@@ -193,7 +193,7 @@ def _member(
     if task.resume is not None:
         run_dir = Path(task.resume)
         saved = Checkpoints(run_dir, config.train.keep_last, resolved)
-        latest = saved.rewind(task.resume_step) if task.resume_step in saved.steps() else saved.latest()
+        latest = saved.continue_from(task.resume_step)
         if latest is not None:
             owned = runs.lock_run(run_dir)
             try:

@@ -26,6 +26,11 @@ from gdtrain.core.runs import write_atomic
 STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
 
+def step_of(path: Path) -> int:
+    """The optimizer step of a step checkpoint file, from its name."""
+    return int(STEP_FILE.fullmatch(path.name).group(1))
+
+
 def rng_states(order: torch.Generator) -> dict[str, Any]:
     """Every RNG a run draws from, as tensors and plain values (weights_only-safe)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -94,13 +99,16 @@ class Checkpoints:
 
     def steps(self) -> list[int]:
         """The steps of the step checkpoints there are, oldest first."""
-        return [int(STEP_FILE.fullmatch(p.name).group(1)) for p in self.all()]
+        return [step_of(p) for p in self.all()]
 
-    def rewind(self, step: int) -> Path:
-        """The checkpoint at `step`, the newer ones removed: a run continued from an older checkpoint
-        (its group's, groups.align) writes them again, the same, and must not take a stale one for its newest."""
+    def continue_from(self, step: int | None = None) -> Path | None:
+        """The checkpoint to continue from: the one at `step` when there is one, the newer ones
+        removed (the run writes them again, the same, and must not take a stale one for its newest;
+        groups.align picks such a step); else the newest, or None."""
+        if step is None or step not in self.steps():
+            return self.latest()
         for newer in self.all():
-            if int(STEP_FILE.fullmatch(newer.name).group(1)) > step:
+            if step_of(newer) > step:
                 newer.unlink(missing_ok=True)
         return self.path(step)
 

@@ -150,7 +150,7 @@ def _continue(
     """resume() once the folder is this process's: restore the newest checkpoint (or `step`'s) and train on."""
     resolved = to_dict(config)
     saved = Checkpoints(run_dir, config.train.keep_last, resolved)
-    latest = saved.rewind(step) if step is not None and step in saved.steps() else saved.latest()
+    latest = saved.continue_from(step)
     if latest is None:
         raise UserError(
             f"{run_dir}: no checkpoint in it (it stopped before its first); "
