@@ -248,3 +248,32 @@ def expected_best(values: Sequence[float], k: int, higher_is_better: bool = True
 def budget_curve(values: Sequence[float], higher_is_better: bool = True) -> list[float]:
     """Expected best validation score after k = 1..N trials."""
     return [expected_best(values, k, higher_is_better) for k in range(1, len(values) + 1)]
+
+
+def mean_ranks(samples: dict[str, Sequence[float]], higher_is_better: bool = True) -> dict[str, float]:
+    """Each sample's mean mid-rank among all the values pooled (1 = the worst value), best highest;
+    a diverged run (-inf, or +inf for a loss) ranks below every finished one."""
+    sign = 1.0 if higher_is_better else -1.0
+    pooled = np.concatenate([sign * np.asarray(v, dtype=float).ravel() for v in samples.values()])
+    ranks, out, start = st.rankdata(pooled), {}, 0
+    for name, values in samples.items():
+        size = np.asarray(values).size
+        out[name] = float(ranks[start : start + size].mean())
+        start += size
+    return out
+
+
+def ranking(samples: dict[str, Sequence[float]], pairs: Sequence[Pair], higher_is_better: bool = True) -> list[str]:
+    """The names best first: by mean rank of their values pooled (mean_ranks: a diverged run below every
+    finished one, so an optimizer whose runs all diverged is last), and never a name above one that
+    detectably beats it."""
+    score = mean_ranks(samples, higher_is_better)
+    order = sorted(samples, key=lambda name: -score[name])
+    wins = [(p.winner, p.loser) for p in pairs if p.winner is not None]
+    for _ in range(len(order) ** 2):  # a detected win placed the wrong way round moves the winner up
+        wrong = next(((w, lost) for w, lost in wins if order.index(w) > order.index(lost)), None)
+        if wrong is None:
+            break
+        order.remove(wrong[0])
+        order.insert(order.index(wrong[1]), wrong[0])
+    return order
