@@ -56,8 +56,13 @@ def hand_made() -> StudyResults:
     """Two compared optimizers, one whose every trial diverged; numbers chosen by hand, not computed."""
     setup = Setup("loss/val", "loss/test", 2, 0.5, "s", "s.yaml", 2, "grid", 0, (1, 2))
     sgd = OptimizerResult(
-        Tuning(
-            "sgd", (_trial("sgd-t01", 0.1, 0.4), _trial("sgd-t02", 10.0, None)), {"name": "sgd", "lr": 0.1}, "sgd-t01"
+        (
+            Tuning(
+                "sgd",
+                (_trial("sgd-t01", 0.1, 0.4), _trial("sgd-t02", 10.0, None)),
+                {"name": "sgd", "lr": 0.1},
+                "sgd-t01",
+            ),
         ),
         (0.6, 0.5),
         Reruns(
@@ -67,37 +72,39 @@ def hand_made() -> StudyResults:
             ("runs/s/sgd-s1", "runs/s/sgd-s2"),
             0,
             stats.Summary(2, 0.325, 0.325, 0.035, (0.3, 0.35)),
+            (1, 1),
         ),
         Reach(0.5, 1, 2, stats.Summary(1, 40.0, 40.0, 0.0, (40.0, 40.0)), None),
         "a",
     )
     adam = OptimizerResult(
-        Tuning("adam", (_trial("adam-t01", 0.01, 0.45),), {"name": "adam", "lr": 0.01}, "adam-t01"),
+        (Tuning("adam", (_trial("adam-t01", 0.01, 0.45),), {"name": "adam", "lr": 0.01}, "adam-t01"),),
         (0.45,),
         Reruns(
-            (0.5, 0.8),
+            (0.5, None),
             (1, 2),
             ("finished", "diverged"),
             ("runs/s/adam-s1", "runs/s/adam-s2"),
             1,
-            stats.Summary(2, 0.65, 0.65, 0.2, (0.5, 0.8)),
+            None,
+            (1, 1),
         ),
         Reach(0.5, 0, 1, None, None),
         "b",
     )
     wild = OptimizerResult(
-        Tuning("wild", (_trial("wild-t01", 10.0, None),), None, None),
+        (Tuning("wild", (_trial("wild-t01", 10.0, None),), None, None),),
         (0.6,),
-        Reruns((), (), (), (), 0, None),
+        Reruns((None, None), (None, None), ("not run", "not run"), (None, None), 2, None, (1, 1)),
         Reach(0.5, 0, 0, None, None),
-        None,
+        "b",
     )
     pair = stats.Pair("sgd", "adam", 1.0, (1.0, 1.0), 0.01, 0.01, "sgd")
     optimizers = {"sgd": sgd, "adam": adam, "wild": wild}
-    return StudyResults(setup, optimizers, (pair,), ("sgd", "adam"), ("sgd",), ("wild",))
+    return StudyResults(setup, optimizers, (pair,), ("sgd", "adam", "wild"), ("sgd",), 0.05)
 
 
-def test_results_json_keeps_its_layout() -> None:
+def test_results_json_has_its_layout() -> None:
     def trial(name: str, lr: float, value: float | None) -> dict:
         return {
             "name": name,
@@ -106,6 +113,7 @@ def test_results_json_keeps_its_layout() -> None:
             "status": "finished" if value is not None else "diverged",
             "run_dir": f"runs/s/{name}",
             "optimizer": {"name": "sgd", "lr": lr},
+            "repeat": 1,
         }
 
     expected = {
@@ -119,10 +127,12 @@ def test_results_json_keeps_its_layout() -> None:
                 "chosen": {"name": "sgd", "lr": 0.1},
                 "chosen_trial": "sgd-t01",
                 "trials": [trial("sgd-t01", 0.1, 0.4), trial("sgd-t02", 10.0, None)],
+                "choices": [],
                 "budget_curve": [0.6, 0.5],
                 "reruns": {
                     "values": [0.3, 0.35],
                     "seeds": [1, 2],
+                    "repeats": [1, 1],
                     "statuses": ["finished", "finished"],
                     "run_dirs": ["runs/s/sgd-s1", "runs/s/sgd-s2"],
                     "diverged": 0,
@@ -144,17 +154,15 @@ def test_results_json_keeps_its_layout() -> None:
                 "chosen": {"name": "adam", "lr": 0.01},
                 "chosen_trial": "adam-t01",
                 "trials": [trial("adam-t01", 0.01, 0.45)],
+                "choices": [],
                 "budget_curve": [0.45],
                 "reruns": {
-                    "values": [0.5, 0.8],
+                    "values": [0.5, None],
                     "seeds": [1, 2],
+                    "repeats": [1, 1],
                     "statuses": ["finished", "diverged"],
                     "run_dirs": ["runs/s/adam-s1", "runs/s/adam-s2"],
                     "diverged": 1,
-                    "mean": 0.65,
-                    "median": 0.65,
-                    "std": 0.2,
-                    "ci": [0.5, 0.8],
                 },
                 "to_target": {"target": 0.5, "reached": 0, "of": 1, "steps": None, "samples": None},
                 "group": "b",
@@ -163,9 +171,18 @@ def test_results_json_keeps_its_layout() -> None:
                 "chosen": None,
                 "chosen_trial": None,
                 "trials": [trial("wild-t01", 10.0, None)],
+                "choices": [],
                 "budget_curve": [0.6],
-                "reruns": {"values": [], "seeds": [], "statuses": [], "run_dirs": [], "diverged": 0},
+                "reruns": {
+                    "values": [None, None],
+                    "seeds": [None, None],
+                    "repeats": [1, 1],
+                    "statuses": ["not run", "not run"],
+                    "run_dirs": [None, None],
+                    "diverged": 2,
+                },
                 "to_target": {"target": 0.5, "reached": 0, "of": 0, "steps": None, "samples": None},
+                "group": "b",
             },
         },
         "pairs": [
@@ -181,7 +198,10 @@ def test_results_json_keeps_its_layout() -> None:
             }
         ],
         "best": ["sgd"],
-        "unranked": ["wild"],
+        "detectable": 0.05,
+        "tuning_sd": 0.0,
+        "repeats": 1,
+        "repeat_seeds": [0],
         "study": "s",
         "source": "s.yaml",
         "budget": 2,
@@ -200,15 +220,16 @@ def test_the_verdict_names_the_winner_whichever_side_of_the_pair_it_is() -> None
     tie = stats.Pair("adam", "sgd", 0.5, (0.2, 0.8), 0.5, 0.5, None)
     assert (tie.winner, tie.loser) == (None, None)
     lines = verdict_lines(
-        StudyResults(results.setup, results.optimizers, (reversed_pair,), results.order, results.best, results.unranked)
+        StudyResults(results.setup, results.optimizers, (reversed_pair,), results.order, results.best)
     )
     assert lines[:2] == [
         "**sgd** is best on loss/test (2 seeds each).",
-        "Letters (optimizers that share one show no detectable difference): sgd a, adam b.",
+        "Letters (optimizers that share one show no detectable difference): sgd a, adam b, wild b.",
     ]
     assert "- sgd beats adam: P = 0.90, 95% CI 0.75–1.00, p = 0.03 (two-sided, Holm over 1 pairs)" in lines
-    assert lines[-1] == "- not compared (every trial diverged): wild"
-    lines = verdict_lines(StudyResults(results.setup, results.optimizers, (tie,), ("adam", "sgd"), ("adam", "sgd"), ()))
+    assert lines[-1] == "- no rerun finished (ranked last): wild"
+    two = {label: results.optimizers[label] for label in ("adam", "sgd")}
+    lines = verdict_lines(StudyResults(results.setup, two, (tie,), ("adam", "sgd"), ("adam", "sgd")))
     assert lines == [
         "**No detectable difference**: adam and sgd tie on loss/test with 2 seeds each.",
         "- no detectable difference with 2 seeds: adam–sgd",
@@ -224,7 +245,7 @@ def _run(folder: Path, status: str, seed: int, final: dict[str, float]) -> str:
     return str(folder)
 
 
-def test_analyse_scores_a_diverged_rerun_worst_and_groups_by_the_report_metric(tmp_path: Path) -> None:
+def test_analyse_ranks_a_diverged_rerun_below_every_finished_one(tmp_path: Path) -> None:
     trials = {label: (_trial(f"{label}-t01", 0.1, v),) for label, v in (("a", 0.2), ("b", 0.3), ("c", None))}
     tunings = [
         Tuning(
@@ -236,26 +257,28 @@ def test_analyse_scores_a_diverged_rerun_worst_and_groups_by_the_report_metric(t
         for label, t in trials.items()
     ]
     reruns = {
-        "a": [_run(tmp_path / f"a{s}", "finished", s, {"loss/val": 0.1 * s}) for s in (1, 2, 3)],
-        "b": [
+        ("a", 1): [_run(tmp_path / f"a{s}", "finished", s, {"loss/val": 0.1 * s}) for s in (1, 2, 3)],
+        ("b", 1): [
             _run(tmp_path / "b1", "diverged", 1, {}),
             *[_run(tmp_path / f"b{s}", "finished", s, {"loss/val": 1.0 + s}) for s in (2, 3)],
         ],
-        "c": [],
-    }
+    }  # c: every trial diverged, nothing rerun
     setup = Setup("loss/val", "loss/val", 3, 0.35, "s", "s.yaml", 1, "grid", 0, (1, 2, 3))
     results = verdict.analyse(tunings, reruns, setup)
-    b = results.optimizers["b"]
-    assert b.reruns.values == (4.0, 3.0, 4.0) and b.reruns.diverged == 1  # scored as the study's worst rerun
+    b, c = results.optimizers["b"], results.optimizers["c"]
+    assert b.reruns.values == (None, 3.0, 4.0) and b.reruns.diverged == 1  # no value imputed from the others
     assert b.reruns.statuses == ("diverged", "finished", "finished") and b.reruns.seeds == (1, 2, 3)
+    assert b.reruns.summary.mean == pytest.approx(3.5)  # over its finished reruns
+    assert c.reruns.statuses == ("not run",) * 3 and c.reruns.diverged == 3 and c.reruns.summary is None
     assert results.optimizers["a"].reruns.summary.mean == pytest.approx(0.2)
-    (pair,) = results.pairs
-    assert (pair.a, pair.b, pair.p_a_beats_b) == ("a", "b", 1.0)
-    assert results.best == (("a",) if pair.winner == "a" else ("a", "b"))  # who wins: stats.py says
-    assert results.ranked == ["a", "b"]
-    assert results.unranked == ("c",) and results.optimizers["c"].group is None
-    assert results.optimizers["c"].budget_curve == (0.3,)  # its diverged trial scored as the study's worst trial
+    pairs = {(p.a, p.b): p for p in results.pairs}
+    assert pairs["a", "b"].p_a_beats_b == 1.0  # the diverged rerun loses to every finished one
+    assert pairs["b", "c"].p_a_beats_b == pytest.approx((2 * 3 + 3 * 0.5) / 9)  # diverged ties with not run
+    assert pairs["a", "b"].p_value == pytest.approx(2 / 20)  # exact two-sided, 3 against 3
+    assert results.ranked == ["a", "b", "c"]  # c never trained a rerun: last
+    assert all(p.winner is None for p in results.pairs)  # 3 seeds cannot reach 0.05 after Holm over 3 pairs
+    assert results.best == ("a", "b", "c") and results.detectable is None
+    assert c.budget_curve == (0.3,)  # its diverged trial scored as the study's worst trial
     reach = results.optimizers["a"].to_target  # the curves fall from 2x to 1x the final value: steps 10, 20, 20
     assert (reach.reached, reach.of, reach.steps.mean) == (3, 3, pytest.approx(50 / 3))
     assert reach.samples.mean == pytest.approx(500 / 3)  # 100, 200, 200: the samples seen by the epoch that reached it
-    assert results.to_json()["optimizers"]["b"]["reruns"]["values"] == [4.0, 3.0, 4.0]

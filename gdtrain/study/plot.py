@@ -38,11 +38,11 @@ def _lr(results: StudyResults, colours: dict[str, Any]) -> Any:
     fig = figure(7, 4.2)
     ax = fig.subplots()
     select = results.setup.select
-    trials = [t for e in results.optimizers.values() for t in e.tuning.trials]
+    trials = [t for e in results.optimizers.values() for t in e.trials]
     values = [t.select_value for t in trials if t.select_value is not None]
     floor = metrics.worst_of(select)(values) if values else 0.0
     for label, e in results.optimizers.items():
-        trials = sorted(e.tuning.trials, key=lambda t: t.lr)
+        trials = sorted(e.trials, key=lambda t: t.lr)
         ok = [(t.lr, t.select_value) for t in trials if t.select_value is not None]
         bad = [t.lr for t in trials if t.select_value is None]
         if ok:
@@ -56,9 +56,10 @@ def _lr(results: StudyResults, colours: dict[str, Any]) -> Any:
                 color=colours[label],
                 label=f"{label}: diverged" if not ok else None,
             )
-        chosen = next((t for t in trials if t.name == e.tuning.chosen_trial), None)
-        if chosen is not None:
-            ax.scatter([chosen.lr], [chosen.select_value], s=120, facecolors="none", edgecolors=colours[label], lw=1.5)
+        chosen = [t for t in trials if t.name in e.chosen_trials]
+        if chosen:
+            at = [(t.lr, t.select_value) for t in chosen]
+            ax.scatter(*zip(*at), s=120, facecolors="none", edgecolors=colours[label], lw=1.5)
     ax.set_xscale("log")
     ax.set(
         xlabel="lr (log scale)",
@@ -92,7 +93,7 @@ def _reruns(results: StudyResults, colours: dict[str, Any]) -> Any:
     left, right = fig.subplots(1, 2)
     select = results.setup.select
     for label, e in results.optimizers.items():
-        runs = [read_run(Path(p)) for p in e.reruns.run_dirs]
+        runs = [read_run(Path(p)) for p in e.reruns.run_dirs if p is not None]
         for ax, tag, x_of in ((left, "loss/train", 0), (right, select, 1)):
             curves = [c for run in runs if (c := [(point[x_of], point[2]) for point in run.curve(tag)])]
             draw_band(ax, curves, colours[label], f"{label} (n={len(curves)})")
@@ -106,14 +107,15 @@ def _reruns(results: StudyResults, colours: dict[str, Any]) -> Any:
 
 
 def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
-    order = [*results.ranked, *results.unranked]
+    order = results.ranked
     fig = figure(max(5, 1.1 * len(order) + 2), 4.2)
     ax = fig.subplots()
     for i, label in enumerate(order):
         r = results.optimizers[label].reruns
-        n = len(r.values)
+        values = r.finished  # a diverged rerun has no value to draw: the tick label counts them
+        n = len(values)
         jitter = [(k - (n - 1) / 2) * 0.06 for k in range(n)]  # spread equal values apart, deterministically
-        ax.scatter([i + j for j in jitter], r.values, color=colours[label], s=22, zorder=3)
+        ax.scatter([i + j for j in jitter], values, color=colours[label], s=22, zorder=3)
         if (s := r.summary) is not None:
             ax.errorbar(
                 [i + 0.3],
@@ -124,8 +126,12 @@ def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
                 ms=5,
                 capsize=4,
             )
-    groups = [results.optimizers[label].group or "—" for label in order]
-    ax.set_xticks(range(len(order)), [f"{label}\n(group {group})" for label, group in zip(order, groups)], fontsize=8)
+    ticks = []
+    for label in order:
+        e = results.optimizers[label]
+        lost = f", {e.reruns.diverged} diverged" if e.reruns.diverged else ""
+        ticks.append(f"{label}\n(group {e.group}{lost})")
+    ax.set_xticks(range(len(order)), ticks, fontsize=8)
     report = results.setup.report
     ax.set(ylabel=report, title=f"{report} per seed; diamond: mean and 95% CI ({metrics.direction(report)} is better)")
     ax.grid(alpha=0.3, axis="y")

@@ -68,33 +68,111 @@ def _ci_beats(pair: Pair, name: str) -> tuple[float, float]:
 
 def verdict_lines(results: StudyResults) -> list[str]:
     """The verdict in plain words: who ties at the top, who beats whom and how surely."""
-    order, best, seeds, pairs = results.order, results.best, results.setup.seeds, results.pairs
-    report = results.setup.report
+    order, best, pairs, setup = results.order, results.best, results.pairs, results.setup
+    report, runs = setup.report, _runs_each(setup)
 
     def names(group: list[str]) -> str:
         return " and ".join(group) if len(group) <= 2 else ", ".join(group[:-1]) + " and " + group[-1]
 
     if not order:
-        return ["No optimizer has two reruns to compare; see the table."]
+        return ["No optimizer to compare; see the table."]
+    if len(order) == 1:
+        return [f"One optimizer, {order[0]}: nothing to compare it with."]
     if len(best) == len(order):
-        lines = [f"**No detectable difference**: {names(list(order))} tie on {report} with {seeds} seeds each."]
+        lines = [f"**No detectable difference**: {names(list(order))} tie on {report} with {runs} each."]
     else:
         head = f"**{names(list(best))}** " + ("tie for best" if len(best) > 1 else "is best")
-        lines = [f"{head} on {report} ({seeds} seeds each)."]
+        lines = [f"{head} on {report} ({runs} each)."]
         marks = ", ".join(f"{label} {results.optimizers[label].group}" for label in order)
         lines.append(f"Letters (optimizers that share one show no detectable difference): {marks}.")
+    test = "over the repeats" if setup.repeats >= 2 else "two-sided"
     for pair in pairs:
         if pair.winner is not None:
             lo, hi = _ci_beats(pair, pair.winner)
             lines.append(
                 f"- {pair.winner} beats {pair.loser}: P = {_p(_p_beats(pair, pair.winner))}, 95% CI {_p(lo)}–{_p(hi)}, "
-                f"p = {fmt(pair.p_adjusted)} (two-sided, Holm over {len(pairs)} pairs)"
+                f"p = {fmt(pair.p_adjusted)} ({test}, Holm over {len(pairs)} pairs)"
             )
     ties = [f"{p.a}–{p.b}" for p in pairs if p.winner is None]
     if ties:
-        lines.append(f"- no detectable difference with {seeds} seeds: {', '.join(ties)}")
-    if results.unranked:
-        lines.append(f"- not compared (every trial diverged): {', '.join(results.unranked)}")
+        lines.append(f"- no detectable difference with {runs}: {', '.join(ties)}")
+    never = [label for label, e in results.optimizers.items() if not e.reruns.finished]
+    if never:
+        lines.append(f"- no rerun finished (ranked last): {', '.join(never)}")
+    return lines
+
+
+def _runs_each(setup: Any) -> str:
+    if setup.repeats >= 2:
+        return f"{setup.repeats} repeats of {setup.seeds} seeds"
+    return f"{setup.seeds} seeds"
+
+
+def scope_lines(results: StudyResults) -> list[str]:
+    """What the verdict is about: what was tuned over which range, what was fixed, the budget, repeats and seeds,
+    and the smallest difference the design could detect."""
+    setup = results.setup
+    lines = [f"- Tuned, {setup.budget} trials per optimizer ({setup.sampler}), chosen on {setup.select}:"]
+    lines += [f"  - {label}: {text}" for label, text in setup.scope]
+    if setup.repeats >= 2:
+        lines.append(
+            f"- Repeats: {setup.repeats} independent tune → choose → rerun pipelines per optimizer (tuning seeds "
+            f"{', '.join(map(str, setup.repeat_seeds))}), each chosen setting rerun on {setup.seeds} fresh seeds. "
+            "The claims and intervals are over the pipelines: they include how much tuning itself varies."
+        )
+    else:
+        lines.append(
+            f"- Tuned once (tuning seed {setup.tuning_seed}), the chosen setting rerun on seeds "
+            f"{', '.join(map(str, setup.rerun_seeds))}. The claims and intervals are about these chosen settings, "
+            "not about each optimizer tuned anew; `repeats: 3` or more includes the variance of tuning."
+        )
+    sd = results.seed_sd
+    if results.detectable is None:
+        lines.append(
+            f"- This design cannot declare any difference: with {len(results.order)} optimizers and {setup.seeds} "
+            "seeds the smallest possible p is above 0.05 after Holm's adjustment; add seeds or repeats."
+        )
+    else:
+        lines.append(
+            f"- Detectable: a difference of {fmt(results.detectable)} in mean {setup.report} would be found with "
+            f"80% power at the spread seen (reruns' std {fmt(sd)}"
+            + (f", tuning adds a std of {fmt(results.tuning_sd)} to a repeat's mean)." if setup.repeats >= 2 else ").")
+        )
+    return lines
+
+
+def choice_lines(results: StudyResults) -> list[str]:
+    """Each repeat's choice per optimizer: what it chose, its lead over the runner-up, and what its reruns gave."""
+    setup = results.setup
+    head = [
+        "optimizer",
+        "repeat",
+        "chosen",
+        f"{setup.select}",
+        "lead over runner-up",
+        "reruns' std",
+        f"mean {setup.report}",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in results.order:
+        for c in results.optimizers[label].choices:
+            lead = "—" if c.margin is None else fmt(c.margin) + (" (near tie)" if c.near_tie else "")
+            chosen = "every trial diverged" if c.settings is None else _settings(c.settings)
+            row = [label, str(c.repeat), chosen, fmt(c.select_value), lead, fmt(c.noise), fmt(c.mean)]
+            lines.append("| " + " | ".join(row) + " |")
+    ties = sum(c.near_tie for e in results.optimizers.values() for c in e.choices)
+    lines += [
+        "",
+        f"A near tie ({ties} here): the runner-up's {setup.select} is within the chosen setting's rerun noise, "
+        "so which of the two was chosen is chance.",
+    ]
+    if setup.repeats >= 2:
+        moved = []
+        for label in results.order:
+            means = [c.mean for c in results.optimizers[label].choices if c.mean is not None]
+            if len(means) >= 2:
+                moved.append(f"{label} {fmt(min(means))}–{fmt(max(means))}")
+        lines.append(f"How much the choice moved the result (the repeats' means): {'; '.join(moved)}.")
     return lines
 
 
@@ -115,12 +193,14 @@ def markdown(results: StudyResults, figures: list[str]) -> str:
         "",
         *verdict_lines(results),
         "",
-        f"Each optimizer had {setup.budget} tuning trials ({setup.sampler} sampler, seed "
-        f"{setup.tuning_seed}), chosen on {setup.select}; its best setting was rerun with seeds "
-        f"{', '.join(map(str, setup.rerun_seeds))}. P(A beats B) is the chance that a rerun of A scores better "
-        f"than one of B (Mann-Whitney U / n·m, ties half); A beats B only when the two-sided exact Mann-Whitney "
-        f"test, Holm-adjusted over the {len(results.pairs)} pairs, gives p < 0.05: every claim together holds at a "
-        f"5% family-wise error rate. {report}: {metrics.direction(report)} is better.",
+        "## Scope",
+        "",
+        *scope_lines(results),
+        "",
+        f"P(A beats B) is the chance that a rerun of A scores better than one of B (Mann-Whitney U / n·m, ties "
+        f"half; a diverged rerun below every finished one). A beats B only when {_test(setup)}, Holm-adjusted over "
+        f"the {len(results.pairs)} pairs, gives p < 0.05: every claim together holds at a 5% family-wise error "
+        f"rate. {report}: {metrics.direction(report)} is better.",
         "",
         "## Optimizers",
         "",
@@ -129,13 +209,13 @@ def markdown(results: StudyResults, figures: list[str]) -> str:
     head = ["group", "optimizer", "chosen settings", f"mean {report}", "95% CI", "median", "diverged"]
     head += [f"steps to {setup.select} {fmt(target)}"] if target is not None else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label in [*results.ranked, *results.unranked]:
+    for label in results.ranked:
         e = results.optimizers[label]
         r, s = e.reruns, e.reruns.summary
         row = [
-            str(e.group or "—"),
+            e.group,
             label,
-            _settings(e.tuning.chosen),
+            _settings(e.tuning.chosen) if setup.repeats == 1 else f"{len(e.chosen_trials)} choices, below",
             fmt(s.mean if s else None),
             f"{fmt(s.ci[0])}–{fmt(s.ci[1])}" if s else "—",
             fmt(s.median if s else None),
@@ -145,6 +225,7 @@ def markdown(results: StudyResults, figures: list[str]) -> str:
             t = e.to_target
             row.append("—" if t is None or t.steps is None else f"{t.steps.mean:.0f} ({t.reached}/{t.of})")
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Choices" + (", repeat by repeat" if setup.repeats >= 2 else ""), "", *choice_lines(results)]
     ranked = results.ranked
     if len(ranked) > 1:
         lines += [
@@ -164,6 +245,15 @@ def markdown(results: StudyResults, figures: list[str]) -> str:
         lines += ["", "(No figures: matplotlib is not installed; pip install 'gdtrain[plot]'.)"]
     lines += ["", "Every number here is in results.json; the chosen settings are runnable configs in chosen/."]
     return "\n".join(lines) + "\n"
+
+
+def _test(setup: Any) -> str:
+    if setup.repeats >= 2:
+        return (
+            "Student's t test of the pipelines' means (an exact permutation test of their mean ranks when a "
+            "rerun diverged)"
+        )
+    return "the two-sided exact Mann-Whitney test"
 
 
 def _write_csv(path: Path, results: StudyResults) -> None:

@@ -14,7 +14,16 @@ from gdtrain.core.errors import UserError
 from gdtrain.core.manifest import MANIFEST, Manifest
 from gdtrain.core.runs import flatten
 from gdtrain.execution.options import Execution, continue_command
-from gdtrain.study.spec import Arm, Study, rerun_name, rerun_points, rerun_seeds, tuning_points
+from gdtrain.study.spec import (
+    Arm,
+    Study,
+    repeat_seed,
+    repeats,
+    rerun_name,
+    rerun_points,
+    rerun_seeds,
+    tuning_points,
+)
 
 if TYPE_CHECKING:
     from gdtrain.study.verdict import StudyResults  # imported where it runs: scipy takes a second
@@ -40,24 +49,33 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
     if trials is None:
         return folder, None, code
     tunings, chosen = [], {}
-    for arm in study.arms:
-        records = [
-            verdict.trial_record(name, _searched(arm, doc), Path(trials[name]), study.select)
-            for label, name, doc in points
-            if label == arm.label
-        ]
-        best = verdict.choose(records, study.select)
-        if best is not None:
-            chosen[arm.label] = next(doc["optimizer"] for _, name, doc in points if name == best.name)
-        tunings.append(verdict.Tuning(arm.label, tuple(records), chosen.get(arm.label), best.name if best else None))
+    for repeat in repeats(study):
+        for arm in study.arms:
+            records = [
+                verdict.trial_record(name, _searched(arm, doc), Path(trials[name]), study.select)
+                for label, name, doc in tuning_points(study, repeat)
+                if label == arm.label
+            ]
+            best = verdict.choose(records, study.select)
+            if best is not None:
+                chosen[arm.label, repeat] = next(
+                    doc["optimizer"] for _, name, doc in tuning_points(study, repeat) if name == best.name
+                )
+            tunings.append(
+                verdict.Tuning(
+                    arm.label, tuple(records), chosen.get((arm.label, repeat)), best.name if best else None, repeat
+                )
+            )
     again = rerun_points(study, chosen)
     manifest.plan(_labelled(study, points + again))
     reruns, code = _execute(study, again, runs_dir, execution, echo, "reruns", manifest)
     if reruns is None:
         return folder, None, code
     rerun_dirs = {
-        arm.label: [reruns[rerun_name(arm, seed)] for seed in rerun_seeds(study) if arm.label in chosen]
+        (arm.label, repeat): [reruns[rerun_name(arm, seed, repeat)] for seed in rerun_seeds(study, repeat)]
+        for repeat in repeats(study)
         for arm in study.arms
+        if (arm.label, repeat) in chosen
     }
     setup = verdict.Setup(
         study.select,
@@ -70,6 +88,9 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
         study.spec.sampler,
         study.spec.study.seed,
         tuple(rerun_seeds(study)),
+        study.spec.repeats,
+        tuple(repeat_seed(study, r) for r in repeats(study)),
+        tuple((arm.label, arm.describe()) for arm in study.arms),
     )
     results = verdict.analyse(tunings, rerun_dirs, setup)
     studyreport.write(folder, results, study.base, study.spec.study)

@@ -7,6 +7,11 @@ budget for all of them (that is the fairness, after Sivaprasad et al. 2020). `gd
 2. selects, per optimizer, the trial with the best final `select` (validation) value;
 3. reruns that setting on `seeds` fresh seeds (study.seed + 1, ...: disjoint from the tuning seed);
 4. states the verdict from the reruns' `report` metric (gdtrain/report/stats.py, gdtrain/study/report.py).
+With `repeats: R`, steps 1-3 run R times per optimizer, independent pipelines: repeat r draws its
+trials and trains them from its own seed, study.seed + (r - 1) * SEED_STRIDE, and reruns on the seeds
+after it, so no two repeats share a seed; the verdict is then over the pipelines
+(gdtrain/report/pipelines.py) and includes the variance of tuning itself. Repeat 1 is the study
+without repeats, names and seeds alike, so `--set repeats=R --resume` adds repeats to a finished study.
 Every trial and rerun is an ordinary run folder in DIR/<study-name>/, so --resume, compare and
 TensorBoard treat them as any run; its manifest.json lists them (gdtrain/core/manifest.py).
 This module holds the schema and the points; runner.py runs the phases.
@@ -36,12 +41,16 @@ from gdtrain.core.errors import UserError
 from gdtrain.core.yamlio import format_validation_error, load_yaml
 
 OPTIMIZER_CLASSES = {member.model_fields["name"].default: member for member in OptimizerConfig.__origin__.__args__}  # type: ignore[attr-defined]
-STUDY_KEYS = ("study", "base", "optimizers", "budget", "sampler", "seeds", "select", "report", "target")
+STUDY_KEYS = ("study", "base", "optimizers", "budget", "sampler", "seeds", "repeats", "select", "report", "target")
+MAX_SEEDS, MAX_REPEATS = 1000, 100
+SEED_STRIDE = MAX_SEEDS + 1  # repeat r's seeds: study.seed + (r - 1) * SEED_STRIDE, then its reruns' after it
 
 
 class StudyMeta(Section):
     name: Annotated[str, AfterValidator(check_name)] = "study"  # the folder DIR/<name>/
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1 - 1000)] = 0  # sampler and tuning seed; reruns take seed+1..
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1 - MAX_REPEATS * SEED_STRIDE)] = (
+        0  # sampler and tuning seed; reruns seed+1..
+    )
 
 
 class StudySpec(Section):
@@ -52,7 +61,10 @@ class StudySpec(Section):
     optimizers: Annotated[list[dict[str, Any]], Field(min_length=1)]  # {name, label?, fixed keys, spaces}
     budget: Annotated[int, Field(ge=1, le=1000)]  # trials per optimizer, the same for each
     sampler: Literal["grid", "random", "quasirandom"] = "quasirandom"  # quasirandom: scrambled Halton
-    seeds: Annotated[int, Field(ge=2, le=1000)] = 5  # reruns of each chosen setting; 2 at least for a CI
+    seeds: Annotated[int, Field(ge=2, le=MAX_SEEDS)] = 5  # reruns of each chosen setting; 2 at least for a CI
+    repeats: Annotated[int, Field(ge=1, le=MAX_REPEATS)] = (
+        1  # independent tune → choose → rerun pipelines per optimizer
+    )
     select: str | None = None  # validation metric that chooses; None: accuracy/val, else loss/val
     report: str | None = None  # metric of the verdict; None: the test one when there is a test split
     target: float | None = None  # value of `select` whose steps and samples to reach are reported
@@ -95,6 +107,22 @@ class Arm:
 
     def __init__(self, label: str, fixed: dict[str, Any], spaces: dict[str, Space]) -> None:
         self.label, self.fixed, self.spaces = label, fixed, spaces
+
+    def describe(self) -> str:
+        """What is tuned over which range and what is fixed: `sgd, lr log-uniform 0.0003–0.3; momentum 0.9 fixed`
+        (the optimizer named where the label is not its name)."""
+        tuned = [
+            f"{key} "
+            + (
+                f"one of {s.values}"
+                if s.kind == "choice"
+                else f"{s.kind.replace('_', '-')} {s.values[0]:g}–{s.values[1]:g}"
+            )
+            for key, s in self.spaces.items()
+        ]
+        fixed = [f"{key} {value}" for key, value in self.fixed.items() if key != "name"]
+        text = "; ".join(tuned + ([", ".join(fixed) + " fixed"] if fixed else []))
+        return text if self.label == self.fixed["name"] else f"{self.fixed['name']}, {text}"
 
 
 def _space(where: str, key: str, value: Any, field_is_list: bool) -> Space | None:
@@ -264,18 +292,24 @@ def _document(base: dict[str, Any], optimizer: dict[str, Any], meta: StudyMeta, 
     return doc
 
 
-def samples(study: Study, arm: Arm) -> list[dict[str, Any]]:
-    """The arm's `budget` settings of its searched keys, from the sampler and study.seed. Every arm
-    gets the same points of the unit cube, each mapped into its own space: matched draws."""
-    spec, keys = study.spec, list(arm.spaces)
+def repeat_seed(study: Study, repeat: int) -> int:
+    """The seed of repeat `repeat` (1-based): its sampler's and its trials' training seed."""
+    return study.spec.study.seed + (repeat - 1) * SEED_STRIDE
+
+
+def samples(study: Study, arm: Arm, repeat: int = 1) -> list[dict[str, Any]]:
+    """The arm's `budget` settings of its searched keys in one repeat, from the sampler and the repeat's
+    seed. Every arm gets the same points of the unit cube, each mapped into its own space: matched
+    draws. A grid is the same in every repeat (its repeats differ in their seeds only)."""
+    spec, keys, seed = study.spec, list(arm.spaces), repeat_seed(study, repeat)
     if spec.sampler == "grid":
         return _grid(study, arm)
     if spec.sampler == "random":
-        unit = np.random.default_rng(spec.study.seed).random((spec.budget, len(keys)))
+        unit = np.random.default_rng(seed).random((spec.budget, len(keys)))
     else:
         from scipy.stats import qmc  # AlgoPerf's choice: a scrambled Halton sequence
 
-        unit = qmc.Halton(d=len(keys), scramble=True, seed=spec.study.seed).random(spec.budget)
+        unit = qmc.Halton(d=len(keys), scramble=True, seed=seed).random(spec.budget)
     return [{key: arm.spaces[key].at(float(u)) for key, u in zip(keys, row)} for row in unit]
 
 
@@ -301,39 +335,51 @@ def _lr_text(value: float) -> str:
     return f"{value:.3g}"
 
 
-def trial_name(arm: Arm, index: int, setting: dict[str, Any]) -> str:
-    """`adam-t03-lr0.00123`: the optimizer, the trial number and its lr."""
-    return f"{arm.label}-t{index:02d}-lr{_lr_text(setting['lr'])}"
+def _prefix(arm: Arm, repeat: int) -> str:
+    return arm.label if repeat == 1 else f"{arm.label}-r{repeat}"
 
 
-def rerun_name(arm: Arm, seed: int) -> str:
-    """`adam-s1`: the optimizer and the seed of a rerun of its chosen setting."""
-    return f"{arm.label}-s{seed}"
+def trial_name(arm: Arm, index: int, setting: dict[str, Any], repeat: int = 1) -> str:
+    """`adam-t03-lr0.00123` (`adam-r2-t03-lr0.00123` in repeat 2): the optimizer, the trial number and its lr."""
+    return f"{_prefix(arm, repeat)}-t{index:02d}-lr{_lr_text(setting['lr'])}"
 
 
-def tuning_points(study: Study) -> list[tuple[str, str, dict[str, Any]]]:
-    """(arm label, run name, config document) of every tuning trial, optimizer after optimizer."""
+def rerun_name(arm: Arm, seed: int, repeat: int = 1) -> str:
+    """`adam-s1` (`adam-r2-s1002` in repeat 2): the optimizer and the seed of a rerun of its chosen setting."""
+    return f"{_prefix(arm, repeat)}-s{seed}"
+
+
+def repeats(study: Study) -> range:
+    """The repeats, 1-based."""
+    return range(1, study.spec.repeats + 1)
+
+
+def tuning_points(study: Study, repeat: int | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(arm label, run name, config document) of every tuning trial of one repeat (None: of every
+    repeat, repeat after repeat), optimizer after optimizer."""
     points = []
-    for arm in study.arms:
-        for i, setting in enumerate(samples(study, arm), 1):
-            doc = _document(study.base, arm.fixed | setting, study.spec.study, study.spec.study.seed)
-            points.append((arm.label, trial_name(arm, i, setting), doc))
+    for r in repeats(study) if repeat is None else [repeat]:
+        for arm in study.arms:
+            for i, setting in enumerate(samples(study, arm, r), 1):
+                doc = _document(study.base, arm.fixed | setting, study.spec.study, repeat_seed(study, r))
+                points.append((arm.label, trial_name(arm, i, setting, r), doc))
     return points
 
 
-def rerun_seeds(study: Study) -> list[int]:
-    """study.seed + 1 .. + seeds: never the tuning seed."""
-    return [study.spec.study.seed + k for k in range(1, study.spec.seeds + 1)]
+def rerun_seeds(study: Study, repeat: int = 1) -> list[int]:
+    """The repeat's seed + 1 .. + seeds: never a tuning seed, nor another repeat's."""
+    return [repeat_seed(study, repeat) + k for k in range(1, study.spec.seeds + 1)]
 
 
-def rerun_points(study: Study, chosen: dict[str, dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(arm label, run name, config document) of every rerun of each arm's chosen optimizer section."""
+def rerun_points(study: Study, chosen: dict[tuple[str, int], dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(arm label, run name, config document) of every rerun of each (arm label, repeat)'s chosen optimizer
+    section, repeat after repeat."""
     points = []
-    for arm in study.arms:
-        if arm.label not in chosen:
-            continue  # every trial diverged: nothing to rerun
-        for seed in rerun_seeds(study):
-            points.append(
-                (arm.label, rerun_name(arm, seed), _document(study.base, chosen[arm.label], study.spec.study, seed))
-            )
+    for r in repeats(study):
+        for arm in study.arms:
+            if (arm.label, r) not in chosen:
+                continue  # every trial diverged: nothing to rerun
+            for seed in rerun_seeds(study, r):
+                doc = _document(study.base, chosen[arm.label, r], study.spec.study, seed)
+                points.append((arm.label, rerun_name(arm, seed, r), doc))
     return points

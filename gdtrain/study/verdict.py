@@ -1,22 +1,28 @@
 """A study's numbers, from its run folders: choices, reruns, pairs, letters and budget curves.
 
 Everything the report says is computed here once, into StudyResults; the report and the figures
-only format it, and results.json is its to_json(). A diverged trial or rerun is a result, scored
-as the worst value any run of its kind (trial or rerun) reached in the study: it loses every
-comparison and drags its optimizer's mean and budget curve down, as it should, without making
-them infinite. Which way is better comes from gdtrain/core/metrics.py.
+only format it, and results.json is its to_json(). A diverged rerun is a result without a value: it
+ranks below every finished rerun of any optimizer (it enters the tests as -inf, +inf for a loss)
+and is counted in its optimizer's divergence rate; means and intervals are over finished reruns.
+A repeat whose every trial diverged has nothing to rerun: its reruns count as diverged, so an
+optimizer that never trains ranks last. Without repeats the claims are stats.compare_all's (exact
+Mann-Whitney over reruns), with them pipelines.compare_pipelines' (over the repeats' pipelines).
+Only the budget curve still scores a diverged trial, as the worst trial value of the study, so
+that an expected best stays finite. Which way is better comes from gdtrain/core/metrics.py.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gdtrain.core import metrics
 from gdtrain.core.folders import Run, read_run
-from gdtrain.report import stats
+from gdtrain.report import pipelines, power, stats
 from gdtrain.report.compare import figures
 
 
@@ -49,6 +55,30 @@ class Tuning:
     trials: tuple[Trial, ...]
     chosen: dict[str, Any] | None  # the chosen trial's optimizer section; None: every trial diverged
     chosen_trial: str | None  # the chosen trial's name
+    repeat: int = 1  # which of the study's repeats (1-based)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One repeat's choice for an optimizer: what it chose, by how much, and what its reruns gave."""
+
+    repeat: int
+    trial: str | None  # the chosen trial; None: every trial diverged
+    settings: dict[str, Any] | None  # the chosen trial's searched settings
+    select_value: float | None
+    runner_up: str | None  # the second-best trial
+    margin: float | None  # how far the chosen trial's select value is ahead of the runner-up's
+    noise: float | None  # the std of the select metric over this repeat's finished reruns
+    mean: float | None  # the mean report metric of this repeat's finished reruns
+
+    @property
+    def near_tie(self) -> bool:
+        """The runner-up is within the reruns' noise: which of the two was chosen is chance."""
+        return self.margin is not None and self.noise is not None and self.margin < self.noise
+
+    def as_dict(self) -> dict[str, Any]:
+        """The choice as results.json lists it."""
+        return asdict(self) | {"near_tie": self.near_tie}
 
 
 @dataclass(frozen=True)
@@ -64,25 +94,35 @@ class Setup:
     budget: int  # trials per optimizer
     sampler: str
     tuning_seed: int
-    rerun_seeds: tuple[int, ...]
+    rerun_seeds: tuple[int, ...]  # repeat 1's
+    repeats: int = 1  # independent tune → choose → rerun pipelines per optimizer
+    repeat_seeds: tuple[int, ...] = (0,)  # each repeat's sampler and tuning seed
+    scope: tuple[tuple[str, str], ...] = ()  # (optimizer, what was tuned over which range and what was fixed)
 
 
 @dataclass(frozen=True)
 class Reruns:
-    """The chosen setting's reruns: the report metric of each, a diverged one scored worst."""
+    """The chosen settings' reruns, every repeat's: the report metric of each, None where it diverged."""
 
-    values: tuple[float, ...]
+    values: tuple[float | None, ...]
     seeds: tuple[int | None, ...]
-    statuses: tuple[str, ...]
-    run_dirs: tuple[str, ...]
-    diverged: int
-    summary: stats.Summary | None  # mean, median, std and the CI of the mean; None below two values
+    statuses: tuple[str, ...]  # a repeat whose every trial diverged: "not run" for each of its reruns
+    run_dirs: tuple[str | None, ...]
+    diverged: int  # reruns without a value: diverged, or not run
+    summary: stats.Summary | None  # mean, median, std and the CI of the mean over finished reruns; None below two
+    repeats: tuple[int, ...] = ()  # the repeat of each rerun
+
+    @property
+    def finished(self) -> list[float]:
+        """The values of the finished reruns."""
+        return [v for v in self.values if v is not None]
 
     def as_dict(self) -> dict[str, Any]:
         """The reruns as results.json lists them."""
         out: dict[str, Any] = {
             "values": list(self.values),
             "seeds": list(self.seeds),
+            "repeats": list(self.repeats),
             "statuses": list(self.statuses),
             "run_dirs": list(self.run_dirs),
             "diverged": self.diverged,
@@ -120,28 +160,43 @@ def _estimate(summary: stats.Summary | None) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class OptimizerResult:
-    """One optimizer of the study: its tuning, budget curve, reruns and letters."""
+    """One optimizer of the study: its tunings (one a repeat), budget curve, reruns and letters."""
 
-    tuning: Tuning
+    tunings: tuple[Tuning, ...]
     budget_curve: tuple[float, ...]  # expected best select value after k = 1, 2, ... trials
     reruns: Reruns
     to_target: Reach | None  # None: the study has no target
-    group: (
-        str | None
-    )  # letters (stats.letters): optimizers sharing one show no detectable difference; None: not compared
+    group: str  # letters (stats.letters): optimizers sharing one show no detectable difference
+    choices: tuple[Choice, ...] = ()  # one a repeat
+
+    @property
+    def tuning(self) -> Tuning:
+        """Repeat 1's tuning: the study's choice when it has no repeats."""
+        return self.tunings[0]
+
+    @property
+    def trials(self) -> list[Trial]:
+        """Every tuning trial of every repeat."""
+        return [t for tuning in self.tunings for t in tuning.trials]
+
+    @property
+    def chosen_trials(self) -> set[str]:
+        """The trials chosen, one a repeat (fewer where every trial of a repeat diverged)."""
+        return {t.chosen_trial for t in self.tunings if t.chosen_trial is not None}
 
     def as_dict(self) -> dict[str, Any]:
         """The optimizer as results.json lists it."""
         reach = None if self.to_target is None else self.to_target.as_dict()
-        out = {
+        return {
             "chosen": self.tuning.chosen,
             "chosen_trial": self.tuning.chosen_trial,
-            "trials": [t.as_dict() for t in self.tuning.trials],
+            "trials": [t.as_dict() | {"repeat": tuning.repeat} for tuning in self.tunings for t in tuning.trials],
+            "choices": [c.as_dict() for c in self.choices],
             "budget_curve": list(self.budget_curve),
             "reruns": self.reruns.as_dict(),
             "to_target": reach,
+            "group": self.group,
         }
-        return out | ({"group": self.group} if self.group is not None else {})
 
 
 @dataclass(frozen=True)
@@ -151,14 +206,20 @@ class StudyResults:
     setup: Setup
     optimizers: dict[str, OptimizerResult]  # by label, in the study file's order
     pairs: tuple[stats.Pair, ...]  # every two compared optimizers, in the study file's order
-    order: tuple[str, ...]  # the compared optimizers, best mean first (a ranking only where the letters say so)
-    best: tuple[str, ...]  # the best by mean and every optimizer it cannot be told from
-    unranked: tuple[str, ...]  # under two reruns: not compared
+    order: tuple[str, ...]  # best first by mean rank (stats.ranking): a ranking only where the letters say so
+    best: tuple[str, ...]  # the first and every optimizer it cannot be told from
+    detectable: float | None = None  # the difference the design detects with 80% power at the spread seen
+    tuning_sd: float = 0.0  # the spread of the repeats' means beyond their seeds' (0 without repeats)
 
     @property
     def ranked(self) -> list[str]:
-        """The compared optimizers, best mean first."""
+        """The optimizers, best first."""
         return list(self.order)
+
+    @property
+    def seed_sd(self) -> float:
+        """The spread of reruns of one chosen setting: the pooled std within repeats, finished reruns."""
+        return _pooled_sd([r for e in self.optimizers.values() for r in _by_repeat(e.reruns)])
 
     def to_json(self) -> dict[str, Any]:
         """results.json."""
@@ -184,7 +245,10 @@ class StudyResults:
                 for p in self.pairs
             ],
             "best": list(self.best),
-            "unranked": list(self.unranked),
+            "detectable": self.detectable,
+            "tuning_sd": self.tuning_sd,
+            "repeats": s.repeats,
+            "repeat_seeds": list(s.repeat_seeds),
             "study": s.study,
             "source": s.source,
             "budget": s.budget,
@@ -250,37 +314,111 @@ def _to_target(runs: list[Run], select: str, target: float | None) -> Reach | No
     )
 
 
-def _reruns(runs: list[Run], values: list[float], report: str) -> Reruns:
-    return Reruns(
-        tuple(values),
-        tuple(r.config.get("experiment.seed") for r in runs),
-        tuple(r.status for r in runs),
-        tuple(str(r.path) for r in runs),
-        sum(r.status == "diverged" for r in runs),
-        stats.summarise(values, metrics.bounds(report)) if len(values) >= 2 else None,
+def _by_repeat(reruns: Reruns) -> list[list[float]]:
+    """The finished values of each repeat's reruns."""
+    out: dict[int, list[float]] = {}
+    for value, repeat in zip(reruns.values, reruns.repeats or [1] * len(reruns.values)):
+        out.setdefault(repeat, [])
+        if value is not None:
+            out[repeat].append(value)
+    return list(out.values())
+
+
+def _pooled_sd(groups: list[list[float]]) -> float:
+    """The pooled within-group standard deviation; 0.0 without two values in a group."""
+    dof = sum(len(g) - 1 for g in groups if len(g) >= 2)
+    if not dof:
+        return 0.0
+    return math.sqrt(sum(sum((v - sum(g) / len(g)) ** 2 for v in g) for g in groups if len(g) >= 2) / dof)
+
+
+def _repeat_sd(optimizers: dict[str, OptimizerResult], seeds: int, seed_sd: float) -> float:
+    """The spread that tuning adds: the std of the repeats' means beyond what their seeds explain (0 at least)."""
+    means = [[sum(g) / len(g) for g in _by_repeat(e.reruns) if g] for e in optimizers.values()]
+    between = _pooled_sd(means)
+    return math.sqrt(max(0.0, between**2 - seed_sd**2 / seeds))
+
+
+def _rerun_values(runs: list[Run | None], metric: str) -> list[float | None]:
+    return [None if run is None else final_value(run, metric) for run in runs]
+
+
+def _choice(tuning: Tuning, runs: list[Run | None], setup: Setup) -> Choice:
+    """What one repeat chose and how far ahead of its runner-up, against the noise of its reruns."""
+    scored = sorted(
+        (t for t in tuning.trials if t.select_value is not None),
+        key=lambda t: t.select_value,
+        reverse=metrics.higher_is_better(setup.select),
+    )
+    chosen = next((t for t in scored if t.name == tuning.chosen_trial), None)
+    runner_up = next((t for t in scored if t is not chosen), None)
+    margin = abs(chosen.select_value - runner_up.select_value) if chosen and runner_up else None
+    select = [v for v in _rerun_values(runs, setup.select) if v is not None]
+    report = [v for v in _rerun_values(runs, setup.report) if v is not None]
+    return Choice(
+        tuning.repeat,
+        tuning.chosen_trial,
+        None if chosen is None else chosen.settings,
+        None if chosen is None else chosen.select_value,
+        None if runner_up is None else runner_up.name,
+        margin,
+        float(np.std(select, ddof=1)) if len(select) >= 2 else None,
+        float(np.mean(report)) if report else None,
     )
 
 
-def analyse(tunings: list[Tuning], reruns: dict[str, list[str]], setup: Setup) -> StudyResults:
-    """The study's results from each optimizer's tuning and its reruns' folders (`reruns`: by label)."""
-    select, report = setup.select, setup.report
+def analyse(tunings: list[Tuning], reruns: dict[tuple[str, int], list[str]], setup: Setup) -> StudyResults:
+    """The study's results from each optimizer's tunings (one a repeat) and its reruns' folders
+    (`reruns`: by (label, repeat); a repeat whose every trial diverged has none)."""
+    select, report, up = setup.select, setup.report, metrics.higher_is_better(setup.report)
+    worst = -math.inf if up else math.inf  # a rerun without a value ranks below every finished one
+    labels = list(dict.fromkeys(t.label for t in tunings))
     worst_trial = _worst([t.select_value for tuning in tunings for t in tuning.trials], select)
-    runs = {tuning.label: [read_run(Path(p)) for p in reruns[tuning.label]] for tuning in tunings}
-    worst_rerun = _worst([final_value(r, report) for rs in runs.values() for r in rs], report)
-    values = {label: _scored([final_value(r, report) for r in rs], worst_rerun) for label, rs in runs.items()}
-    done = {label: _reruns(runs[label], values[label], report) for label in runs}
-    ranked = [label for label in runs if done[label].summary is not None]
-    up = metrics.higher_is_better(report)
-    pairs = tuple(stats.compare_all({label: values[label] for label in ranked}, up))  # Holm over every pair
-    by_mean = sorted(ranked, key=lambda label: done[label].summary.mean, reverse=up)
-    rank = stats.letters(by_mean, pairs)
+    matrices, done, choices, finished_runs = {}, {}, {}, {}
+    for label in labels:
+        rows, entries, picks = [], [], []
+        for tuning in (t for t in tunings if t.label == label):
+            dirs = reruns.get((label, tuning.repeat), [])
+            runs: list[Run | None] = [read_run(Path(p)) for p in dirs] or [None] * setup.seeds
+            values = _rerun_values(runs, report)
+            rows.append([worst if v is None else v for v in values])
+            entries += [(v, run, tuning.repeat) for v, run in zip(values, runs)]
+            picks.append(_choice(tuning, runs, setup))
+        matrices[label] = np.array(rows, dtype=float)  # (repeats, seeds)
+        finished = [v for v, _, _ in entries if v is not None]
+        summary = (
+            pipelines.summarise(matrices[label], metrics.bounds(report))
+            if setup.repeats >= 2
+            else stats.summarise(finished, metrics.bounds(report))
+            if len(finished) >= 2
+            else None
+        )
+        done[label] = Reruns(
+            tuple(v for v, _, _ in entries),
+            tuple(None if run is None else run.config.get("experiment.seed") for _, run, _ in entries),
+            tuple("not run" if run is None else run.status for _, run, _ in entries),
+            tuple(None if run is None else str(run.path) for _, run, _ in entries),
+            sum(v is None for v, _, _ in entries),
+            summary,
+            tuple(r for _, _, r in entries),
+        )
+        choices[label] = tuple(picks)
+        finished_runs[label] = [run for _, run, _ in entries if run is not None and run.status == "finished"]
+    if setup.repeats >= 2:
+        pairs = tuple(pipelines.compare_pipelines(matrices, up))  # over the pipelines, Holm over every pair
+    else:
+        pairs = tuple(stats.compare_all({label: m.ravel() for label, m in matrices.items()}, up))
+    order = stats.ranking({label: m.ravel() for label, m in matrices.items()}, pairs, up)
+    marks = stats.letters(order, pairs)
     optimizers = {}
-    for tuning in tunings:
-        label = tuning.label
-        trial_values = _scored([t.select_value for t in tuning.trials], worst_trial)
+    for label in labels:
+        own = tuple(t for t in tunings if t.label == label)
+        trial_values = _scored([t.select_value for tuning in own for t in tuning.trials], worst_trial)
         curve = stats.budget_curve(trial_values, metrics.higher_is_better(select)) if worst_trial is not None else []
-        finished = [r for r in runs[label] if r.status == "finished"]
-        reach = _to_target(finished, select, setup.target)
-        optimizers[label] = OptimizerResult(tuning, tuple(curve), done[label], reach, rank.get(label))
-    unranked = tuple(label for label in runs if label not in ranked)
-    return StudyResults(setup, optimizers, pairs, tuple(by_mean), tuple(stats.best_set(by_mean, pairs)), unranked)
+        reach = _to_target(finished_runs[label], select, setup.target)
+        optimizers[label] = OptimizerResult(own, tuple(curve), done[label], reach, marks[label], choices[label])
+    results = StudyResults(setup, optimizers, pairs, tuple(order), tuple(stats.best_set(order, pairs)))
+    sd = results.seed_sd
+    tuning_sd = _repeat_sd(optimizers, setup.seeds, sd) if setup.repeats >= 2 else 0.0
+    found = power.detectable(len(labels), setup.repeats, setup.seeds, sd, tuning_sd)
+    return replace(results, detectable=found, tuning_sd=tuning_sd)
