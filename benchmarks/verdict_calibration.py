@@ -13,6 +13,12 @@ Simulated studies, no training: each optimizer's reruns are drawn from a known d
    `--draws` intervals a setting.
 3. Power: k optimizers on normal data, one of them shifted up by 1, 2 or 3 sd; the fraction of studies
    in which the shifted one is claimed to beat every other optimizer (all), and at least one (any).
+4. Repeated studies (`repeats: R`, gdtrain/report/pipelines.py): k optimizers, R pipelines of S = 5
+   reruns each; a pipeline's chosen setting shifts all its reruns by a tuning effect drawn per pipeline,
+   normal with std tau = 0, 1 or 3 rerun sd, or skewed (minus an exponential draw of mean 2 sd: now and
+   then a bad choice). The family-wise false-claim rate with no difference between the optimizers, the
+   coverage of the interval of an optimizer's mean (over its pipelines), and the power when one
+   optimizer's reruns are shifted up by 1, 2 or 3 rerun sd (tau = 0 and 1).
 Every setting has its own random stream from `--seed`, so a table does not depend on `--processes`.
 The claims are compare_all's own, run under `fast_verdicts`, which leaves every p-value and verdict
 as it is (tests/test_verdict_calibration.py checks this) and makes a study ~20x faster.
@@ -48,7 +54,7 @@ import numpy as np
 import scipy
 from scipy.stats import binomtest
 
-from gdtrain.report import stats
+from gdtrain.report import pipelines, stats
 
 KS = (2, 4, 7)  # optimizers in a study
 NS = (2, 3, 5, 10, 20)  # seeds (reruns) per optimizer
@@ -163,8 +169,10 @@ def run(tasks: list[tuple[Callable, tuple]], processes: int) -> list:
 def _cost(task: tuple[Callable, tuple]) -> float:
     # pairs times values per pair, roughly what a study costs; coverage is cheap
     function, args = task
-    if function is coverage:
+    if function in (coverage, pipeline_coverage):
         return 0.0
+    if function in (pipeline_false_claims, pipeline_power):
+        return args[1] * (args[1] - 1) / 2 * 5
     k, n = (args[1], args[2]) if function is false_claim_rate else (args[0], args[1])
     return k * (k - 1) / 2 * (10 + n)
 
@@ -230,6 +238,96 @@ def print_tables(args: argparse.Namespace) -> None:
         print(f"| {k} | {n} | " + " | ".join(f"{percent(every)} / {percent(some)}" for every, some in cells) + " |")
 
 
+REPEATS = (3, 5)  # pipelines per optimizer in table 4
+PIPELINE_SEEDS = 5  # reruns per pipeline in table 4
+TUNING = ("0", "1", "3", "skewed")  # the tuning effect's spread, in rerun sd
+
+
+def pipeline_draw(rng: np.random.Generator, tuning: str, size: tuple[int, ...]) -> np.ndarray:
+    """Reruns of repeated pipelines (*size, R, S), rerun sd 1: each pipeline shifted by its own tuning effect."""
+    *lead, r, s = size
+    if tuning == "skewed":
+        effect = -2.0 * rng.exponential(1.0, (*lead, r, 1))
+    else:
+        effect = float(tuning) * rng.standard_normal((*lead, r, 1))
+    return rng.standard_normal(size) + effect
+
+
+def pipeline_false_claims(tuning: str, k: int, r: int, studies: int, seed: int) -> float:
+    """The fraction of null repeated studies (k optimizers alike, r pipelines of PIPELINE_SEEDS) with a claim."""
+    rng = stream(seed, "pipeline-null", tuning, k, r)
+    claimed = 0
+    with mock.patch.object(pipelines, "_u_interval", lambda x, y, u, seed: (math.nan, math.nan)):
+        for _ in range(studies):
+            values = pipeline_draw(rng, tuning, (k, r, PIPELINE_SEEDS))
+            pairs = pipelines.compare_pipelines({f"o{i}": v for i, v in enumerate(values)})
+            claimed += any(p.winner is not None for p in pairs)
+    return claimed / studies
+
+
+def pipeline_coverage(tuning: str, r: int, draws: int, seed: int) -> float:
+    """The fraction of intervals of an optimizer's mean over r pipelines (pipelines.summarise) holding the true mean."""
+    rng = stream(seed, "pipeline-coverage", tuning, r)
+    truth = -2.0 if tuning == "skewed" else 0.0
+    hits = 0
+    for values in pipeline_draw(rng, tuning, (draws, r, PIPELINE_SEEDS)):
+        lo, hi = pipelines.summarise(values).ci
+        hits += lo <= truth <= hi
+    return hits / draws
+
+
+def pipeline_power(tuning: str, k: int, r: int, shift: float, studies: int, seed: int) -> tuple[float, float]:
+    """The fractions of repeated studies in which o0, its reruns shifted up by `shift` rerun sd, is claimed to
+    beat every other optimizer, and at least one."""
+    rng = stream(seed, "pipeline-power", tuning, k, r, shift)
+    every = some = 0
+    with mock.patch.object(pipelines, "_u_interval", lambda x, y, u, seed: (math.nan, math.nan)):
+        for _ in range(studies):
+            values = pipeline_draw(rng, tuning, (k, r, PIPELINE_SEEDS))
+            values[0] += shift
+            pairs = pipelines.compare_pipelines({f"o{i}": v for i, v in enumerate(values)})
+            won = [p.winner == "o0" for p in pairs if p.a == "o0"]
+            every, some = every + all(won), some + any(won)
+    return every / studies, some / studies
+
+
+def print_pipeline_tables(args: argparse.Namespace) -> None:
+    """Table 4: the repeated studies' false claims, coverage and power."""
+    tasks = (
+        [(pipeline_false_claims, (t, k, r, args.studies, args.seed)) for t in TUNING for k in KS for r in REPEATS]
+        + [(pipeline_coverage, (t, r, args.draws, args.seed)) for t in TUNING for r in (*REPEATS, 10)]
+        + [
+            (pipeline_power, (t, k, r, shift, args.studies, args.seed))
+            for t in ("0", "1")
+            for k in KS
+            for r in REPEATS
+            for shift in SHIFTS
+        ]
+    )
+    results = iter(run(tasks, args.processes))
+    print(f"\n## 4. Repeated studies: {PIPELINE_SEEDS} reruns a pipeline ({args.studies} studies a setting)\n")
+    print("False-claim rate with no difference; the tuning effect's std in rerun sd (skewed: minus an exponential")
+    print("of mean 2).\n")
+    print("| tuning | " + " | ".join(f"k = {k}, R = {r}" for k in KS for r in REPEATS) + " |")
+    print("|---|" + "---:|" * (len(KS) * len(REPEATS)))
+    for t in TUNING:
+        print(f"| {t} | " + " | ".join(percent(next(results)) for _ in KS for _ in REPEATS) + " |")
+    print(f"\nCoverage of the 95% interval of an optimizer's mean over its pipelines ({args.draws} a setting):\n")
+    print("| tuning | " + " | ".join(f"R = {r}" for r in (*REPEATS, 10)) + " |")
+    print("|---|" + "---:|" * (len(REPEATS) + 1))
+    for t in TUNING:
+        print(f"| {t} | " + " | ".join(percent(next(results)) for _ in (*REPEATS, 10)) + " |")
+    print("\nPower: one optimizer shifted up; each cell: claimed to beat every other / at least one.\n")
+    print("| tuning | optimizers | repeats | " + " | ".join(f"{s} sd" for s in SHIFTS) + " |")
+    print("|---|---:|---:|" + "---:|" * len(SHIFTS))
+    for t in ("0", "1"):
+        for k in KS:
+            for r in REPEATS:
+                cells = [next(results) for _ in SHIFTS]
+                row = " | ".join(f"{percent(every)} / {percent(some)}" for every, some in cells)
+                print(f"| {t} | {k} | {r} | {row} |")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the options, print the machine and settings, the tables and the time taken."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -245,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{cpu()}; {args.processes} processes")
     print(f"seed {args.seed}, {args.studies} studies and {args.draws} intervals a setting, alpha {stats.ALPHA}")
     print_tables(args)
+    print_pipeline_tables(args)
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 
