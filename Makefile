@@ -60,7 +60,7 @@ sweep-synthetic: install ## 7 optimizers x 3 seeds on two moons (~45 s), then th
 study-quick: install ## which optimizer is better: 4 optimizers tuned and rerun on a synthetic set (~10 s), verdict + report
 	$(BIN)/gdtrain study studies/quick.yaml --resume
 
-study: install ## the MNIST study: 7 optimizers, equal tuning budget, 5 seeds each, verdict + report (see README for its time)
+study: install ## the MNIST study: 7 optimizers, equal tuning budget, 4 repeats of 5 seeds each, verdict + report (docs/studies.md gives its time)
 	$(BIN)/gdtrain study studies/mnist_optimizers.yaml --resume
 
 study-fashion: install ## the same study on Fashion-MNIST
