@@ -41,15 +41,19 @@ def write(folder: Path, results: StudyResults, base: dict[str, Any], meta: Any) 
     chosen = folder / "chosen"
     chosen.mkdir(exist_ok=True)
     for label, entry in results.optimizers.items():
-        if entry.tuning.chosen is not None:
+        for tuning in entry.tunings:
+            if tuning.chosen is None:
+                continue
+            name = label if tuning.repeat == 1 else f"{label}-r{tuning.repeat}"  # as the repeat's run names
             doc = {
                 **base,
                 "experiment": {**(base.get("experiment") or {}), "name": meta.name, "seed": meta.seed + 1},
-                "optimizer": entry.tuning.chosen,
+                "optimizer": tuning.chosen,
             }
-            (chosen / f"{label}.yaml").write_text(
-                f"# {label}: the setting {results.setup.study} chose; "
-                f"gdtrain run {chosen / (label + '.yaml')}\n" + dump_yaml(doc)
+            which = "" if results.setup.repeats == 1 else f" in repeat {tuning.repeat}"
+            (chosen / f"{name}.yaml").write_text(
+                f"# {label}: the setting {results.setup.study} chose{which}; "
+                f"gdtrain run {chosen / (name + '.yaml')}\n" + dump_yaml(doc)
             )
     drawn = _figures(folder, results)
     (folder / "report.md").write_text(markdown(results, drawn), encoding="utf-8")
