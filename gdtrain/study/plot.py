@@ -133,6 +133,8 @@ def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
         ticks.append(f"{label}\n(group {e.group}{lost})")
     ax.set_xticks(range(len(order)), ticks, fontsize=8)
     report = results.setup.report
-    ax.set(ylabel=report, title=f"{report} per seed; diamond: mean and 95% CI ({metrics.direction(report)} is better)")
+    over = " over the repeats" if results.setup.repeats >= 2 else ""
+    title = f"{report} per rerun; diamond: mean and 95% CI{over} ({metrics.direction(report)} is better)"
+    ax.set(ylabel=report, title=title)
     ax.grid(alpha=0.3, axis="y")
     return fig
