@@ -266,9 +266,10 @@ def test_only_finished_and_diverged_runs_are_ranked_the_others_listed_below_with
     result = gdtrain("compare", root, "--per-run", "--format", "json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [r["status"] for r in rows[:2]] == ["diverged", "finished"]  # ranked, best first
+    # ranked: the diverged run below the finished one, whatever its curve said, and without figures
+    assert [r["status"] for r in rows[:2]] == ["finished", "diverged"]
     assert sorted(r["status"] for r in rows[2:]) == ["corrupt", "failed", "interrupted", "unfinished"]
-    assert all(r["final"] is not None for r in rows[:2])
+    assert rows[0]["final"] is not None and rows[1]["final"] is None and rows[1]["diverged"] == 1
     assert all(r[c] is None for r in rows[2:] for c in ("final", "best", "best epoch", "wall s", "samples/s"))
     table = gdtrain("compare", root, "--per-run").stdout.splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("run "))

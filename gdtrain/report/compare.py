@@ -5,10 +5,13 @@ folders whose name starts with `_` or `.` (gdtrain's aggregate folders, e.g. `_g
 what is inside them are never runs. A folder with a sweep's or study's manifest.json compares
 that sweep's runs; the others in it are set apart (gdtrain/core/manifest.py). A run's status comes
 from summary.json (finished, diverged, failed, interrupted); without one, or with one that does
-not parse, or without config.yaml, the run is `unfinished` or `corrupt`. Only finished and
-diverged runs are ranked by their figures; the others are listed below them without figures: a
-run cut short is not a result. Runs whose configs differ only in the seed are one configuration,
-labelled by gdtrain/core/names.py (`sgd lr=0.05 mom=0.9`), shown as mean ± std over its seeds.
+not parse, or without config.yaml, the run is `unfinished` or `corrupt`. Runs whose configs differ
+only in the seed are one configuration, labelled by gdtrain/core/names.py (`sgd lr=0.05 mom=0.9`).
+Its finished and diverged runs share one row, which says how many diverged and shows mean ± std
+over the finished ones; the others are listed below without figures: a run cut short is not a result.
+Divergence has one rule, as in a study: a diverged run ranks below every finished run and ties with
+the other diverged ones (no number is imputed for it), so a configuration that diverges on some
+seeds ranks below what its survivors alone would say, and one whose every seed diverged ranks last.
 gdtrain/report/table.py renders the rows.
 """
 
@@ -23,7 +26,7 @@ from gdtrain.core import metrics, names
 from gdtrain.core.folders import Run
 from gdtrain.core.runs import RESULTS
 
-RANKED = RESULTS  # runs whose figures are results; diverging is one
+RANKED = RESULTS  # the statuses that are results, ranked; a row of them says how many diverged
 
 
 def default_metric(runs: list[Run]) -> str:
@@ -56,21 +59,28 @@ def figures(run: Run, metric: str, target: float | None) -> Figures:
 
 @dataclass
 class Row:
-    """A table row: one configuration (its seeds pooled) in one status."""
+    """A table row: one configuration (its seeds pooled), its finished and diverged runs together,
+    or its runs cut short in one status."""
 
     label: str  # the values that tell this configuration apart
     runs: list[Run]
-    figures: list[Figures]
-    status: str
+    figures: list[Figures]  # one per run; a diverged or cut-short run's are None: no result to show
+    status: str  # finished (one run did at least), diverged (every run did), or the cut-short one
     group: str | None = None  # letters from rank(): rows sharing one show no detectable difference; None: not compared
     beats: list[str] | None = None  # the labels of the rows this row detectably beats; None: not compared
-    ci: tuple[float, float] | None = None  # 95% bootstrap CI of the mean final metric over seeds
+    ci: tuple[float, float] | None = None  # 95% t interval of the mean final metric over the finished seeds
+
+    @property
+    def diverged(self) -> int:
+        """How many of the row's runs diverged."""
+        return sum(run.status == "diverged" for run in self.runs)
 
 
 def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> list[Row]:
-    """Rows of finished and diverged runs sorted by the metric, best first, then the other rows
-    without figures; runs that differ only in the seed share a row. Labels: gdtrain/core/names.py,
-    over these runs (a run without a readable config: its folder's name)."""
+    """Rows of finished and diverged runs (runs that differ only in the seed share one), those with a
+    finished run by its mean, best first, then those whose every run diverged, then the other rows
+    without figures. Labels: gdtrain/core/names.py, over these runs (a run without a readable
+    config: its folder's name)."""
     texts = names.labels([run.config for run in runs], seeds=per_run)
     if per_run:  # one row per run: where two runs read alike (the same config and seed), their folders tell them apart
         counts = Counter(texts)
@@ -78,11 +88,15 @@ def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> 
     buckets: dict[tuple[str, str], tuple[str, list[Run]]] = {}
     for run, text in zip(runs, texts):
         text = text or run.path.name
-        buckets.setdefault((str(run.path) if per_run else text, run.status), (text, []))[1].append(run)
+        kind = "result" if run.status in RANKED else run.status
+        buckets.setdefault((str(run.path) if per_run else text, kind), (text, []))[1].append(run)
     rows = []
-    for (_, status), (text, members) in buckets.items():
-        shown = [figures(r, metric, target) if status in RANKED else Figures(None, None, None, None) for r in members]
-        rows.append(Row(text, members, shown, status))
+    for (_, kind), (text, members) in buckets.items():
+        none = Figures(None, None, None, None)
+        shown = [figures(r, metric, target) if r.status == "finished" else none for r in members]
+        if kind == "result":
+            kind = "finished" if any(r.status == "finished" for r in members) else "diverged"
+        rows.append(Row(text, members, shown, kind))
     sign = -1 if metrics.higher_is_better(metric) else 1
     rows.sort(
         key=lambda row: (
@@ -101,24 +115,35 @@ def _mean(values: list[float | None]) -> float | None:
 
 def rank(rows: list[Row], metric: str) -> list[Row]:
     """With two or more seeds per configuration, what stats says instead of a bare ranking: each
-    finished row's letters (rows sharing one show no detectable difference; every claim of the
-    table together at 5% family-wise), the rows it beats and the 95% CI of its mean, set on the row;
-    rows in the order of their means, which ranks nothing the letters do not. Rows with one seed
-    are not compared (group None)."""
-    compared = [row for row in rows if row.status == "finished" and len(_known(row)) >= 2]
+    compared row's letters (rows sharing one show no detectable difference; every claim of the
+    table together at 5% family-wise), the rows it beats and the 95% CI of its finished seeds' mean,
+    set on the row. A diverged run enters the tests as the worst value there is, below every finished
+    run and tied with the other diverged ones. Rows in stats.ranking's order (by mean pooled rank,
+    never above a row that beats them), then the rows with one run, not compared (group None)."""
+    compared = [row for row in rows if row.status in RANKED and len(_values(row, metric)) >= 2]
     if not compared:
         return rows
     from gdtrain.report import stats  # scipy, a second to import: only when there are seeds to compare
 
     up = metrics.higher_is_better(metric)
-    pairs = stats.compare_all({row.label: _known(row) for row in compared}, up)  # Holm over every pair
-    ordered = sorted(compared, key=lambda row: (-1 if up else 1) * statistics.fmean(_known(row)))  # best mean first
-    marks = stats.letters([row.label for row in ordered], pairs)
+    samples = {row.label: _values(row, metric) for row in compared}
+    pairs = stats.compare_all(samples, up)  # Holm over every pair
+    order = stats.ranking(samples, pairs, up)
+    marks = stats.letters(order, pairs)
     for row in compared:
         row.group, row.beats = marks[row.label], stats.beats(row.label, pairs)
-        row.ci = stats.mean_interval(_known(row), metrics.bounds(metric))
-    return ordered + [row for row in rows if row not in compared]
+        finished = _known(row)
+        row.ci = stats.mean_interval(finished, metrics.bounds(metric)) if len(finished) >= 2 else None
+    by_label = {row.label: row for row in compared}
+    return [by_label[label] for label in order] + [row for row in rows if row not in compared]
 
 
 def _known(row: Row) -> list[float]:
     return [f.final for f in row.figures if f.final is not None]
+
+
+def _values(row: Row, metric: str) -> list[float]:
+    """The row's sample for the tests: its finished runs' final values, and each diverged run as the
+    worst value there is (-inf, or +inf where lower is better)."""
+    worst = -math.inf if metrics.higher_is_better(metric) else math.inf
+    return _known(row) + [worst] * row.diverged

@@ -32,6 +32,7 @@ def plot(rows: list[Row], metric: str, title: str, path: Path) -> None:
     for row, colour in zip(rows, colours):
         finals = [f.final for f in row.figures if f.final is not None]
         label = row.label + (f" ({row.status})" if row.status != "finished" else "")
+        label += f" ({row.diverged}/{len(row.runs)} diverged)" if row.status == "finished" and row.diverged else ""
         label += f": {sum(finals) / len(finals):.4g}" if finals else ""
         label += f" ({len(row.runs)} seeds)" if len(row.runs) > 1 else ""
         draw_band(loss_ax, [[(s, v) for s, _, v in run.curve("loss/train")] for run in row.runs], colour, label)

@@ -6,7 +6,9 @@ sweeps/synthetic_optimizers.yaml: the row's label already says the optimizer and
 get no columns of their own; a column with the same value in every row (batch, seeds, status,
 group) is said once above the table instead; with seeds compared, a mean comes with its 95% CI
 and its letters (group), and json rows say which rows each one beats
-(its ± std is in csv and json); the best value and its epoch share a column. Wall time, which
+(its ± std is in csv and json); the best value and its epoch share a column. `diverged` counts a
+row's diverged runs (`2/5`; a number beside `seeds` in csv and json); the figures are its finished
+runs'; with no run diverged the column is left out and the title says so. Wall time, which
 includes a process's start-up (the first run in each sweep worker pays it), is in csv and json
 only. samples/s counts training steps only and leaves out the first epoch of each process that
 trained the run (summary.json); `*` marks a rate that includes it: a run that had no other epoch,
@@ -32,6 +34,7 @@ COLUMNS = (
     "lr",
     "batch",
     "seeds",
+    "diverged",
     "final",
     "best",
     "best epoch",
@@ -41,7 +44,7 @@ COLUMNS = (
     "status",
 )  # csv and json; with seeds compared, also group and 95% CI
 STATS = ("final", "best", "best epoch", "steps to target", "wall s", "samples/s")  # a value per seed
-CONSTANT = ("group", "batch", "seeds", "status")  # left out of the text table when every row has one value
+CONSTANT = ("group", "batch", "seeds", "diverged", "status")  # left out of the text table when every row has one value
 WIDTH = 100
 
 
@@ -58,6 +61,7 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
                 "lr": first.get("optimizer.lr"),
                 "batch": row.runs[0].summary.get("batch_size", first.get("train.batch_size")),
                 "seeds": len(row.runs),
+                "diverged": row.diverged if row.status in RANKED else None,  # a cut-short run is no result
                 "final": [f.final for f in row.figures],
                 "best": [f.best for f in row.figures],
                 "best epoch": [f.best_epoch for f in row.figures],
@@ -117,6 +121,9 @@ def _cell(record: dict[str, Any], column: str, target: float | None) -> str:
             if not hits
             else f"{statistics.fmean(hits):.0f}" + (f" ({len(hits)}/{len(value)})" if len(value) > 1 else "")
         )
+    if column == "diverged":
+        value = record["diverged"]
+        return "-" if value is None else f"{value}/{record['seeds']}"
     if column == "samples/s":
         return _mean(record["samples/s"], ",.0f") + ("*" if any(record["with first epoch"]) else "")
     value = record[column]
@@ -127,7 +134,8 @@ def display(records: list[dict[str, Any]], target: float | None) -> tuple[list[s
     """The text and markdown table's columns, and the columns left out for having one value in every
     row (column → that value)."""
     compared = any(r["group"] is not None for r in records)
-    shown = (["group"] if compared else []) + ["run", "batch", "seeds", "final"] + (["95% CI"] if compared else [])
+    shown = (["group"] if compared else []) + ["run", "batch", "seeds"] + (["diverged"] if _diverged(records) else [])
+    shown += ["final"] + (["95% CI"] if compared else [])
     shown += ["best (epoch)"] + (["steps to target"] if target is not None else []) + ["samples/s", "status"]
     same = {}
     if len(records) > 1:
@@ -138,12 +146,18 @@ def display(records: list[dict[str, Any]], target: float | None) -> tuple[list[s
     return [c for c in shown if c not in same], same
 
 
+def _diverged(records: list[dict[str, Any]]) -> bool:
+    return any(r["diverged"] for r in records)
+
+
 def title(records: list[dict[str, Any]], metric: str, target: float | None) -> list[str]:
     """What the table shows, in lines of at most WIDTH: the metric and its direction, how groups are
-    judged, the columns with one value in every row, what samples/s counts."""
+    judged, how a diverged run is read, the columns with one value in every row, what samples/s counts."""
     compared = any(r["group"] is not None for r in records)
     _, same = display(records, target)
     seeds = f"mean of {same['seeds']} seeds" if "seeds" in same else "mean over seeds"
+    if _diverged(records):
+        seeds = "mean over the finished seeds"
     said = [
         f"{metric} ({metrics.direction(metric)} is better): final value"
         + (f", {seeds} with its 95% t interval" if compared else "")
@@ -154,7 +168,12 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
             "group: rows that share a letter show no detectable difference; rows that share none differ "
             "(two-sided exact tests, Holm: every claim together at 5% family-wise).",
         ]
-    every = {"group": "group {}", "batch": "batch {}", "seeds": "{} seeds", "status": "{}"}
+    if _diverged(records):
+        said.append(
+            "diverged: a row's runs whose loss became NaN or infinite; each ranks below every finished run "
+            "and ties with the other diverged ones, and the figures are the finished runs'."
+        )
+    every = {"group": "group {}", "batch": "batch {}", "seeds": "{} seeds", "diverged": "{} diverged", "status": "{}"}
     note = (
         ("Every row: " + ", ".join(every[c].format(v) for c, v in same.items()).replace(" 1 seeds", " 1 run") + ". ")
         if same
@@ -163,6 +182,7 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
     star = any(any(r["with first epoch"]) for r in records)
     said.append(
         note
+        + ("" if _diverged(records) or not any(r["diverged"] is not None for r in records) else "No run diverged. ")
         + "samples/s: training steps after each process's first epoch"
         + (" (*: with it: a run of one epoch, or one from before gdtrain left it out)." if star else ".")
     )
