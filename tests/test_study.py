@@ -301,7 +301,10 @@ def test_a_study_killed_mid_way_resumes_without_running_a_trial_twice(tmp_path: 
 def test_shipped_studies_load() -> None:
     for path in sorted((ROOT / "studies").glob("*.yaml")):
         study = studying.load_study(path)
-        assert study.spec.seeds >= 2 and len(studying.tuning_points(study)) == study.spec.budget * len(study.arms)
+        assert (
+            study.spec.seeds >= 2
+            and len(studying.tuning_points(study)) == study.spec.budget * len(study.arms) * study.spec.repeats
+        )
 
 
 def test_compare_of_seeded_runs_shows_groups_and_intervals_not_a_bare_ranking(finished: tuple[Path, dict, str]) -> None:
