@@ -83,6 +83,7 @@ class Group:
         default_factory=list
     )  # each member's data-order RNG state at the epoch's start
     started: float = field(default_factory=time.perf_counter)
+    tested: tuple[int, list[float], list[float] | None] | None = None  # (step, each member's test loss, accuracy)
 
 
 def train_group(tasks: list[Task]) -> list[Result]:
@@ -385,6 +386,18 @@ def _counted(group: Group, member: Member) -> Outcome:
     return member.at.outcome
 
 
+def _tested(group: Group) -> tuple[list[float], list[float] | None]:
+    """Every member's test loss and accuracy at the group's step, evaluated once for all the members that
+    end at that step (a group of M ending together would otherwise test all M members M times)."""
+    step, data = group.at.outcome.steps, group.data
+    if group.tested is None or group.tested[0] != step:
+        losses, accuracies = stackdata.evaluate(
+            group.model, data.x_test, data.y_test, None, group.settings.loss, group.settings.eval_batch_size
+        )
+        group.tested = (step, losses, accuracies)
+    return group.tested[1], group.tested[2]
+
+
 def _finish(group: Group, member: Member, status: str, signal: int | None = None) -> None:
     """End a member: freeze it, test a finished one, write model.pt (not when interrupted) and its summary.json."""
     m = group.members.index(member)
@@ -397,9 +410,7 @@ def _finish(group: Group, member: Member, status: str, signal: int | None = None
         member.saved.save_best(member.best)
         member.best = None
     if status == "finished" and data.x_test is not None:
-        losses, accuracies = stackdata.evaluate(
-            group.model, data.x_test, data.y_test, None, group.settings.loss, group.settings.eval_batch_size
-        )
+        losses, accuracies = _tested(group)
         values = {"loss/test": losses[m]} | ({"accuracy/test": accuracies[m]} if accuracies is not None else {})
         lifecycle.log_test(outcome, member.tracker, values)
     outcome.signal = signal
