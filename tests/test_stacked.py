@@ -344,3 +344,28 @@ def test_dropout_draws_its_own_mask_for_every_member():
     stacked.training = False
     out = stacked(x)
     assert torch.equal(out[0], out[1])
+
+
+def test_members_that_end_together_are_tested_once_with_the_solo_runs_figures(tmp_path, monkeypatch):
+    from gdtrain.stacked import data as stackdata
+    from test_mnist import make_set, mnist_config
+
+    make_set(tmp_path / "data")
+    config = tmp_path / "mnist.yaml"
+    doc = mnist_config(tmp_path / "data")
+    doc["train"] |= {"epochs": 1, "batch_size": 16}
+    config.write_text(json.dumps(doc))
+    variants = [[f"optimizer.lr={lr}"] for lr in (0.01, 0.02, 0.05, 0.1)]
+    calls = []
+    evaluate = stackdata.evaluate
+    monkeypatch.setattr(stackdata, "evaluate", lambda *a, **k: calls.append(a[3] is None) or evaluate(*a, **k))
+    together = run_unit(tasks_of(variants, tmp_path / "stacked", config=config))
+    assert calls.count(True) == 1  # the test set: once for the four members, not once each
+    alone = [solo(task) for task in tasks_of(variants, tmp_path / "alone", config=config)]
+    for result, by_itself in zip(together, alone):
+        ours, theirs = (
+            json.loads((Path(d) / "summary.json").read_text())["final"] for d in (result.run_dir, by_itself)
+        )
+        assert close(ours["accuracy/test"], theirs["accuracy/test"], 1e-6) and close(
+            ours["loss/test"], theirs["loss/test"], 1e-4
+        )
