@@ -114,7 +114,8 @@ def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
         r = results.optimizers[label].reruns
         values = r.finished  # a diverged rerun has no value to draw: the tick label counts them
         n = len(values)
-        jitter = [(k - (n - 1) / 2) * 0.06 for k in range(n)]  # spread equal values apart, deterministically
+        step = min(0.06, 0.5 / max(n, 1))  # spread equal values apart, deterministically, within the column
+        jitter = [(k - (n - 1) / 2) * step for k in range(n)]
         ax.scatter([i + j for j in jitter], values, color=colours[label], s=22, zorder=3)
         if (s := r.summary) is not None:
             ax.errorbar(
