@@ -369,6 +369,12 @@ def study(
     slurm_partition: PartitionOpt = None,
     slurm_gpus_per_job: GpusOpt = None,
     slurm_time: TimeOpt = None,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan", help="Print the runs, a measured time estimate and what the design can claim; run nothing."
+        ),
+    ] = False,
 ) -> None:
     """Tune each optimizer on an equal budget, rerun the best over seeds, and state which is better and how surely."""
     from gdtrain.execution import options
@@ -380,6 +386,10 @@ def study(
             jobs, batch_runs, executor, slurm_partition, slurm_gpus_per_job, slurm_time, resume
         )
         planned = spec.load_study(study_file, overrides or [])
+        if plan:
+            from gdtrain.study.plan import show
+
+            return show(planned, runs_dir, execution, typer.echo)
         folder, results, code = runner.run_study(planned, runs_dir, execution, typer.echo)
     if results is None:
         raise typer.Exit(code)
