@@ -12,8 +12,9 @@ from gdtrain.core import names
 from gdtrain.core.config import to_dict, validate
 from gdtrain.core.errors import UserError
 from gdtrain.core.manifest import MANIFEST, Manifest
-from gdtrain.core.runs import flatten
+from gdtrain.core.runs import finished_run, flatten
 from gdtrain.execution.options import Execution, continue_command
+from gdtrain.study import definition
 from gdtrain.study.spec import (
     Arm,
     Study,
@@ -26,7 +27,7 @@ from gdtrain.study.spec import (
 )
 
 if TYPE_CHECKING:
-    from gdtrain.study.verdict import StudyResults  # imported where it runs: scipy takes a second
+    from gdtrain.study.verdict import StudyResults, Tuning  # imported where it runs: scipy takes a second
 
 
 def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> tuple[Path, StudyResults | None, int]:
@@ -37,35 +38,27 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
     from gdtrain.study import verdict
 
     folder = runs_dir / study.name
-    if not execution.resume and folder.is_dir() and any(p.name != MANIFEST for p in folder.iterdir()):
+    if (
+        not execution.resume
+        and folder.is_dir()
+        and any(p.name not in (MANIFEST, definition.DEFINITION) for p in folder.iterdir())
+    ):
         raise UserError(
             f"{folder}: already holds a study's runs; continue it with --resume, or give it a new "
             f"name: --set study.name=<name>"
         )
+    now, before = definition.resolved(study), definition.read(folder) if execution.resume else None
+    changed = definition.changes(before, now) if before is not None else []
+    if changed:  # no run of the old definition counts: a point reruns unless its name and config are unchanged
+        echo(definition.announcement(study.name, changed, *_reuse(study, runs_dir)))
+    definition.write(folder, now)
     points = tuning_points(study)
     manifest = Manifest(folder, "study")
     manifest.plan(_labelled(study, points))
     trials, code = _execute(study, points, runs_dir, execution, echo, "tuning", manifest)
     if trials is None:
         return folder, None, code
-    tunings, chosen = [], {}
-    for repeat in repeats(study):
-        for arm in study.arms:
-            records = [
-                verdict.trial_record(name, _searched(arm, doc), Path(trials[name]), study.select)
-                for label, name, doc in tuning_points(study, repeat)
-                if label == arm.label
-            ]
-            best = verdict.choose(records, study.select)
-            if best is not None:
-                chosen[arm.label, repeat] = next(
-                    doc["optimizer"] for _, name, doc in tuning_points(study, repeat) if name == best.name
-                )
-            tunings.append(
-                verdict.Tuning(
-                    arm.label, tuple(records), chosen.get((arm.label, repeat)), best.name if best else None, repeat
-                )
-            )
+    tunings, chosen = _choose(study, trials)
     again = rerun_points(study, chosen)
     manifest.plan(_labelled(study, points + again))
     reruns, code = _execute(study, again, runs_dir, execution, echo, "reruns", manifest)
@@ -95,6 +88,50 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
     results = verdict.analyse(tunings, rerun_dirs, setup)
     studyreport.write(folder, results, study.base, study.spec.study)
     return folder, results, 0
+
+
+def _choose(study: Study, trials: dict[str, str]) -> tuple[list[Tuning], dict[tuple[str, int], dict[str, Any]]]:
+    """Each (optimizer, repeat)'s tuning and chosen optimizer section from its trials' run folders
+    ({run name: folder}); one with a trial missing from `trials` is left out of both."""
+    from gdtrain.study import verdict
+
+    tunings, chosen = [], {}
+    for repeat in repeats(study):
+        points = tuning_points(study, repeat)
+        for arm in study.arms:
+            mine = [(name, doc) for label, name, doc in points if label == arm.label]
+            if any(name not in trials for name, _ in mine):
+                continue
+            records = [
+                verdict.trial_record(name, _searched(arm, doc), Path(trials[name]), study.select) for name, doc in mine
+            ]
+            best = verdict.choose(records, study.select)
+            if best is not None:
+                chosen[arm.label, repeat] = next(doc["optimizer"] for name, doc in mine if name == best.name)
+            tunings.append(
+                verdict.Tuning(
+                    arm.label, tuple(records), chosen.get((arm.label, repeat)), best.name if best else None, repeat
+                )
+            )
+    return tunings, chosen
+
+
+def _reuse(study: Study, runs_dir: Path) -> tuple[int, int, int]:
+    """(runs a resume reuses, runs it trains, reruns whose setting trials still to run will choose),
+    by the sweep's rule: a run is reused when one with its name and config has its result."""
+
+    def done(points: list[tuple[str, str, dict[str, Any]]]) -> dict[str, str]:
+        found = {
+            name: finished_run(runs_dir, validate(copy.deepcopy(doc), study.source), name) for _, name, doc in points
+        }
+        return {name: str(run_dir) for name, run_dir in found.items() if run_dir is not None}
+
+    trials = done(tuning_points(study))
+    tunings, chosen = _choose(study, trials)
+    again = rerun_points(study, chosen)
+    reused = len(trials) + len(done(again))
+    waiting = (len(study.arms) * study.spec.repeats - len(tunings)) * study.spec.seeds
+    return reused, len(tuning_points(study)) + len(again) - reused, waiting
 
 
 def _searched(arm: Arm, doc: dict[str, Any]) -> dict[str, Any]:
