@@ -53,6 +53,7 @@ def test_the_interval_of_the_mean_is_over_the_pipelines_means() -> None:
     assert summary.mean == pytest.approx(np.mean(means)) and summary.n == 5
     assert summary.ci == pytest.approx(stats.mean_interval(means))
     assert pipelines.summarise(np.full((2, 3), -math.inf)) is None
+    assert summary.unreliable == "3 pipelines"  # 5 finished reruns, but the interval is over 3 means
 
 
 def test_ranking_puts_every_diverged_run_last_and_a_winner_above_its_loser() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
+from scipy import stats as st
 
 from gdtrain.report import stats
 
@@ -161,3 +163,45 @@ def test_an_interval_stays_within_what_the_metric_can_take() -> None:
     lo, hi = stats.mean_interval([0.2, 0.99, 0.99], (0.0, 1.0))  # an accuracy: t alone would reach past 1
     assert 0.0 <= lo < hi == 1.0
     assert stats.mean_interval([0.2, 0.99, 0.99])[1] > 1.0
+
+
+def test_values_far_from_every_bound_get_the_t_interval() -> None:
+    values = [0.90, 0.91, 0.89, 0.905, 0.895]  # an accuracy 20 sd below 1: the bounds change nothing
+    assert stats.mean_interval(values, (0.0, 1.0)) == stats.mean_interval(values)
+    half = st.t.ppf(0.975, 4) * np.std(values, ddof=1) / math.sqrt(5)
+    assert stats.mean_interval(values) == (pytest.approx(0.9 - half), pytest.approx(0.9 + half))
+
+
+def test_values_piled_against_a_bound_get_the_far_limit_widened() -> None:
+    # a loss-like sample that drew none of its long tail: lognormal (sigma 1) values, true mean e^0.5 = 1.65
+    values = [0.4, 0.6, 0.7, 0.9, 1.2]  # mean 0.76, sd 0.30: within NEAR_BOUND sd of 0
+    mean, se = 0.76, np.std(values, ddof=1) / math.sqrt(5)
+    lo, hi = stats.mean_interval(values, (0.0, math.inf))
+    assert lo == pytest.approx(mean - st.t.ppf(0.975, 4) * se)  # the side towards the bound as t has it
+    assert hi == pytest.approx(mean + st.t.ppf(stats.FAR_SIDE, 4) * se)
+    assert stats.mean_interval(values)[1] < math.exp(0.5) <= hi  # t alone misses the true mean; this holds it
+    accuracy = [1 - v / 100 for v in values]  # the mirror image under an upper bound: the lower limit widens
+    lo, hi = stats.mean_interval(accuracy, (0.0, 1.0))
+    assert lo == pytest.approx(1 - (mean + st.t.ppf(stats.FAR_SIDE, 4) * se) / 100)
+    assert hi == pytest.approx(1 - (mean - st.t.ppf(0.975, 4) * se) / 100)
+
+
+@pytest.mark.parametrize(
+    "values, unit, why",
+    [
+        ([0.9, 0.91], "values", "2 values"),
+        ([0.9, 0.91, 0.92, 0.93], "values", "4 values"),
+        ([0.9, 0.91, 0.92], "pipelines", "3 pipelines"),
+        ([0.9] * 5, "values", "no spread"),
+        ([0.9, 0.91, 0.92, 0.93, 0.94], "values", None),
+    ],
+)
+def test_an_interval_below_five_values_or_without_spread_is_unreliable(values, unit, why) -> None:
+    assert stats.unreliable(values, unit) == why
+
+
+def test_a_summary_says_whether_its_interval_is_reliable() -> None:
+    few, enough = stats.summarise([0.9, 0.91, 0.92]), stats.summarise([0.9, 0.91, 0.92, 0.93, 0.94])
+    assert (few.reliable, few.unreliable) == (False, "3 values")
+    assert (enough.reliable, enough.unreliable) == (True, None)
+    assert few.ci == stats.mean_interval([0.9, 0.91, 0.92])  # still given, marked where it is printed

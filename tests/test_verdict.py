@@ -3,6 +3,7 @@ the verdict's words from a pair's winner, and the analysis of hand-made run fold
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from gdtrain.core import metrics
 from gdtrain.report import stats
 from gdtrain.study import verdict
-from gdtrain.study.report import verdict_lines
+from gdtrain.study.report import markdown, verdict_lines
 from gdtrain.study.verdict import OptimizerResult, Reach, Reruns, Setup, StudyResults, Trial, Tuning
 
 
@@ -282,3 +283,20 @@ def test_analyse_ranks_a_diverged_rerun_below_every_finished_one(tmp_path: Path)
     reach = results.optimizers["a"].to_target  # the curves fall from 2x to 1x the final value: steps 10, 20, 20
     assert (reach.reached, reach.of, reach.steps.mean) == (3, 3, pytest.approx(50 / 3))
     assert reach.samples.mean == pytest.approx(500 / 3)  # 100, 200, 200: the samples seen by the epoch that reached it
+
+
+def test_an_unreliable_interval_is_marked_in_the_report_and_in_results_json() -> None:
+    results = hand_made()
+    sgd = results.optimizers["sgd"]
+    summary = dataclasses.replace(sgd.reruns.summary, unreliable="2 values")  # as stats.summarise says of 2 reruns
+    sgd = dataclasses.replace(sgd, reruns=dataclasses.replace(sgd.reruns, summary=summary))
+    two = {"sgd": sgd, "adam": results.optimizers["adam"]}  # the pair hand_made compares
+    results = dataclasses.replace(results, optimizers=two, order=("sgd", "adam"))
+    reruns = results.to_json()["optimizers"]["sgd"]["reruns"]
+    assert (reruns["ci"], reruns["ci_reliable"], reruns["ci_unreliable"]) == ([0.3, 0.35], False, "2 values")
+    lines = markdown(results, []).splitlines()
+    head = next(line for line in lines if line.startswith("| group | optimizer |"))
+    assert head.rstrip(" |").endswith("95% CI reliable")
+    row = next(line for line in lines if line.startswith("| a | sgd |"))
+    assert "| 0.3–0.35 |" in row and row.endswith("| no (unreliable: 2 values) |")
+    assert "ci_reliable" not in hand_made().to_json()["optimizers"]["sgd"]["reruns"]  # a reliable CI: as before

@@ -86,6 +86,16 @@ def test_coverage_of_normal_intervals_with_a_fixed_seed(calibration):
     assert 0.93 <= covered <= 0.97
 
 
+def test_intervals_below_five_values_are_all_flagged_and_none_from_five_up(calibration):
+    # deterministic: the rule flags by the count of values (and no spread), whatever they are
+    for kind in ("normal", "lognormal"):
+        covered, every, flagged, _ = calibration.interval_figures(kind, 3, 200, seed=0)
+        assert np.isnan(covered) and flagged == 1.0 and 0.0 <= every <= 1.0
+        covered, every, flagged, _ = calibration.interval_figures(kind, 5, 200, seed=0)
+        assert flagged == 0.0 and covered == every
+    assert calibration.interval_figures("normal", 10, 200, seed=0)[3] == 1.0  # 10 sd from 1: the t interval
+
+
 def test_an_unknown_kind_of_data_is_an_error(calibration):
     with pytest.raises(ValueError, match="Unknown kind of data: uniform"):
         calibration.draw(np.random.default_rng(0), "uniform", (2, 2))
@@ -98,4 +108,5 @@ def test_the_tables_do_not_depend_on_the_number_of_processes(calibration, capsys
         out = capsys.readouterr().out
         printed.append([line for line in out.splitlines() if line.startswith("|")])
     assert printed[0] == printed[1]
-    assert len(printed[0]) == (2 + 6) + (2 + 4) + (2 + 12)  # header and rule, then one row a setting
+    # header and rule, then one row a setting: tables 1, 2 and 3, then table 4's false claims, coverage and power
+    assert len(printed[0]) == (2 + 6) + (2 + 4) + (2 + 12) + (2 + 4) + (2 + 4) + (2 + 12)

@@ -69,6 +69,7 @@ class Row:
     group: str | None = None  # letters from rank(): rows sharing one show no detectable difference; None: not compared
     beats: list[str] | None = None  # the labels of the rows this row detectably beats; None: not compared
     ci: tuple[float, float] | None = None  # 95% t interval of the mean final metric over the finished seeds
+    ci_unreliable: str | None = None  # why that interval is not to be trusted (stats.unreliable); None: it is
 
     @property
     def diverged(self) -> int:
@@ -134,6 +135,7 @@ def rank(rows: list[Row], metric: str) -> list[Row]:
         row.group, row.beats = marks[row.label], stats.beats(row.label, pairs)
         finished = _known(row)
         row.ci = stats.mean_interval(finished, metrics.bounds(metric)) if len(finished) >= 2 else None
+        row.ci_unreliable = stats.unreliable(finished, "finished seeds") if row.ci else None
     by_label = {row.label: row for row in compared}
     return [by_label[label] for label in order] + [row for row in rows if row not in compared]
 

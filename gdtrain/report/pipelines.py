@@ -128,5 +128,10 @@ def summarise(values: np.ndarray, bounds: tuple[float, float] = (-math.inf, math
         return None
     std = float(finished.std(ddof=1)) if finished.size >= 2 else 0.0
     return stats.Summary(
-        int(finished.size), float(np.mean(means)), float(np.median(finished)), std, stats.mean_interval(means, bounds)
+        int(finished.size),
+        float(np.mean(means)),
+        float(np.median(finished)),
+        std,
+        stats.mean_interval(means, bounds),
+        stats.unreliable(means, "pipelines"),
     )

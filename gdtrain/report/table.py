@@ -5,7 +5,8 @@ else on stdout. The text and markdown tables fit in 100 columns for a sweep like
 sweeps/synthetic_optimizers.yaml: the row's label already says the optimizer and the lr, so they
 get no columns of their own; a column with the same value in every row (batch, seeds, status,
 group) is said once above the table instead; with seeds compared, a mean comes with its 95% CI
-and its letters (group), and json rows say which rows each one beats
+(marked `unreliable`, and `95% CI reliable` false in csv and json, below 5 finished seeds or with
+no spread: stats.unreliable) and its letters (group), and json rows say which rows each one beats
 (its ± std is in csv and json); the best value and its epoch share a column. `diverged` counts a
 row's diverged runs (`2/5`; a number beside `seeds` in csv and json); the figures are its finished
 runs'; with no run diverged the column is left out and the title says so. Wall time, which
@@ -42,7 +43,7 @@ COLUMNS = (
     "wall s",
     "samples/s",
     "status",
-)  # csv and json; with seeds compared, also group and 95% CI
+)  # csv and json; with seeds compared, also group, 95% CI and whether that CI is reliable
 STATS = ("final", "best", "best epoch", "steps to target", "wall s", "samples/s")  # a value per seed
 CONSTANT = ("group", "batch", "seeds", "diverged", "status")  # left out of the text table when every row has one value
 WIDTH = 100
@@ -78,6 +79,8 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
                 "group": row.group,
                 "beats": row.beats,
                 "95% CI": row.ci,
+                "95% CI reliable": None if row.ci is None else row.ci_unreliable is None,
+                "95% CI unreliable": row.ci_unreliable,  # why not, in the title
             }
         )
     return records
@@ -102,10 +105,13 @@ def _mean(values: list[Any], spec: str) -> str:
     return "-" if not known else format(statistics.fmean(known), spec)
 
 
-def _cell(record: dict[str, Any], column: str, target: float | None) -> str:
-    if column == "95% CI":
+def _cell(record: dict[str, Any], column: str, target: float | None, mark: bool = True) -> str:
+    if (
+        column == "95% CI"
+    ):  # `mark`: say in the cell that the CI is unreliable (not when the title says so of every row)
         ci = record["95% CI"]
-        return "-" if ci is None else f"{ci[0]:.4g}-{ci[1]:.4g}"
+        unsure = " unreliable" if mark and record["95% CI unreliable"] else ""
+        return "-" if ci is None else f"{ci[0]:.4g}-{ci[1]:.4g}{unsure}"
     if column == "final":  # with a CI beside it, the mean alone
         return _mean(record["final"], ".4g") if record["95% CI"] is not None else _stat(record["final"])
     if column == "best (epoch)":
@@ -146,6 +152,10 @@ def display(records: list[dict[str, Any]], target: float | None) -> tuple[list[s
     return [c for c in shown if c not in same], same
 
 
+def _every_ci_unreliable(records: list[dict[str, Any]]) -> bool:
+    return all(r["95% CI unreliable"] for r in records if r["95% CI"] is not None)
+
+
 def _diverged(records: list[dict[str, Any]]) -> bool:
     return any(r["diverged"] for r in records)
 
@@ -168,6 +178,13 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
             "group: rows that share a letter show no detectable difference; rows that share none differ "
             "(two-sided exact tests, Holm: every claim together at 5% family-wise).",
         ]
+    reasons = sorted({r["95% CI unreliable"] for r in records if r["95% CI unreliable"]})
+    if reasons:
+        said.append(
+            ("The 95% CI of every row is unreliable" if _every_ci_unreliable(records) else "unreliable: a 95% CI")
+            + f" whose coverage was not measured to hold ({', '.join(reasons)}: it is from 5 finished seeds "
+            "with some spread)."
+        )
     if _diverged(records):
         said.append(
             "diverged: a row's runs whose loss became NaN or infinite; each ranks below every finished run "
@@ -192,7 +209,7 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
 def _numbers(record: dict[str, Any]) -> dict[str, Any]:
     """For csv and json: each STATS column as its mean, plus `<column> std` when there are seeds."""
     flat: dict[str, Any] = {}
-    for column in (*COLUMNS, "group", "beats", "95% CI"):
+    for column in (*COLUMNS, "group", "beats", "95% CI", "95% CI reliable"):
         value = record[column]
         if column not in STATS:
             flat[column] = value
@@ -218,7 +235,8 @@ def render(records: list[dict[str, Any]], fmt: str, target: float | None) -> str
         return out.getvalue().rstrip("\n")
     shown, _ = display(records, target)
     header = [f"steps to {target:g}" if c == "steps to target" else c for c in shown]
-    cells = [header] + [[_cell(r, c, target) for c in shown] for r in records]
+    mark = not _every_ci_unreliable(records)  # else the title says it once
+    cells = [header] + [[_cell(r, c, target, mark) for c in shown] for r in records]
     if fmt == "markdown":
         lines = ["| " + " | ".join(row) + " |" for row in cells]
         lines.insert(1, "|" + "|".join("---" for _ in shown) + "|")

@@ -212,6 +212,9 @@ def markdown(results: StudyResults, figures: list[str]) -> str:
     target = setup.target
     head = ["group", "optimizer", "chosen settings", f"mean {report}", "95% CI", "median", "diverged"]
     head += [f"steps to {setup.select} {fmt(target)}"] if target is not None else []
+    summaries = [results.optimizers[label].reruns.summary for label in results.ranked]
+    unsure = any(s is not None and not s.reliable for s in summaries)  # then a column says which CI to distrust
+    head += ["95% CI reliable"] if unsure else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label in results.ranked:
         e = results.optimizers[label]
@@ -228,6 +231,8 @@ def markdown(results: StudyResults, figures: list[str]) -> str:
         if target is not None:
             t = e.to_target
             row.append("—" if t is None or t.steps is None else f"{t.steps.mean:.0f} ({t.reached}/{t.of})")
+        if unsure:
+            row.append("—" if s is None else "yes" if s.reliable else f"no (unreliable: {s.unreliable})")
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Choices" + (", repeat by repeat" if setup.repeats >= 2 else ""), "", *choice_lines(results)]
     ranked = results.ranked
@@ -263,7 +268,8 @@ def _test(setup: Any) -> str:
 def _write_csv(path: Path, results: StudyResults) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow(["optimizer", "group", "chosen", "n", "mean", "median", "std", "ci_low", "ci_high", "diverged"])
+        head = ["optimizer", "group", "chosen", "n", "mean", "median", "std", "ci_low", "ci_high", "diverged"]
+        out.writerow([*head, "ci_reliable"])
         for label, e in results.optimizers.items():
             r, s = e.reruns, e.reruns.summary
             figures = [s.mean, s.median, s.std, *s.ci] if s else ["", "", "", "", ""]
@@ -275,6 +281,7 @@ def _write_csv(path: Path, results: StudyResults) -> None:
                     len(r.values),
                     *figures,
                     r.diverged,
+                    "" if s is None else s.reliable,
                 ]
             )
 

@@ -129,7 +129,7 @@ class Reruns:
         }
         if self.summary is not None:
             s = self.summary
-            out |= {"mean": s.mean, "median": s.median, "std": s.std, "ci": list(s.ci)}
+            out |= {"mean": s.mean, "median": s.median, "std": s.std, "ci": list(s.ci)} | _caveat(s)
         return out
 
 
@@ -155,7 +155,12 @@ class Reach:
 
 
 def _estimate(summary: stats.Summary | None) -> dict[str, Any] | None:
-    return None if summary is None else {"mean": summary.mean, "ci": list(summary.ci)}
+    return None if summary is None else {"mean": summary.mean, "ci": list(summary.ci)} | _caveat(summary)
+
+
+def _caveat(summary: stats.Summary) -> dict[str, Any]:
+    # only an unreliable CI says so: a reliable one's keys, and results.json written before, stay as they were
+    return {} if summary.reliable else {"ci_reliable": False, "ci_unreliable": summary.unreliable}
 
 
 @dataclass(frozen=True)
