@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from clihelp import gdtrain, one_error, write
@@ -69,8 +70,11 @@ def test_few_repeats_say_a_diverged_rerun_blocks_claims() -> None:
 
 
 def test_the_estimate_is_linear_in_runs_and_steps() -> None:
-    timing = plan.Timing(members=8, step=0.08, rest=1.6, first=2.0)
-    assert timing.seconds([16], 100, 1) == 2.0 + 2 * (1.6 + 8.0)
+    timing = plan.Timing(members=(8,), step=(0.08,), rest=(1.6,), first=2.0)
+    assert timing.seconds([16], 100, 1) == pytest.approx(2.0 + 2 * (1.6 + 8.0))
+    two = plan.Timing(members=(8, 32), step=(0.08, 0.2), rest=(1.6, 4.0), first=2.0)  # a step: 0.04 s + 5 ms a member
+    assert two.at(two.step, 224) == pytest.approx(0.04 + 0.005 * 224)
+    assert two.seconds([224, 8], 100, 1) == pytest.approx(2.0 + (0.8 + 0.1 * 224 + 100 * 1.16) + (1.6 + 8.0))
     assert plan.duration(40) == "40 s" and plan.duration(420) == "7 min" and plan.duration(9000) == "2.5 h"
 
 

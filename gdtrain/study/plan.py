@@ -4,10 +4,12 @@ and writes nothing under --runs-dir; prints a few lines:
   gdtrain/execution/groups.py's own plan of the points (the reruns' chosen settings are not known
   yet; any trial of each optimizer stands in for them: grouping ignores the optimizer's settings);
 - time: measured, not guessed. A probe trains a few steps of the study's own points in a temporary
-  folder (removed after), as the study would: a stacked group of PROBE_MEMBERS when the study
-  stacks, else one run. Its summary.json splits its wall time into training steps and the rest
-  (start, data, evaluation, writing), and both are extrapolated linearly to the study's runs and
-  steps; a first one-step run pays the imports and the first data load, and is counted once;
+  folder (removed after), as the study would: stacked groups of two sizes (PROBE_MEMBERS, at most
+  the study's largest group) when the study stacks, else one run. Two lengths of each split its wall
+  time into training steps and the rest (start, data, evaluation, writing); the two sizes give each
+  a line in the group's size (a small group's step is mostly fixed cost, a large one's mostly
+  compute), extrapolated to the study's groups and steps; a first one-step run pays the imports and
+  the first data load, and is counted once;
 - claims: whether the verdict's tests (gdtrain/report/stats.py, gdtrain/report/pipelines.py) can
   declare any difference at all at Holm's first threshold, and how large a difference they detect
   with 80% power (gdtrain/report/power.py).
@@ -35,26 +37,35 @@ from gdtrain.study.spec import Study, rerun_points, tuning_points
 from gdtrain.training import lifecycle, memory
 from gdtrain.training.tasks import Task
 
-PROBE_STEPS = 20  # steps of each probe run: enough for a rate, short enough for a plan
-PROBE_MEMBERS = 8  # members of the probe's stacked group; larger groups are extrapolated from it
+PROBE_STEPS = 80  # steps of the longer probe run (the shorter takes a quarter): past the first steps, which are slower
+PROBE_MEMBERS = (8, 32)  # members of the probe's stacked groups (at most the study's largest); others on their line
 
 Point = tuple[str, str, dict[str, Any]]  # (arm label, run name, config document), as spec gives them
 
 
 @dataclass(frozen=True)
 class Timing:
-    """What the probe measured of a unit of `members` runs (one run, or a stacked group): seconds a
-    step, and seconds besides its steps (start, data, each epoch's set-up, evaluation, writing)."""
+    """What the probe measured of units of one or two sizes (one run, or stacked groups): seconds a step
+    of the whole unit, and seconds besides its steps (start, data, each epoch's set-up, evaluation,
+    writing), for each size probed."""
 
-    members: int
-    step: float  # seconds a step of the whole unit
-    rest: float  # seconds of the unit besides its steps, for a run of one epoch
+    members: tuple[int, ...]  # the unit sizes probed, smallest first
+    step: tuple[float, ...]  # seconds a step of a unit of each size
+    rest: tuple[float, ...]  # seconds of such a unit besides its steps, for a run of one epoch
     first: float  # the process's first run pays the imports and the first data load, once a study
+
+    def at(self, values: tuple[float, ...], members: int) -> float:
+        """A figure for a unit of `members`: proportional to its size from one probe, on the line through two."""
+        if len(self.members) == 1:
+            return values[0] * members / self.members[0]
+        (m1, m2), (v1, v2) = self.members, values
+        slope = max((v2 - v1) / (m2 - m1), 0.0)  # noise can make the larger unit look cheaper: then flat
+        return max(v1 + slope * (members - m1), 0.0)
 
     def seconds(self, units: list[int], steps: int, epochs: int) -> float:
         """The wall time of units of these sizes, one after the other, each run `steps` steps in `epochs`
-        epochs: linear in members and steps, and the rest counted each epoch (an upper bound)."""
-        return self.first + sum(m / self.members * (epochs * self.rest + steps * self.step) for m in units)
+        epochs: the rest counted each epoch (an upper bound)."""
+        return self.first + sum(epochs * self.at(self.rest, m) + steps * self.at(self.step, m) for m in units)
 
 
 def show(study: Study, runs_dir: Path, execution: Execution, echo: Callable[[str], None]) -> None:
@@ -143,24 +154,27 @@ def _sizes(phase: list[list[Task]]) -> str:
 
 
 def probe(trials: list[Point], largest: int, steps: int) -> Timing:
-    """Time a one-step run (it pays the imports and the first data load), then a unit like the study's
-    (a stacked group of at most PROBE_MEMBERS, or one run) for a few steps and for four times as many,
-    in a temporary folder removed after. The difference is the steps' time; the rest is the same in both."""
+    """Time a one-step run (it pays the imports and the first data load), then units like the study's
+    (stacked groups of the PROBE_MEMBERS sizes, at most `largest`; or one run) for a few steps and for
+    four times as many, in a temporary folder removed after. The difference is the steps' time; the
+    rest is the same in both."""
     from gdtrain.execution.units import run_unit
 
-    members, length = min(largest, PROBE_MEMBERS), min(steps, PROBE_STEPS)
+    sizes = sorted({min(largest, size) for size in PROBE_MEMBERS})
+    length = min(steps, PROBE_STEPS)
     short = max(length // 4, 1)
-    spread = [trials[i * len(trials) // members] for i in range(members)]  # several optimizers, like a group
+    per_step, rests = [], []
     with tempfile.TemporaryDirectory(prefix="gdtrain-plan-") as tmp:
-        first = _measure(run_unit, _probe_tasks(spread[:1], 1, Path(tmp), "first"))
-        brief = _measure(run_unit, _probe_tasks(spread, short, Path(tmp), "short"))
-        full = _measure(run_unit, _probe_tasks(spread, length, Path(tmp), "long"))
-    if length > short and full > brief:
-        step = (full - brief) / (length - short)
-    else:  # noise swamped the difference: every second counted as steps', an upper bound
-        step = full / length
-    rest = max(full - length * step, 0.0)
-    return Timing(members, step, rest, max(first - rest / members, 0.0))
+        first = _measure(run_unit, _probe_tasks(trials[:1], 1, Path(tmp), "first"))
+        for members in sizes:
+            spread = [trials[i * len(trials) // members % len(trials)] for i in range(members)]  # several optimizers
+            brief = _measure(run_unit, _probe_tasks(spread, short, Path(tmp), f"short{members}"))
+            full = _measure(run_unit, _probe_tasks(spread, length, Path(tmp), f"long{members}"))
+            # noise can swamp the difference: then every second counts as steps', an upper bound
+            step = (full - brief) / (length - short) if length > short and full > brief else full / length
+            per_step.append(step)
+            rests.append(max(full - length * step, 0.0))
+    return Timing(tuple(sizes), tuple(per_step), tuple(rests), max(first - rests[0] / sizes[0], 0.0))
 
 
 def _probe_tasks(points: list[Point], length: int, runs_dir: Path, experiment: str) -> list[Task]:
@@ -187,21 +201,25 @@ def _measure(run_unit: Callable[[list[Task]], list[Any]], tasks: list[Task]) -> 
 
 def time_lines(timing: Timing, units: list[int], steps: int, epochs: int, execution: Execution) -> list[str]:
     """`time: ≈ 7 min (measured ...)` and what makes it uncertain."""
-    unit = "one run" if timing.members == 1 else f"a stacked group of {timing.members}"
+    sizes = " and ".join(map(str, timing.members))
+    unit = "one run" if timing.members == (1,) else f"stacked groups of {sizes}"
     doubts = [
         f"machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while measuring",
         "early stopping and diverged runs shorten it",
     ]
-    if max(units) > timing.members:
-        doubts.append(f"groups of {max(units)} extrapolated linearly from {timing.members} (often faster per run)")
+    if max(units) > max(timing.members):
+        doubts.append(
+            f"groups of {max(units)} extrapolated on the line through groups of {sizes}: larger groups train "
+            "faster per run than that line, so it is likely an overestimate"
+        )
     if execution.jobs > 1:
         doubts.append(f"--jobs {execution.jobs} runs units side by side: not counted, they share this machine's cores")
     if execution.job_options is not None:
         doubts.append(f"{execution.job_options.executor} jobs: this machine's time, not theirs")
     return [
         f"time: ≈ {duration(timing.seconds(units, steps, epochs))} (measured on this machine: {unit} at "
-        f"{_ms(timing.step)} a step and {timing.rest:.2g} s besides; extrapolated to {sum(units):,} runs × "
-        f"{steps:,} steps)",
+        f"{' and '.join(map(_ms, timing.step))} a step and {' and '.join(f'{r:.2g}' for r in timing.rest)} s "
+        f"besides; extrapolated to {sum(units):,} runs × {steps:,} steps)",
         "uncertain: " + "; ".join(doubts),
     ]
 
