@@ -181,9 +181,8 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
     reasons = sorted({r["95% CI unreliable"] for r in records if r["95% CI unreliable"]})
     if reasons:
         said.append(
-            ("The 95% CI of every row is unreliable" if _every_ci_unreliable(records) else "unreliable: a 95% CI")
-            + f" whose coverage was not measured to hold ({', '.join(reasons)}: it is from 5 finished seeds "
-            "with some spread)."
+            ("Every row's 95% CI is unreliable" if _every_ci_unreliable(records) else "unreliable: a 95% CI")
+            + f" ({', '.join(reasons)}): its coverage was measured to hold from 5 finished seeds with some spread."
         )
     if _diverged(records):
         said.append(
