@@ -20,7 +20,8 @@ Simulated studies, no training: each optimizer's reruns are drawn from a known d
 4. Repeated studies (`repeats: R`, gdtrain/report/pipelines.py): k optimizers, R pipelines of S = 5
    reruns each; a pipeline's chosen setting shifts all its reruns by a tuning effect drawn per pipeline,
    normal with std tau = 0, 1 or 3 rerun sd, or skewed (minus an exponential draw of mean 2 sd: now and
-   then a bad choice). The family-wise false-claim rate with no difference between the optimizers, the
+   then a bad choice), or unequal (optimizer i's tau is 3 i / (k - 1): from 0 to 3; for the coverage
+   column, the same as tau 3). The family-wise false-claim rate with no difference between the optimizers, the
    coverage of the interval of an optimizer's mean (over its pipelines), and the power when one
    optimizer's reruns are shifted up by 1, 2 or 3 rerun sd (tau = 0 and 1).
 Every setting has its own random stream from `--seed`, so a table does not depend on `--processes`.
@@ -289,7 +290,7 @@ def print_tables(args: argparse.Namespace) -> None:
 
 REPEATS = (3, 5)  # pipelines per optimizer in table 4
 PIPELINE_SEEDS = 5  # reruns per pipeline in table 4
-TUNING = ("0", "1", "3", "skewed")  # the tuning effect's spread, in rerun sd
+TUNING = ("0", "1", "3", "skewed", "unequal")  # the tuning effect's spread, in rerun sd
 
 
 def pipeline_draw(rng: np.random.Generator, tuning: str, size: tuple[int, ...]) -> np.ndarray:
@@ -297,6 +298,10 @@ def pipeline_draw(rng: np.random.Generator, tuning: str, size: tuple[int, ...]) 
     *lead, r, s = size
     if tuning == "skewed":
         effect = -2.0 * rng.exponential(1.0, (*lead, r, 1))
+    elif tuning == "unequal":  # optimizer i's tuning spread: 3 * i / (k - 1) sd, from 0 to 3
+        k = lead[-1]
+        scale = 3.0 * np.arange(k) / max(k - 1, 1)
+        effect = scale[:, None, None] * rng.standard_normal((*lead, r, 1))
     else:
         effect = float(tuning) * rng.standard_normal((*lead, r, 1))
     return rng.standard_normal(size) + effect
@@ -319,7 +324,7 @@ def pipeline_coverage(tuning: str, r: int, draws: int, seed: int) -> float:
     rng = stream(seed, "pipeline-coverage", tuning, r)
     truth = -2.0 if tuning == "skewed" else 0.0
     hits = 0
-    for values in pipeline_draw(rng, tuning, (draws, r, PIPELINE_SEEDS)):
+    for values in pipeline_draw(rng, "3" if tuning == "unequal" else tuning, (draws, r, PIPELINE_SEEDS)):
         lo, hi = pipelines.summarise(values).ci
         hits += lo <= truth <= hi
     return hits / draws

@@ -12,10 +12,10 @@ from scipy import stats as st
 from gdtrain.report import pipelines, power, stats
 
 
-def test_finished_pipelines_are_compared_by_students_t_on_their_means() -> None:
+def test_finished_pipelines_are_compared_by_welchs_t_on_their_means() -> None:
     rng = np.random.default_rng(1)
     a, b = rng.normal(0.0, 1.0, (4, 5)), rng.normal(0.5, 1.0, (4, 5))
-    expected = st.ttest_ind(a.mean(axis=1), b.mean(axis=1)).pvalue
+    expected = st.ttest_ind(a.mean(axis=1), b.mean(axis=1), equal_var=False).pvalue
     assert pipelines.pipeline_p(a, b) == pytest.approx(expected)
     assert pipelines.pipeline_p(a, a.copy()) == pytest.approx(1.0)
 
@@ -41,7 +41,8 @@ def test_separated_pipelines_are_told_apart_and_alike_ones_are_not() -> None:
 
 
 def test_lower_is_better_turns_the_claim_around() -> None:
-    low, high = np.full((3, 2), 0.1) + np.arange(6).reshape(3, 2) * 1e-3, np.full((3, 2), 0.5)
+    low = np.full((3, 2), 0.1) + np.arange(6).reshape(3, 2) * 1e-3
+    high = low + 0.4
     (pair,) = pipelines.compare_pipelines({"low": low, "high": high}, higher_is_better=False)
     assert pair.winner == "low" and pair.p_a_beats_b == 1.0
 
@@ -75,3 +76,16 @@ def test_more_seeds_or_repeats_detect_smaller_differences() -> None:
     assert power.detectable(7, 5, 5, 1.0) < power.detectable(7, 3, 5, 1.0)
     assert power.detectable(7, 3, 5, 1.0, 0.5) > power.detectable(7, 3, 5, 1.0, 0.0)  # tuning's spread costs
     assert power.detectable(2, 3, 5, 2.0) == pytest.approx(2 * power.detectable(2, 3, 5, 1.0))  # in the metric's units
+
+
+def test_tuning_that_varies_for_one_optimizer_only_is_tested_by_welchs_t() -> None:
+    steady = np.array([[0.90, 0.91], [0.905, 0.915], [0.91, 0.92]])
+    wild = np.array([[0.80, 0.81], [0.95, 0.96], [0.99, 1.0]])
+    expected = st.ttest_ind(steady.mean(axis=1), wild.mean(axis=1), equal_var=False).pvalue
+    assert pipelines.pipeline_p(steady, wild) == pytest.approx(expected)
+
+
+def test_repeat_means_without_spread_are_counted_not_given_p_zero() -> None:
+    a = np.array([[0.8, 1.0], [1.0, 0.8]])  # both repeats' means 0.9
+    b = np.array([[0.79, 0.99], [0.99, 0.79]])  # both 0.89
+    assert pipelines.pipeline_p(a, b) == pytest.approx(2 / 6)  # 2 of the C(4, 2) splits are as far apart

@@ -233,6 +233,8 @@ def test_the_verdict_names_the_winner_whichever_side_of_the_pair_it_is() -> None
     lines = verdict_lines(StudyResults(results.setup, two, (tie,), ("adam", "sgd"), ("adam", "sgd")))
     assert lines == [
         "**No detectable difference**: adam and sgd tie on loss/test with 2 seeds each.",
+        "This design could not have declared any difference: with 2 optimizers and 2 seeds the smallest possible "
+        "p is above 0.05 after Holm's adjustment; add seeds or repeats.",
         "- no detectable difference with 2 seeds: adam–sgd",
     ]
 

@@ -109,4 +109,4 @@ def test_the_tables_do_not_depend_on_the_number_of_processes(calibration, capsys
         printed.append([line for line in out.splitlines() if line.startswith("|")])
     assert printed[0] == printed[1]
     # header and rule, then one row a setting: tables 1, 2 and 3, then table 4's false claims, coverage and power
-    assert len(printed[0]) == (2 + 6) + (2 + 4) + (2 + 12) + (2 + 4) + (2 + 4) + (2 + 12)
+    assert len(printed[0]) == (2 + 6) + (2 + 4) + (2 + 12) + (2 + 5) + (2 + 5) + (2 + 12)

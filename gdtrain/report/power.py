@@ -9,8 +9,9 @@ its reruns by a normal amount with standard deviation `repeat_sd` (the variance 
 - Without repeats: the exact two-sided Mann-Whitney test of S seeds against S. Its smallest p is
   2 / C(2S, S), so below some S no difference can be claimed at all (7 optimizers: S = 5 gives
   2/252 > 0.05/21); above it the power is simulated (POWER_DRAWS studies of a pair).
-- With R repeats: Student's t on the R pipeline means a side, df = 2R - 2; its power is the
-  noncentral t distribution's, no simulation needed.
+- With R repeats: Welch's t on the R pipeline means a side; its power is the noncentral t
+  distribution's at df = 2R - 2 (Welch's degrees of freedom when both sides spread alike; fewer
+  otherwise, so then a little optimistic), no simulation needed.
 """
 
 from __future__ import annotations

@@ -116,13 +116,16 @@ def summarise(values: Sequence[float], bounds: tuple[float, float] = (-math.inf,
 
 def mean_interval(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
     """The 95% Student t interval of the mean, its limit away from a bound the mean lies within NEAR_BOUND
-    sd of at t's FAR_SIDE quantile, clipped to `bounds`; the mean twice for one value or no spread."""
+    sd of at t's FAR_SIDE quantile (from MIN_VALUES values up), clipped to `bounds`; the mean twice for
+    one value or no spread."""
     x = np.asarray(values, dtype=float)
     mean = float(x.mean())
     if len(x) < 2 or np.ptp(x) == 0:
         return (mean, mean)
     sd = float(x.std(ddof=1))
     usual, far = (q * sd / math.sqrt(len(x)) for q in _t_quantiles(len(x) - 1))
+    if len(x) < MIN_VALUES:  # marked unreliable anyway: the plain t interval, not a 99.9% one on 2-4 values
+        far = usual
     below = far if bounds[1] - mean < NEAR_BOUND * sd else usual  # piled under an upper bound: a long tail down
     above = far if mean - bounds[0] < NEAR_BOUND * sd else usual
     return (max(mean - below, bounds[0]), min(mean + above, bounds[1]))

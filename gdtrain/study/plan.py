@@ -206,11 +206,12 @@ def time_lines(timing: Timing, units: list[int], steps: int, epochs: int, execut
     doubts = [
         f"machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while measuring",
         "early stopping and diverged runs shorten it",
+        "training only: the study's start, its report and figures add a few seconds",
     ]
     if max(units) > max(timing.members):
         doubts.append(
             f"groups of {max(units)} extrapolated on the line through groups of {sizes}: larger groups train "
-            "faster per run than that line, so it is likely an overestimate"
+            "faster per run than that line, so for them it is likely an overestimate"
         )
     if execution.jobs > 1:
         doubts.append(f"--jobs {execution.jobs} runs units side by side: not counted, they share this machine's cores")
@@ -260,7 +261,7 @@ def claim_lines(optimizers: int, repeats: int, seeds: int) -> list[str]:
     plain = power.detectable(optimizers, repeats, seeds, seed_sd=1.0)
     tuned = power.detectable(optimizers, repeats, seeds, seed_sd=1.0, repeat_sd=0.5)
     lines = [
-        head + f"; Student's t on {repeats} pipeline means a side",
+        head + f"; Welch's t on {repeats} pipeline means a side",
         f"detects a difference of {plain:.1f} rerun std with 80% power ({tuned:.1f} if tuning adds half a std)",
     ]
     ranks = power.smallest_p(repeats)  # the exact permutation over pipelines has the same smallest p

@@ -118,7 +118,7 @@ def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
         jitter = [(k - (n - 1) / 2) * step for k in range(n)]
         ax.scatter([i + j for j in jitter], values, color=colours[label], s=22, zorder=3)
         if (s := r.summary) is not None:
-            ax.errorbar(
+            bar = ax.errorbar(
                 [i + 0.3],
                 [s.mean],
                 yerr=[[s.mean - s.ci[0]], [s.ci[1] - s.mean]],
@@ -127,15 +127,19 @@ def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
                 ms=5,
                 capsize=4,
             )
+            if not s.reliable:  # dashed: its coverage is not measured to hold (the tick label says why)
+                bar[2][0].set_linestyle("--")
     ticks = []
     for label in order:
         e = results.optimizers[label]
         lost = f", {e.reruns.diverged} diverged" if e.reruns.diverged else ""
-        ticks.append(f"{label}\n(group {e.group}{lost})")
+        s = e.reruns.summary
+        unsure = f"\nCI unreliable: {s.unreliable}" if s is not None and not s.reliable else ""
+        ticks.append(f"{label}\n(group {e.group}{lost}){unsure}")
     ax.set_xticks(range(len(order)), ticks, fontsize=8)
     report = results.setup.report
     over = " over the repeats" if results.setup.repeats >= 2 else ""
-    title = f"{report} per rerun; diamond: mean and 95% CI{over} ({metrics.direction(report)} is better)"
+    title = f"{report} per rerun ({metrics.direction(report)} is better); diamond: mean, 95% CI{over}"
     ax.set(ylabel=report, title=title)
     ax.grid(alpha=0.3, axis="y")
     return fig

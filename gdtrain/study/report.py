@@ -84,6 +84,12 @@ def verdict_lines(results: StudyResults) -> list[str]:
         return [f"One optimizer, {order[0]}: nothing to compare it with."]
     if len(best) == len(order):
         lines = [f"**No detectable difference**: {names(list(order))} tie on {report} with {runs} each."]
+        if results.detectable is None:
+            lines.append(
+                f"This design could not have declared any difference: with {len(order)} optimizers and "
+                f"{setup.seeds} seeds the smallest possible p is above 0.05 after Holm's adjustment; "
+                "add seeds or repeats."
+            )
     else:
         head = f"**{names(list(best))}** " + ("tie for best" if len(best) > 1 else "is best")
         lines = [f"{head} on {report} ({runs} each)."]
@@ -138,8 +144,8 @@ def scope_lines(results: StudyResults) -> list[str]:
         )
     else:
         lines.append(
-            f"- Detectable: a difference of {fmt(results.detectable)} in mean {setup.report} would be found with "
-            f"80% power at the spread seen (reruns' std {fmt(sd)}"
+            f"- Detectable: a difference in mean {setup.report} needs to be at least {fmt(results.detectable)} to be "
+            f"found with 80% power at the spread seen (reruns' std {fmt(sd)}"
             + (f", tuning adds a std of {fmt(results.tuning_sd)} to a repeat's mean)." if setup.repeats >= 2 else ").")
         )
     return lines
@@ -259,7 +265,7 @@ def markdown(results: StudyResults, figures: list[str]) -> str:
 def _test(setup: Any) -> str:
     if setup.repeats >= 2:
         return (
-            "Student's t test of the pipelines' means (an exact permutation test of their mean ranks when a "
+            "Welch's t test of the pipelines' means (an exact permutation test of their mean ranks when a "
             "rerun diverged)"
         )
     return "the two-sided exact Mann-Whitney test"
@@ -277,7 +283,7 @@ def _write_csv(path: Path, results: StudyResults) -> None:
                 [
                     label,
                     "" if e.group is None else e.group,
-                    json.dumps(e.tuning.chosen),
+                    json.dumps(e.tuning.chosen if len(e.tunings) == 1 else [t.chosen for t in e.tunings]),
                     len(r.values),
                     *figures,
                     r.diverged,

@@ -418,8 +418,13 @@ def analyse(tunings: list[Tuning], reruns: dict[tuple[str, int], list[str]], set
     optimizers = {}
     for label in labels:
         own = tuple(t for t in tunings if t.label == label)
-        trial_values = _scored([t.select_value for tuning in own for t in tuning.trials], worst_trial)
-        curve = stats.budget_curve(trial_values, metrics.higher_is_better(select)) if worst_trial is not None else []
+        curves = [  # each repeat's expected best after k = 1..budget trials; averaged over the repeats
+            stats.budget_curve(
+                _scored([t.select_value for t in tuning.trials], worst_trial), metrics.higher_is_better(select)
+            )
+            for tuning in own
+        ]
+        curve = [float(v) for v in np.mean(curves, axis=0)] if worst_trial is not None and curves else []
         reach = _to_target(finished_runs[label], select, setup.target)
         optimizers[label] = OptimizerResult(own, tuple(curve), done[label], reach, marks[label], choices[label])
     results = StudyResults(setup, optimizers, pairs, tuple(order), tuple(stats.best_set(order, pairs)))
