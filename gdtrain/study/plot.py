@@ -129,17 +129,21 @@ def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
             )
             if not s.reliable:  # dashed: its coverage is not measured to hold (the tick label says why)
                 bar[2][0].set_linestyle("--")
+    summaries = [results.optimizers[label].reruns.summary for label in order]
+    reasons = {s.unreliable for s in summaries if s is not None}
+    every = len(reasons) == 1 and None not in reasons  # one reason for all: said once, in the title
     ticks = []
-    for label in order:
+    for label, s in zip(order, summaries):
         e = results.optimizers[label]
         lost = f", {e.reruns.diverged} diverged" if e.reruns.diverged else ""
-        s = e.reruns.summary
-        unsure = f"\nCI unreliable: {s.unreliable}" if s is not None and not s.reliable else ""
+        unsure = "\nunreliable CI" if s is not None and not s.reliable and not every else ""
         ticks.append(f"{label}\n(group {e.group}{lost}){unsure}")
     ax.set_xticks(range(len(order)), ticks, fontsize=8)
     report = results.setup.report
     over = " over the repeats" if results.setup.repeats >= 2 else ""
     title = f"{report} per rerun ({metrics.direction(report)} is better); diamond: mean, 95% CI{over}"
+    if every:
+        title += f"\n(dashed: every CI unreliable, {next(iter(reasons))})"
     ax.set(ylabel=report, title=title)
     ax.grid(alpha=0.3, axis="y")
     return fig
