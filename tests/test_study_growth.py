@@ -92,7 +92,7 @@ def test_a_changed_study_says_what_changed_and_reuses_only_unchanged_runs(copy: 
     write(copy, yaml.safe_dump(spec), "study.yaml")
     lines = resumed(copy)
     assert changed(lines) == [
-        "study small: changed since it last ran: optimizers[0].lr.log_uniform [0.01, 1.0] → [0.01, 0.5]; "
+        "study small: changed since it last ran: optimizers[sgd].lr.log_uniform [0.01, 1.0] → [0.01, 0.5]; "
         "reusing 4 of 8 runs (2 to run; 2 reruns depend on what the new trials choose)"
     ]
     # sgd's trials drew new lrs, so its chosen lr is new: its trials and reruns train, adam's are reused

@@ -4,7 +4,7 @@ A study writes its resolved definition when it starts: the study file's keys aft
 metrics it resolved, and the base config as validated (every default filled in, the optimizer and
 the run seed left out: the study sets them per point). On `--resume` the runner compares the stored
 definition with the current one and says in one line what changed (`seeds 5 → 8`,
-`optimizers[1].lr.log_uniform [0.001, 1.0] → [0.001, 0.1]`). Nothing here decides which runs are
+`optimizers[momentum].lr.log_uniform [0.001, 1.0] → [0.001, 0.1]`). Nothing here decides which runs are
 reused: that is the sweep's rule (same name, same config), which the runner counts. Torch-free.
 """
 
@@ -63,12 +63,21 @@ def changes(old: Any, new: Any, path: str = "") -> list[str]:
         return [
             line
             for i in range(padded)
-            for line in changes(old[i] if i < len(old) else _NONE, new[i] if i < len(new) else _NONE, f"{path}[{i}]")
+            for line in changes(
+                old[i] if i < len(old) else _NONE, new[i] if i < len(new) else _NONE, _entry(path, i, old, new)
+            )
         ]
     return [] if old == new else [f"{path} {_shown(old)} → {_shown(new)}"]
 
 
 _NONE = object()  # a key or entry one side does not have
+
+
+def _entry(path: str, i: int, old: list[Any], new: list[Any]) -> str:
+    """`optimizers[2]`, or `optimizers[rmsprop]` where the entry has a label or a name (the new side's first)."""
+    entry = new[i] if i < len(new) else old[i]
+    name = entry.get("label", entry.get("name")) if isinstance(entry, dict) else None
+    return f"{path}[{name}]" if isinstance(name, str) else f"{path}[{i}]"
 
 
 def _shown(value: Any) -> str:
