@@ -10,21 +10,9 @@ import yaml
 
 from clihelp import gdtrain, one_error, write
 from gdtrain.study import plan
+from test_study import SMALL as SHRUNK
 
-# The shrunk quick study of tests/test_study.py, with two repeats: nothing of it trains but the probe.
-SMALL = """
-study: {name: small, seed: 0}
-base:
-  data: {name: moons, n_samples: 200, noise: 0.1}
-  model: {name: mlp, hidden_sizes: [8, 8], activation: sigmoid}
-  train: {epochs: 2, batch_size: 32, loss: bce, log_every: 2}
-optimizers:
-  - {name: sgd, lr: {log_uniform: [0.01, 1.0]}}
-  - {name: adam, lr: [0.01, 0.05]}
-budget: 2
-seeds: 2
-repeats: 2
-"""
+SMALL = SHRUNK + "repeats: 2\n"  # the shrunk quick study of tests/test_study.py, with two repeats
 
 
 def study_file(tmp_path: Path, **changes: object) -> Path:
