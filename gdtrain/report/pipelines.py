@@ -84,11 +84,7 @@ def compare_pipelines(samples: dict[str, np.ndarray], higher_is_better: bool = T
             x, y = oriented[a], oriented[b]
             u = float(stats.u_fraction(x.ravel(), y.ravel()))
             found.append((a, b, u, _u_interval(x, y, u, seed), pipeline_p(x, y)))
-    adjusted = stats.holm([p for *_, p in found])
-    return [
-        stats.Pair(a, b, u, ci, p, q, (a if u > 0.5 else b) if q < stats.ALPHA and u != 0.5 else None)
-        for (a, b, u, ci, p), q in zip(found, adjusted)
-    ]
+    return stats.claims(found)
 
 
 def _u_interval(x: np.ndarray, y: np.ndarray, u: float, seed: int) -> tuple[float, float]:

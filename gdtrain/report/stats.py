@@ -172,6 +172,12 @@ def compare_all(samples: dict[str, Sequence[float]], higher_is_better: bool = Tr
             x, y = oriented[a], oriented[b]
             u = float(u_fraction(x, y))  # P(A beats B)
             found.append((a, b, u, _u_interval(x, y, u, seed), two_sided_p(x, y, seed)))
+    return claims(found)
+
+
+def claims(found: Sequence[tuple[str, str, float, tuple[float, float], float]]) -> list[Pair]:
+    """The pairs (a, b, P(A beats B), its CI, two-sided p) compared together, as claims: Holm over all
+    of them, and A beats B when its adjusted p is below ALPHA and P(A beats B) > 0.5."""
     adjusted = holm([p for *_, p in found])
     return [
         Pair(a, b, u, ci, p, q, (a if u > 0.5 else b) if q < ALPHA and u != 0.5 else None)

@@ -126,12 +126,13 @@ def _reuse(study: Study, runs_dir: Path) -> tuple[int, int, int]:
         }
         return {name: str(run_dir) for name, run_dir in found.items() if run_dir is not None}
 
-    trials = done(tuning_points(study))
+    points = tuning_points(study)
+    trials = done(points)
     tunings, chosen = _choose(study, trials)
     again = rerun_points(study, chosen)
     reused = len(trials) + len(done(again))
     waiting = (len(study.arms) * study.spec.repeats - len(tunings)) * study.spec.seeds
-    return reused, len(tuning_points(study)) + len(again) - reused, waiting
+    return reused, len(points) + len(again) - reused, waiting
 
 
 def _searched(arm: Arm, doc: dict[str, Any]) -> dict[str, Any]:
