@@ -209,10 +209,7 @@ def time_lines(timing: Timing, units: list[int], steps: int, epochs: int, execut
         "training only: the study's start, its report and figures add a few seconds",
     ]
     if max(units) > max(timing.members):
-        doubts.append(
-            f"groups of {max(units)} extrapolated on the line through groups of {sizes}: larger groups train "
-            "faster per run than that line, so for them it is likely an overestimate"
-        )
+        doubts.append(f"groups of {max(units)} extrapolated on the line through groups of {sizes}")
     if execution.jobs > 1:
         doubts.append(f"--jobs {execution.jobs} runs units side by side: not counted, they share this machine's cores")
     if execution.job_options is not None:
