@@ -21,7 +21,7 @@ from clihelp import gdtrain, write
 from gdtrain import __version__
 from gdtrain.components.losses import LOSSES
 from gdtrain.components.models import MODELS
-from gdtrain.components.optimizers import OPTIMIZERS
+from gdtrain.core.optimizers import OPTIMIZERS
 from gdtrain.core import runs
 from gdtrain.core.catalog import DATASET_HELP, SCHEDULE_HELP
 from gdtrain.core.config import Config, load_config

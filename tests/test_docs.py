@@ -16,6 +16,7 @@ import pytest
 import typer.main
 
 from gdtrain.cli import app
+from gdtrain.core import optimizers as registry
 from gdtrain.core.config import Config
 from gdtrain.core.yamlio import parse_value
 
@@ -173,10 +174,27 @@ def plain(value: Any) -> Any:
     return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
+def models(annotation: Any) -> list[Any]:
+    """The model classes of a section's annotation: one, or a (tagged, Annotated) union's members."""
+    if isinstance(annotation, type):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in models(arg)]
+
+
+def test_the_optimizer_tables_are_the_registrys():
+    text = (ROOT / "docs" / "configs.md").read_text(encoding="utf-8")
+    block = text.partition(registry.BEGIN)[2].partition(registry.END)[0]
+    assert block.strip() == registry.reference().strip(), "run: python -m gdtrain.core.optimizers docs/configs.md"
+
+
 def test_config_reference_is_the_schema():
     reference, wrong = tables(), []
     for section, field in Config.model_fields.items():
-        variants = typing.get_args(field.annotation) or (field.annotation,)
+        variants = [
+            m
+            for m in models(field.annotation)
+            if typing.get_origin(m.model_fields.get("name", field).annotation) is typing.Literal
+        ] or [field.annotation]
         shared = reference.get(f"{section}: every `name`", {})
         for model in variants:
             if len(variants) == 1:
@@ -200,6 +218,11 @@ def test_config_reference_is_the_schema():
             wrong += [f"{heading}: {key} is not in the schema" for key in sorted(set(rows) - keys)]
             for key in sorted(keys & set(rows)):
                 info, cells = model.model_fields[key], rows[key]
+                if info.is_required():
+                    wrong += (
+                        [] if cells[1] == "(required)" else [f"{heading}: {key} is required, the table says {cells[1]}"]
+                    )
+                    continue
                 stated = parse_value(cells[1].strip("`"), f"{heading}.{key}")
                 if plain(stated) != plain(info.default):
                     wrong.append(f"{heading}: {key} default is {info.default!r}, the table says {cells[1]}")

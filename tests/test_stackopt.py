@@ -16,7 +16,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from gdtrain.components.optimizers import OPTIMIZERS, build_schedule, build_warmup
+from gdtrain.components.optimizers import build_schedule, build_warmup, optimizer_class
 from gdtrain.core.config import (
     AdagradConfig,
     AdamConfig,
@@ -125,7 +125,7 @@ def val_loss(member: int, epoch: int) -> float:
 def solo(cfg, schedule, clip, params0, grads, member, steps=STEPS):
     """One member alone, as engine.train drives torch: clip, step, warm-up, epoch schedule."""
     params = [nn.Parameter(p.clone()) for p in params0]
-    opt = OPTIMIZERS[cfg.name](params, **cfg.model_dump(exclude={"name", "implementation"}), foreach=False)
+    opt = optimizer_class(cfg.name)(params, **cfg.model_dump(exclude={"name", "implementation"}), foreach=False)
     scheduler = build_schedule(schedule, opt, STEPS // STEPS_PER_EPOCH)
     warmup = build_warmup(schedule, opt)
     lrs, norms = [], []
@@ -377,7 +377,7 @@ def test_one_members_state_loads_into_torch_optim_and_goes_on_as_the_solo_run(cf
     own_grads = [[g[1] for g in s] for s in grads]
     settings = cfg.model_dump(exclude={"name", "implementation"})
     stack = Stack(configs, schedules, clips, params0)
-    fresh = OPTIMIZERS[cfg.name]([nn.Parameter(p[1].clone()) for p in params0], **settings, foreach=False)
+    fresh = optimizer_class(cfg.name)([nn.Parameter(p[1].clone()) for p in params0], **settings, foreach=False)
     build_schedule(schedule, fresh, STEPS // STEPS_PER_EPOCH)  # sets initial_lr
     assert_same_state(stack.opt.member_state_dict(1, stack.lr.group(1)), fresh.state_dict())
     stack.run(grads, 12)
@@ -386,7 +386,7 @@ def test_one_members_state_loads_into_torch_optim_and_goes_on_as_the_solo_run(cf
     assert_same_state(state, reference.state_dict())
     # torch.optim resumed from the member's state goes on as the uninterrupted solo run
     params = [nn.Parameter(p[1].detach().clone()) for p in stack.params]
-    resumed = OPTIMIZERS[cfg.name](params, **settings, foreach=False)
+    resumed = optimizer_class(cfg.name)(params, **settings, foreach=False)
     resumed.load_state_dict(state)
     for step in range(12, STEPS):
         for opt in (resumed, reference):
@@ -441,7 +441,7 @@ def test_members_sharing_every_setting_are_bit_for_bit_a_solo_fused_run(cfg):
     stack.run(grads, STEPS)
     for m in range(3):
         params = [nn.Parameter(p[m].clone()) for p in params0]
-        opt = OPTIMIZERS[cfg.name](params, **cfg.model_dump(exclude={"name", "implementation"}), fused=True)
+        opt = optimizer_class(cfg.name)(params, **cfg.model_dump(exclude={"name", "implementation"}), fused=True)
         for step in range(STEPS):
             for p, g in zip(params, grads[step]):
                 p.grad = g[m].clone()

@@ -1,11 +1,14 @@
 """What `gdtrain list` shows: every name the config schema accepts, with one line on each.
 
 Plain text, torch-free, so that `list` starts at once; the builders' registries sit beside their
-builders (models.MODELS, datasets.SYNTHETIC, optimizers.OPTIMIZERS, losses.LOSSES), and
-tests/test_config.py checks that each table, its registry and the schema name the same things.
+builders (models.MODELS, datasets.SYNTHETIC, losses.LOSSES; the optimizers' lines are the
+registry's, core/optimizers.py), and tests/test_config.py checks that each table, its registry
+and the schema name the same things.
 """
 
 from __future__ import annotations
+
+from gdtrain.core import optimizers as registry
 
 MODEL_HELP = {
     "linear": "one affine layer: linear / logistic / softmax regression by the loss",
@@ -23,13 +26,7 @@ DATASET_HELP = {
     "function": "no data: x descends a test function (quadratic, ill_conditioned, rosenbrock, rastrigin, beale)",
 }
 
-OPTIMIZER_HELP = {
-    "sgd": "gradient descent; momentum, dampening, nesterov, weight_decay",
-    "adagrad": "per-parameter lr scaled by accumulated squared gradients",
-    "rmsprop": "lr scaled by a moving average of squared gradients; alpha, momentum, centered",
-    "adam": "momentum + RMSprop scaling with bias correction; betas, eps, amsgrad",
-    "adamw": "Adam with decoupled weight decay",
-}
+OPTIMIZER_HELP = {entry.name: entry.help for entry in registry.ENTRIES}
 
 SCHEDULE_HELP = {
     "constant": "the optimizer's lr throughout",

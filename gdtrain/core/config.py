@@ -13,11 +13,23 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+    model_validator,
+)
 
+from gdtrain.core import optimizers as registry
+from gdtrain.core import user
 from gdtrain.core.errors import UserError
+from gdtrain.core.fields import BatchSize, Fraction, NonNegative, NonNegInt, OpenFraction, PosInt, Positive, interval
 from gdtrain.core.yamlio import format_validation_error, load_yaml, parse_value
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}$")  # folder names: no '/', no '..'
@@ -30,53 +42,6 @@ def check_name(value: str) -> str:
             f"must be 1-100 letters, digits or . _ - = , + (starting with a letter or digit, no '..'), got {value!r}"
         )
     return value
-
-
-def _interval(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False):
-    """A float check whose error states the whole allowed range, e.g. `must be in [0, 1)`."""
-    left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
-    if hi is None:
-        text = f"must be {'>' if lo_open else '>='} {lo:g}"
-    elif lo is None:
-        text = f"must be {'<' if hi_open else '<='} {hi:g}"
-    else:
-        text = f"must be in {left}{lo:g}, {hi:g}{right}"
-
-    def check(v: float) -> float:
-        ok = math.isfinite(v)
-        ok = ok and (lo is None or (v > lo if lo_open else v >= lo))
-        ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
-        if not ok:
-            raise ValueError(f"{text}, got {v!r}")
-        return v
-
-    return AfterValidator(check)
-
-
-Positive = Annotated[float, _interval(0, None, lo_open=True)]
-NonNegative = Annotated[float, _interval(0, None)]
-Fraction = Annotated[float, _interval(0, 1, hi_open=True)]  # [0, 1)
-OpenFraction = Annotated[float, _interval(0, 1, lo_open=True, hi_open=True)]  # (0, 1)
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-
-
-def _batch_size(v: Any) -> Any:
-    if v == "full" or (type(v) is int and v > 0):
-        return v
-    raise ValueError(f"must be 'full' or a whole number >= 1, got {v!r}")
-
-
-BatchSize = Annotated[Literal["full"] | int, BeforeValidator(_batch_size)]
-
-
-def _pair(v: Any) -> Any:
-    if isinstance(v, (list, tuple)) and len(v) == 2:
-        return tuple(v)
-    raise ValueError(f"must be two numbers [beta1, beta2], got {v!r}")
-
-
-Betas = Annotated[tuple[OpenFraction, OpenFraction], BeforeValidator(_pair)]
 
 
 class Section(BaseModel):
@@ -236,81 +201,114 @@ class MLPModel(Section):
 
 ModelConfig = Annotated[LinearModel | MLPModel, Field(discriminator="name")]
 
-# --- optimizer: torch.optim's own argument names and defaults --------------------------------
-
-Implementation = Literal["auto", "for_loop", "foreach", "fused"]  # auto: the fastest torch offers
+# --- optimizer: built from the registry (optimizers.py), torch.optim's own names and defaults ------
 
 
-class SGDConfig(Section):
-    name: Literal["sgd"] = "sgd"
-    lr: Positive = 1e-3
-    momentum: Fraction = 0.0
-    dampening: Fraction = 0.0
-    nesterov: bool = False
-    weight_decay: NonNegative = 0.0
-    implementation: Implementation = "auto"
+def _section(entry: registry.Entry, rest: Any = None) -> type[Section]:
+    """The config section of one registry entry: `name`, its settings, `implementation` when torch offers a choice."""
+    fields: dict[str, Any] = {"name": (Literal[entry.name], entry.name)}
+    for key, setting in entry.settings.items():
+        fields[key] = (setting.type, Field(setting.default, description=setting.comment))
+    if len(entry.kernels) > 1:  # auto: the fastest torch offers (optimizers.implementation)
+        fields["implementation"] = (Literal[("auto", *entry.kernels)], "auto")
+    if entry.rest:
+        fields["rest"] = (rest, Field(description="the optimizer of the parameters that are not 2-D weights"))
+    validators = {}
+    if entry.rest:
 
-    @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> SGDConfig:
-        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
-            raise ValueError(
-                f"nesterov: needs momentum > 0 and dampening = 0, got momentum {self.momentum:g}"
-                f" and dampening {self.dampening:g}"
-            )
-        return self
+        def _needs_rest(cls: Any, data: Any) -> Any:
+            if isinstance(data, dict) and "rest" not in data:
+                raise ValueError(
+                    f"rest: {entry.name} updates only 2-D weight matrices; name the optimizer for the other "
+                    "parameters (biases), e.g. rest: {name: adamw, lr: 0.001}"
+                )
+            return data
 
+        validators["_needs_rest"] = model_validator(mode="before")(_needs_rest)
+    if entry.check is not None:
+        check = entry.check
 
-class AdagradConfig(Section):
-    name: Literal["adagrad"] = "adagrad"
-    lr: Positive = 1e-2
-    lr_decay: NonNegative = 0.0
-    weight_decay: NonNegative = 0.0
-    initial_accumulator_value: NonNegative = 0.0
-    eps: Positive = 1e-10
-    implementation: Implementation = "auto"
+        def _check(self: Any) -> Any:
+            problem = check(self)
+            if problem:
+                raise ValueError(problem)
+            return self
 
-
-class RMSpropConfig(Section):
-    name: Literal["rmsprop"] = "rmsprop"
-    lr: Positive = 1e-2
-    alpha: OpenFraction = 0.99  # smoothing of the squared-gradient average
-    eps: Positive = 1e-8
-    weight_decay: NonNegative = 0.0
-    momentum: Fraction = 0.0
-    centered: bool = False
-    implementation: Literal["auto", "for_loop", "foreach"] = "auto"  # torch has no fused RMSprop
+        validators["_check"] = model_validator(mode="after")(_check)
+    name = "".join(part.capitalize() for part in entry.name.split("_")) + "Config"
+    return create_model(name, __base__=Section, __validators__=validators, __module__=__name__, **fields)
 
 
-class AdamConfig(Section):
-    name: Literal["adam"] = "adam"
-    lr: Positive = 1e-3
-    betas: Betas = (0.9, 0.999)
-    eps: Positive = 1e-8
-    weight_decay: NonNegative = 0.0  # L2 added to the gradient (use adamw for decoupled decay)
-    amsgrad: bool = False
-    implementation: Implementation = "auto"
+class UserOptimizer(Section):
+    """A user's own class, `name: "module:ClassName"`: its settings are its constructor's (user.py)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        values = {k: v for k, v in data.items() if k != "name"}
+        return {"name": data["name"], **user.check_settings(data["name"], values)}
 
 
-class AdamWConfig(Section):
-    name: Literal["adamw"] = "adamw"
-    lr: Positive = 1e-3
-    betas: Betas = (0.9, 0.999)
-    eps: Positive = 1e-8
-    weight_decay: NonNegative = 1e-2  # decoupled, torch's default
-    amsgrad: bool = False
-    implementation: Implementation = "auto"
+class RefusedOptimizer(Section):
+    """A torch.optim class that does not fit gdtrain's loop (optimizers.REFUSED): an error that says why."""
+
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        raise ValueError(f"name: {registry.REFUSED[str(data['name']).lower()]}")
 
 
-OptimizerConfig = Annotated[
-    SGDConfig | AdagradConfig | RMSpropConfig | AdamConfig | AdamWConfig, Field(discriminator="name")
-]
+def _optimizer_name(value: Any) -> Any:
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    if registry.is_user(name):
+        return "module:Class"
+    return "refused" if isinstance(name, str) and name.lower() in registry.REFUSED else name
+
+
+def _union(entries: list[registry.Entry], rest: Any = None) -> tuple[Any, dict[str, type[Section]]]:
+    sections = {entry.name: _section(entry, rest) for entry in entries}
+    members = [Annotated[model, Tag(name)] for name, model in sections.items()]
+    members.append(Annotated[UserOptimizer, Tag("module:Class")])
+    members.append(Annotated[RefusedOptimizer, Tag("refused")])
+    return Annotated[Union[tuple(members)], Discriminator(_optimizer_name)], sections  # noqa: UP007
+
+
+# Muon's `rest` takes any optimizer but another one that needs a rest.
+RestConfig, _REST_SECTIONS = _union([e for e in registry.ENTRIES if not e.rest])
+OptimizerConfig, OPTIMIZER_SECTIONS = _union(list(registry.ENTRIES), RestConfig)
+SGDConfig, AdagradConfig, RMSpropConfig, AdamConfig, AdamWConfig = (
+    OPTIMIZER_SECTIONS[name] for name in ("sgd", "adagrad", "rmsprop", "adam", "adamw")
+)
+
+
+def optimizer_fields(name: Any) -> dict[str, Any]:
+    """The settings an optimizer name takes (pydantic FieldInfo by key, `name` included); ValueError
+    `name: why` for a name that is neither in the registry nor a loadable `module:Class`."""
+    if registry.is_user(name):
+        return {"name": UserOptimizer.model_fields["name"], **user.settings_model(user.load_class(name)).model_fields}
+    if isinstance(name, str) and name.lower() in registry.REFUSED:
+        raise ValueError(f"name: {registry.REFUSED[name.lower()]}")
+    if name not in OPTIMIZER_SECTIONS:
+        raise ValueError(
+            f"name: unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZER_SECTIONS)}"
+            " (or module:ClassName, a class of your own)"
+        )
+    return dict(OPTIMIZER_SECTIONS[name].model_fields)
+
 
 # --- schedule: torch.optim.lr_scheduler, stepped once per epoch; warm-up per optimizer step ----
 
 
 class ScheduleBase(Section):
     warmup_steps: NonNegInt = 0  # optimizer steps of linear warm-up from warmup_start_factor·lr
-    warmup_start_factor: Annotated[float, _interval(0, 1, lo_open=True)] = 0.1
+    warmup_start_factor: Annotated[float, interval(0, 1, lo_open=True)] = 0.1
 
 
 class ConstantSchedule(ScheduleBase):

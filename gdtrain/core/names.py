@@ -21,11 +21,10 @@ import re
 from collections import Counter
 from typing import Any
 
+from gdtrain.core import optimizers as registry
+
 SHORT = {  # how a setting reads in a label; any other by the last part of its dotted path
-    "optimizer.momentum": "mom",
-    "optimizer.weight_decay": "wd",
-    "optimizer.dampening": "damp",
-    "optimizer.initial_accumulator_value": "acc0",
+    **registry.short_names(),  # the optimizers' own: mom, wd, damp, acc0, ...
     "optimizer.implementation": "impl",
     "model.hidden_sizes": "hidden",
     "model.activation": "act",

@@ -9,9 +9,11 @@ study/plot.py (a study's figures) draw with these.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
+from gdtrain.core import optimizers as registry
 from gdtrain.core.errors import UserError
 
 Curve = list[tuple[float, float]]  # (x, value) points of one run
@@ -39,8 +41,13 @@ def colour(i: int) -> Any:
     return f"C{i % 10}"
 
 
-HUES = {"sgd": "Blues", "adagrad": "Greens", "rmsprop": "Purples", "adam": "Reds", "adamw": "RdPu"}
-SPARE_HUES = ("Greys", "Oranges", "YlGn", "BuPu", "GnBu")  # for other families, in order of appearance
+SPARE_HUES = ("GnBu", "BuPu", "YlGnBu", "PuBuGn", "YlOrRd")  # for a user's classes: none is a registry hue
+
+
+def hue(family: str) -> str:
+    """A family's colormap: the registry's for a built-in optimizer, else a spare one picked by the
+    name (so one class has one colour in every picture)."""
+    return registry.hue(family) or SPARE_HUES[zlib.crc32(family.encode()) % len(SPARE_HUES)]
 
 
 def shades(families: list[str], order: list[Any]) -> list[Any]:
@@ -48,8 +55,7 @@ def shades(families: list[str], order: list[Any]) -> list[Any]:
     blue, adam red), and within a family a shade per row, lighter to darker by `order` (e.g. lr)."""
     from matplotlib import colormaps
 
-    spare = iter(SPARE_HUES * (len(families) // len(SPARE_HUES) + 1))
-    hues = {family: HUES.get(family) or next(spare) for family in dict.fromkeys(families)}
+    hues = {family: hue(family) for family in dict.fromkeys(families)}
     colours: list[Any] = [None] * len(families)
     for family, hue in hues.items():
         rows = sorted((i for i, f in enumerate(families) if f == family), key=lambda i: order[i])

@@ -271,8 +271,13 @@ def _line(model: type[BaseModel], error: dict[str, Any]) -> str:
     if kind == "union_tag_invalid":
         names = [name for m in members for name in _names(m)]
         tag = error["ctx"]["tag"]
-        noun = "dataset" if keys[-1] == "data" else keys[-1]
-        return f"{path}.name: unknown {noun} '{tag}'; {_suggest(str(tag), names)}choose one of: {', '.join(names)}"
+        noun = {"data": "dataset", "rest": "optimizer"}.get(keys[-1], keys[-1])
+        own = " (or module:ClassName, a class of your own)" if noun == "optimizer" else ""
+        return f"{path}.name: unknown {noun} '{tag}'; {_suggest(str(tag), names)}choose one of: {', '.join(names)}{own}"
+    if kind == "union_tag_not_found":  # a section that is not a mapping, or one without a usable name
+        if not isinstance(value, dict):
+            return f"{path}: must be {_TYPE_WORDS['dict_type']}, got {value!r}"
+        return f"{path}.name: must be a name, got {value.get('name')!r}"
     message = error["msg"].removeprefix("Value error, ")
     relative = _RELATIVE.match(message)
     if relative and kind == "value_error":
@@ -289,6 +294,11 @@ def _line(model: type[BaseModel], error: dict[str, Any]) -> str:
     if kind == "value_error":
         return f"{path}: {message}"
     return f"{path}: {message[0].lower()}{message[1:]}, got {value!r}"
+
+
+def error_line(model: type[BaseModel], error: dict[str, Any]) -> str:
+    """One pydantic error of `model` as `dotted.path: what is wrong and what is allowed`."""
+    return _line(model, error)
 
 
 def format_validation_error(err: Exception, model: type[BaseModel], source: str) -> str:

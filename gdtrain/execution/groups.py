@@ -19,8 +19,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gdtrain.core import optimizers as registry
 from gdtrain.core import runs
-from gdtrain.core.config import Config, FunctionData, to_dict, validate
+from gdtrain.core.config import Config, FunctionData, OptimizerConfig, to_dict, validate
 from gdtrain.training import memory
 from gdtrain.training.checkpoints import STEP_FILE, step_of
 from gdtrain.training.tasks import Task
@@ -46,10 +47,17 @@ def key(config: Config, task: Task) -> str | None:
     return None if shared is None else shared + f" at step {resumed_step(task)}"
 
 
+def stackable(cfg: OptimizerConfig) -> bool:
+    """Whether members with this optimizer can train in a group: a vectorised rule in stacked/rules.py."""
+    return not registry.is_user(cfg.name) and registry.OPTIMIZERS[cfg.name].stacked
+
+
 def compatible(config: Config) -> str | None:
     """What points that could train together share, wherever they stand; None: always alone."""
     train = config.train
     if isinstance(config.data, FunctionData) or train.precision == "fp16" or train.compile:
+        return None
+    if not stackable(config.optimizer):
         return None
     return json.dumps(
         {k: v for k, v in runs.flatten(to_dict(config)).items() if not k.startswith(FREE)}, sort_keys=True
@@ -92,7 +100,7 @@ def member_bytes(config: Config, sizes: memory.Sizes, batch_size: int) -> int:
     the optimizer's scratch (two tensors per parameter, two more when its rows are gathered), its
     batch's and evaluation's activations, and its split and epoch order as indices."""
     _, model, train, evaluation = memory.estimate(config, sizes, batch_size)
-    params = model.bytes // (memory.FLOAT * (3 + memory.state_copies(config.optimizer)))
+    params = int(model.bytes // (memory.FLOAT * (3 + memory.state_copies(config.optimizer))))
     indices = (2 * sizes.n_train + sizes.n_val) * memory.LABEL
     return model.bytes + 4 * params * memory.FLOAT + max(train.bytes, evaluation.bytes) + indices
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gdtrain.components.optimizers import IMPLEMENTATIONS, OPTIMIZERS, implementation
+from gdtrain.components.optimizers import IMPLEMENTATIONS, implementation, optimizer_class, settings
 from gdtrain.core.config import OptimizerConfig
 from gdtrain.stacked.rules import FUSED_RULES, FUSED_SHARED, HYPERS, RULES, Rows, col, state_names
 
@@ -182,14 +182,14 @@ class StackedOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """Settings, steps, state and the frozen mask; like torch.optim's, its tensors are the live ones, not copies."""
         return {
-            "configs": [_settings(cfg) for cfg in self.configs],
+            "configs": [settings(cfg) for cfg in self.configs],
             "frozen": self.frozen.clone(),
             "kinds": [{"members": kind.members, "step": kind.step, "state": kind.state} for kind in self.kinds],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`, saved by an optimizer built with the same configs and parameter shapes."""
-        if state["configs"] != [_settings(cfg) for cfg in self.configs]:
+        if state["configs"] != [settings(cfg) for cfg in self.configs]:
             raise ValueError("the state was saved by an optimizer with other members or settings")
         for kind, saved in zip(self.kinds, state["kinds"], strict=True):
             if saved["members"] != kind.members or saved["state"].keys() != kind.state.keys():
@@ -207,7 +207,8 @@ class StackedOptimizer:
         kind = next(k for k in self.kinds if member in k.members)
         row = kind.members.index(member)
         alone = [torch.empty_like(p[member]) for p in self.params]
-        solo = OPTIMIZERS[cfg.name](alone, **_settings(cfg), **IMPLEMENTATIONS[implementation(cfg, alone[0].device)])
+        kernel = IMPLEMENTATIONS[implementation(cfg, alone[0].device)]
+        solo = optimizer_class(cfg.name)(alone, **settings(cfg), **kernel)
         solo.param_groups[0].update(group)
         if kind.step[row] == 0 and cfg.name != "adagrad":  # torch makes state at the first step, Adagrad at once
             return solo.state_dict()
@@ -231,11 +232,6 @@ class StackedOptimizer:
             for i, t in enumerate(tensors):
                 if i in saved:
                     t[row].copy_(saved[i][name])
-
-
-def _settings(cfg: OptimizerConfig) -> dict[str, Any]:
-    """The config's torch.optim arguments (what the update depends on besides the lr)."""
-    return cfg.model_dump(exclude={"name", "implementation"})
 
 
 def grad_norms(params: Sequence[Tensor]) -> Tensor:

@@ -30,17 +30,16 @@ from pydantic import AfterValidator, Field, field_validator
 from gdtrain.core.config import (
     Config,
     ImageData,
-    OptimizerConfig,
     Section,
     apply_overrides,
     check_name,
+    optimizer_fields,
     read_config,
     validate,
 )
 from gdtrain.core.errors import UserError
 from gdtrain.core.yamlio import format_validation_error, load_yaml
 
-OPTIMIZER_CLASSES = {member.model_fields["name"].default: member for member in OptimizerConfig.__origin__.__args__}  # type: ignore[attr-defined]
 STUDY_KEYS = ("study", "base", "optimizers", "budget", "sampler", "seeds", "repeats", "select", "report", "target")
 MAX_SEEDS, MAX_REPEATS = 1000, 100
 SEED_STRIDE = MAX_SEEDS + 1  # repeat r's seeds: study.seed + (r - 1) * SEED_STRIDE, then its reruns' after it
@@ -158,8 +157,10 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
     """Check one `optimizers` entry against its optimizer's schema."""
     where = f"{source}: optimizers[{index}]"
     name = entry.get("name")
-    if name not in OPTIMIZER_CLASSES:
-        raise UserError(f"{where}.name: unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZER_CLASSES)}")
+    try:
+        fields = optimizer_fields(name)
+    except ValueError as err:
+        raise UserError(f"{where}.{err}") from None
     label = entry.get("label", name)
     try:
         check_name(label) if isinstance(label, str) else None
@@ -167,7 +168,6 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
         raise UserError(f"{where}.label: {err}") from None
     if not isinstance(label, str):
         raise UserError(f"{where}.label: must be a string, got {label!r}")
-    fields = OPTIMIZER_CLASSES[name].model_fields
     fixed, spaces = {"name": name}, {}
     for key, value in entry.items():
         if key in ("name", "label"):
@@ -177,6 +177,9 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
                 f"{where}.{key}: unknown key for {name}; valid keys: label, "
                 f"{', '.join(k for k in fields if k != 'name')}"
             )
+        if key == "rest":  # muon's optimizer for the other parameters: a section, fixed
+            fixed[key] = value
+            continue
         field_is_list = "tuple" in str(fields[key].annotation)  # betas: a pair is a value, a list of pairs choices
         space = _space(where, key, value, field_is_list)
         if space is None:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from gdtrain.components.functions import FUNCTIONS, Objective
 from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation
+from gdtrain.core import optimizers as registry
 from gdtrain.core import plotting, runs
 from gdtrain.core.config import Config, FunctionData, OptimizerConfig, ScheduleConfig, TrainConfig, to_dict, validate
 from gdtrain.core.errors import UserError
@@ -37,15 +38,7 @@ from gdtrain.training.lifecycle import Outcome, step_schedule
 from gdtrain.training.tracker import Tracker
 
 # What each `gdtrain paths --optimizers` name means: the optimizer's schema defaults plus these.
-ALIASES: dict[str, dict[str, Any]] = {
-    "sgd": {"name": "sgd"},
-    "momentum": {"name": "sgd", "momentum": 0.9},  # heavy ball, torch's form: v = 0.9·v + g
-    "nesterov": {"name": "sgd", "momentum": 0.9, "nesterov": True},
-    "adagrad": {"name": "adagrad"},
-    "rmsprop": {"name": "rmsprop"},
-    "adam": {"name": "adam"},
-    "adamw": {"name": "adamw"},
-}
+ALIASES = registry.ALIASES
 
 
 @dataclass(frozen=True)
@@ -207,7 +200,10 @@ def parse_optimizers(text: str, config: Config) -> list[tuple[str, Config]]:
             lr = float(lr_text) if sep else config.optimizer.lr
         except ValueError:
             raise UserError(f"--optimizers {entry}: the lr after ':' must be a number, got {lr_text!r}") from None
-        optimizer = {**ALIASES[name], "lr": lr, "implementation": config.optimizer.implementation}
+        optimizer = {**ALIASES[name], "lr": lr}
+        kernel = getattr(config.optimizer, "implementation", "auto")
+        if kernel != "auto" and len(registry.OPTIMIZERS[optimizer["name"]].kernels) > 1:
+            optimizer["implementation"] = kernel
         try:
             chosen.append((name, validate({**base, "optimizer": optimizer}, f"--optimizers {entry}")))
         except UserError as err:

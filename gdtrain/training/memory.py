@@ -10,6 +10,8 @@ the peak RSS of real runs.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import resource
@@ -119,15 +121,42 @@ class Part:
     fix: str
 
 
-def state_copies(cfg: OptimizerConfig) -> int:
-    """Tensors of each parameter's size that torch.optim keeps as the optimizer's state."""
-    if cfg.name in ("adam", "adamw"):
-        return 3 if cfg.amsgrad else 2  # exp_avg, exp_avg_sq (, max_exp_avg_sq)
-    if cfg.name == "rmsprop":
-        return 1 + (cfg.momentum > 0) + cfg.centered  # square_avg (, momentum_buffer) (, grad_avg)
-    if cfg.name == "adagrad":
-        return 1  # sum
-    return 1 if cfg.momentum > 0 else 0  # sgd: momentum_buffer
+def state_copies(cfg: OptimizerConfig) -> float:
+    """Tensors of each parameter's size that the optimizer keeps as state, measured (probe_state)."""
+    return probe_state(json.dumps(cfg.model_dump(mode="json"), sort_keys=True))
+
+
+@functools.cache
+def probe_state(cfg_json: str) -> float:
+    """Build the optimizer on a 64 x 64 weight and its bias, take one step, and count the floats its
+    state holds per parameter element (Adam 2, SGD with momentum 1, Adafactor's row and column
+    averages a fraction): a user's class is sized as torch's are. Scalars (step counts) do not count."""
+    import torch
+
+    from gdtrain.components.optimizers import build_optimizer, parts, set_mode
+    from gdtrain.core.config import validate
+
+    cfg = validate({"optimizer": json.loads(cfg_json)}, "optimizer").optimizer
+    model = torch.nn.Linear(64, 64)
+    optimizer = build_optimizer(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    set_mode(optimizer, training=True)
+    try:
+        optimizer.step()
+    except Exception as err:  # a user's class: its first step fails here, before any folder
+        text = " ".join(str(err).split())
+        raise UserError(
+            f"optimizer: {cfg.name}'s first step on a test tensor raised {type(err).__name__}: {text}"
+        ) from None
+    held = sum(
+        t.numel()
+        for part in parts(optimizer)
+        for state in part.state.values()
+        for t in state.values()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 1
+    )
+    return held / sum(p.numel() for p in model.parameters())
 
 
 def widths(config: Config, sizes: Sizes) -> list[int]:
@@ -183,9 +212,9 @@ def estimate(config: Config, sizes: Sizes, batch_size: int) -> list[Part]:
     big = max(range(len(layers) - 1), key=lambda i: layers[i] * layers[i + 1])  # the largest weight matrix
     model = Part(
         "the model",
-        params * FLOAT * (3 + state) + (len(layers) - 1) * PER_LAYER,
+        int(params * FLOAT * (3 + state)) + (len(layers) - 1) * PER_LAYER,
         f"{shown} is {params} parameters and needs ~{{size}} (weights, gradients, a copy of the best "
-        f"and {config.optimizer.name}'s {state} state tensors, float32)",
+        f"and {config.optimizer.name}'s {state:.3g} state tensors, float32)",
         _fix(*_width_keys(config, sizes, layers, [big, big + 1])),
     )
 
