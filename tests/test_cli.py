@@ -21,10 +21,10 @@ from clihelp import gdtrain, write
 from gdtrain import __version__
 from gdtrain.components.losses import LOSSES
 from gdtrain.components.models import MODELS
-from gdtrain.core.optimizers import OPTIMIZERS
 from gdtrain.core import runs
 from gdtrain.core.catalog import DATASET_HELP, SCHEDULE_HELP
 from gdtrain.core.config import Config, load_config
+from gdtrain.core.optimizers import OPTIMIZERS
 from gdtrain.core.runs import run_folders
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ from gdtrain.components.datasets import SYNTHETIC
 from gdtrain.components.losses import LOSSES
 from gdtrain.components.models import ACTIVATIONS, MODELS, build_model
 from gdtrain.components.optimizers import IMPLEMENTATIONS, build_schedule
-from gdtrain.core.optimizers import OPTIMIZERS
 from gdtrain.core.catalog import DATASET_HELP, LOSS_HELP, MODEL_HELP, OPTIMIZER_HELP, SCHEDULE_HELP
 from gdtrain.core.config import LOSS_TASKS, Config, ImageData, MLPModel, TrainConfig, load_config, to_dict, validate
 from gdtrain.core.errors import UserError
+from gdtrain.core.optimizers import OPTIMIZERS
 from gdtrain.core.yamlio import dump_yaml, parse_value
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

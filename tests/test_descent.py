@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from clihelp import gdtrain, write
 from gdtrain.components.functions import FUNCTIONS
-from gdtrain.core.optimizers import OPTIMIZERS
 from gdtrain.core.config import FunctionData, load_config, validate
+from gdtrain.core.optimizers import OPTIMIZERS
 from gdtrain.core.runs import run_folders
 from gdtrain.training import descent, recipe
 

@@ -57,7 +57,7 @@ def run_folders(folder: Path) -> list[Path]:
         ({"sampler": "sobol"}, "sampler: must be one of"),
         ({"select": "accuracy/test"}, "select: accuracy/test is a test metric"),
         ({"select": "accuracy/train"}, "select: this task does not log 'accuracy/train'"),
-        ({"optimizers": [{"name": "adamax", "lr": [0.1]}]}, "optimizers[0].name: unknown optimizer 'adamax'"),
+        ({"optimizers": [{"name": "adamaxx", "lr": [0.1]}]}, "optimizers[0].name: unknown optimizer 'adamaxx'"),
         ({"optimizers": [{"name": "sgd", "lr": []}]}, "optimizers[0].lr: an empty list of choices"),
         ({"optimizers": [{"name": "sgd", "lr": {"log_uniform": [0.1, 0.01]}}]}, "lo must be < hi"),
         ({"optimizers": [{"name": "sgd", "lr": {"log_uniform": [0, 0.1]}}]}, "lo must be > 0"),

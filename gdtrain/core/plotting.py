@@ -57,10 +57,10 @@ def shades(families: list[str], order: list[Any]) -> list[Any]:
 
     hues = {family: hue(family) for family in dict.fromkeys(families)}
     colours: list[Any] = [None] * len(families)
-    for family, hue in hues.items():
+    for family, name in hues.items():
         rows = sorted((i for i, f in enumerate(families) if f == family), key=lambda i: order[i])
         for k, i in enumerate(rows):  # 0.45-0.95 of the map: its lightest shades barely show on white
-            colours[i] = colormaps[hue](0.7 if len(rows) == 1 else 0.45 + 0.5 * k / (len(rows) - 1))
+            colours[i] = colormaps[name](0.7 if len(rows) == 1 else 0.45 + 0.5 * k / (len(rows) - 1))
     return colours
 
 

@@ -36,7 +36,9 @@ def switches(cfg: OptimizerConfig) -> tuple[bool, ...]:
         return (cfg.momentum != 0, cfg.nesterov)
     if cfg.name == "rmsprop":
         return (cfg.momentum > 0, cfg.centered)
-    if cfg.name in ("adam", "adamw"):
+    if cfg.name == "adam":
+        return (cfg.amsgrad, cfg.decoupled_weight_decay)
+    if cfg.name == "adamw":
         return (cfg.amsgrad,)
     return ()
 

@@ -113,8 +113,9 @@ def rmsprop(r: Rows) -> None:
 
 
 def adam(r: Rows, decoupled: bool = False) -> None:
-    """torch.optim.Adam (L2 weight decay) or, `decoupled`, AdamW: betas, eps, weight_decay per member; amsgrad."""
-    (amsgrad,) = r.switches
+    """torch.optim.Adam (L2 weight decay) or, `decoupled` (AdamW, or Adam's decoupled_weight_decay), AdamW's
+    form: betas, eps, weight_decay per member; amsgrad."""
+    amsgrad, decoupled = r.switches[0], decoupled or r.switches[1:] == (True,)
     beta1, beta2, lr = r.hypers["beta1"], r.hypers["beta2"], r.lr
     c = _cast(
         r.params[0],
@@ -164,7 +165,7 @@ HYPERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def state_names(name: str, switches: tuple[bool, ...]) -> tuple[str, ...]:
+def state_names(name: str, switches: tuple[bool, ...]) -> tuple[str, ...]:  # adam's switches: amsgrad, decoupled
     """The per-parameter state a kind keeps, under torch's own names."""
     if name == "sgd":
         return ("momentum_buffer",) if switches[0] else ()
@@ -202,7 +203,7 @@ def _steps(r: Rows) -> list[Tensor]:
 
 def adam_fused(r: Rows, decoupled: bool = False) -> None:
     """torch._fused_adam_ / _fused_adamw_ over the rows, lr and weight_decay per member."""
-    (amsgrad,) = r.switches
+    amsgrad, decoupled = r.switches[0], decoupled or r.switches[1:] == (True,)
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
     steps = _steps(r)
     betas = {name: r.hypers[name][0].item() for name in ("beta1", "beta2", "eps")}  # one per fused kind
