@@ -82,6 +82,7 @@ MATRIX = (
         eps=[1e-8, 1e-6],
         weight_decay=[0.0, 0.01],
         amsgrad=[False, True],
+        decoupled_weight_decay=[False, True],
     )
     + grid(
         AdamWConfig,
@@ -202,7 +203,7 @@ def check_members(
 @pytest.mark.parametrize("order", ["by_kind", "shuffled"])
 @pytest.mark.parametrize("kernel", ["for_loop", "auto"])
 def test_every_setting_in_one_mixed_group_equals_torch(kernel, dtype, order):
-    """All 90 accepted combinations as members of one group, kinds side by side (views) or shuffled
+    """All 106 accepted combinations as members of one group, kinds side by side (views) or shuffled
     (gathers). for_loop: bit for bit torch's single-tensor kernel. auto runs Adam, AdamW and Adagrad through
     torch's fused kernels, as gdtrain does on the CPU: as far from for_loop as torch's fused kernel is (1e-7)."""
     configs = [
@@ -215,7 +216,7 @@ def test_every_setting_in_one_mixed_group_equals_torch(kernel, dtype, order):
     schedules, clips = [ConstantSchedule()] * len(configs), [None] * len(configs)
     params0, grads = start(len(configs), dtype), gradients(len(configs), dtype)
     stack = Stack(configs, schedules, clips, params0)
-    assert len(stack.opt.kinds) == {"for_loop": 12, "auto": 25}[kernel]  # auto: fused kinds split by betas and eps
+    assert len(stack.opt.kinds) == {"for_loop": 14, "auto": 33}[kernel]  # auto: fused kinds split by betas and eps
     views = [isinstance(kind.stack_rows, slice) for kind in stack.opt.kinds]
     assert all(views) if order == "by_kind" else not all(views)
     stack.run(grads, STEPS)
@@ -424,8 +425,8 @@ def test_mixed_kinds_are_split_by_the_switches_of_torchs_formula():
     assert [(k.name, k.switches, k.members) for k in opt.kinds] == [
         ("sgd", (False, False), [0]),
         ("sgd", (True, False), [1, 2]),
-        ("adam", (False,), [3]),
-        ("adam", (True,), [4]),
+        ("adam", (False, False), [3]),
+        ("adam", (True, False), [4]),
         ("adamw", (False,), [5]),
         ("rmsprop", (False, True), [6]),
     ]
