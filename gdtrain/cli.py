@@ -547,6 +547,8 @@ def list_components() -> None:
         typer.echo(f"{title}:")
         for key, text in table.items():
             typer.echo(f"  {key:<18} {text}")
+        if title == "optimizers":
+            typer.echo(f"  {'module:ClassName':<18} your own torch.optim.Optimizer subclass, e.g. signsgd:SignSGD")
 
 
 def main() -> None:

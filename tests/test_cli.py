@@ -202,7 +202,7 @@ def test_list_shows_every_component_under_its_heading():
     assert listed(result.stdout) == {
         "models": set(MODELS),
         "datasets": set(DATASET_HELP),
-        "optimizers": set(OPTIMIZERS),
+        "optimizers": set(OPTIMIZERS) | {"module:ClassName"},  # and a class of one's own
         "schedules": set(SCHEDULE_HELP),
         "losses": set(LOSSES),
     }
