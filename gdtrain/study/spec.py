@@ -33,6 +33,7 @@ from gdtrain.core.config import (
     Section,
     apply_overrides,
     check_name,
+    look_beside,
     optimizer_fields,
     read_config,
     validate,
@@ -235,6 +236,7 @@ def load_study(path: Path, overrides: list[str] = ()) -> Study:
     if any(o.startswith("optimizer.") or o.startswith("optimizer=") for o in base_sets):
         raise UserError("--set optimizer...: a study's optimizers come from its optimizers: list; set them there")
     raw = apply_overrides(raw, study_sets)
+    look_beside(path, raw)  # an optimizers: entry naming module:Class finds it beside the study file
     try:
         spec = StudySpec.model_validate(raw)
     except Exception as err:

@@ -20,7 +20,7 @@ from torch import nn
 
 from gdtrain.components.datasets import Dataset, build_dataset
 from gdtrain.components.models import build_model
-from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation
+from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation, provenance
 from gdtrain.core import runs
 from gdtrain.core.config import Config, FunctionData, load_config, to_dict
 from gdtrain.core.errors import UserError
@@ -189,9 +189,11 @@ def _continue(
 
 
 def _meta(config: Config, parts: Parts) -> dict[str, Any]:
-    return runs.provenance(parts.device, config.experiment.seed) | {
-        "optimizer_kernel": implementation(config.optimizer, parts.device)
-    }
+    return (
+        runs.provenance(parts.device, config.experiment.seed)
+        | {"optimizer_kernel": implementation(config.optimizer, parts.device)}
+        | provenance(config.optimizer)
+    )
 
 
 def _run_engine(
