@@ -162,7 +162,8 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
         fields = optimizer_fields(name)
     except ValueError as err:
         raise UserError(f"{where}.{err}") from None
-    label = entry.get("label", name)
+    # A user's class is labelled by its class name (a folder name holds no ':'): signsgd:SignSGD -> SignSGD.
+    label = entry.get("label", name.rpartition(":")[2].rpartition(".")[2] if ":" in name else name)
     try:
         check_name(label) if isinstance(label, str) else None
     except ValueError as err:
