@@ -20,13 +20,13 @@ help: ## list the targets
 	@echo "  one target per config:"
 	@for c in $(CONFIGS); do printf "    %-26s gdtrain run configs/%s.yaml\n" $$c $$c; done
 
-install: $(VENV)/.installed ## create .venv and install gdtrain with its test (pytest, ruff) and plot extras
+install: $(VENV)/.installed ## create .venv and install gdtrain with its test (pytest, ruff), plot and optimizers extras
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,plot]"
+	$(BIN)/pip install --quiet -e ".[test,plot,optimizers]"
 	touch $@
 
 test: install ## lint and format check (ruff), then the test suite

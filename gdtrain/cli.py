@@ -446,6 +446,25 @@ def check(config: ConfigArg, overrides: SetOpt = None) -> None:
     typer.echo(dump_yaml(to_dict(cfg)).rstrip())
     if (estimate := describe(cfg)) is not None:
         typer.echo(estimate)
+    for line in _imports(cfg):
+        typer.echo(line)
+
+
+def _imports(cfg: "Config") -> list[str]:
+    """`# imports signsgd from /path/signsgd.py` for each module:Class the config names: its code ran."""
+    import sys
+
+    from gdtrain.core import user
+
+    sections = [cfg.optimizer, getattr(cfg.optimizer, "rest", None)]
+    names = [s.name for s in sections if s is not None and ":" in s.name]
+    lines = []
+    for name in names:
+        module = user.split(name)[0]
+        version = user.provenance(user.load_class(name))["version"]
+        where = getattr(sys.modules[module], "__file__", None) or "built in"
+        lines.append(f"# imports {module} from {where}" + (f" (version {version})" if version else ""))
+    return lines
 
 
 @data_app.command("download")

@@ -73,13 +73,19 @@ class Launch:
 
 
 @contextlib.contextmanager
-def launched(*args: str | Path, env: dict[str, str] | None = None) -> Iterator[Launch]:
-    """`python *args` in a session of its own; killed with everything it started when the block ends."""
+def launched(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[Launch]:
+    """`python *args` in a session of its own (in `cwd`); killed with everything it started when the block ends."""
     tag = uuid.uuid4().hex
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         full_env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", TAG: tag} | (env or {})
         process = subprocess.Popen(
-            [sys.executable, *map(str, args)], stdout=out, stderr=err, text=True, env=full_env, start_new_session=True
+            [sys.executable, *map(str, args)],
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=full_env,
+            start_new_session=True,
+            cwd=cwd,
         )
         launch = Launch(process, tag, out, err)
         try:

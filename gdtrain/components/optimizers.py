@@ -27,6 +27,19 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     return getattr(importlib.import_module(module), attr)
 
 
+def provenance(cfg: OptimizerConfig) -> dict[str, Any]:
+    """Where a user's class came from (`optimizer_module`, `_file`, `_version`; `rest_...` for muon's
+    rest), for the run's config.yaml header and summary.json; empty for the registry's optimizers."""
+    found: dict[str, Any] = {}
+    for key, section in (("optimizer", cfg), ("rest", getattr(cfg, "rest", None))):
+        if section is not None and registry.is_user(section.name):
+            origin = user.provenance(user.load_class(section.name))
+            found |= {f"{key}_module": origin["module"], f"{key}_file": origin["file"]}
+            if origin["version"] is not None:
+                found[f"{key}_version"] = origin["version"]
+    return found
+
+
 def implementation(cfg: OptimizerConfig, device: torch.device) -> str | None:
     """The configured kernel, or for `auto` the fastest torch has for this optimizer and device; None: no choice."""
     chosen = getattr(cfg, "implementation", None)

@@ -481,19 +481,42 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def names_module(doc: Any) -> bool:
+    """Whether a document (a config, a sweep's grid, a study, `--set` values) names a `module:Class` anywhere."""
+    if isinstance(doc, dict):
+        return any(names_module(value) for value in doc.values())
+    if isinstance(doc, list):
+        return any(names_module(value) for value in doc)
+    try:
+        return isinstance(doc, str) and registry.is_user(doc) and bool(user.split(doc))
+    except ValueError:
+        return False
+
+
+def look_beside(path: Path, doc: Any) -> None:
+    """Let the `module:Class` names of `doc`, read from the file `path`, find their module in its folder."""
+    # Only such a document puts its folder on sys.path: run folders' config.yaml files, read by the
+    # hundred, name none.
+    if names_module(doc):
+        user.add_folder(path.parent)
+
+
 def read_config(path: Path) -> dict[str, Any]:
-    """A YAML experiment file as a plain mapping, not yet validated."""
+    """A YAML experiment file as a plain mapping, not yet validated; a module it names is looked for beside it."""
     raw = load_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the config must be a mapping of sections, got {type(raw).__name__}")
+    look_beside(path, raw)
     return raw
 
 
 def load_config(path: Path, overrides: list[str] = ()) -> Config:
     """Read a YAML experiment, apply `--set` overrides, validate; raise UserError on any problem."""
-    return validate(apply_overrides(read_config(path), list(overrides)), str(path))
+    raw = apply_overrides(read_config(path), list(overrides))
+    look_beside(path, raw)  # `--set optimizer.name=signsgd:SignSGD` looks beside the config too
+    return validate(raw, str(path))
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from gdtrain import __version__
+from gdtrain.core import user
 from gdtrain.core.config import Config, check_name, load_config, to_dict
 from gdtrain.core.errors import UserError
 from gdtrain.core.yamlio import dump_yaml
@@ -169,6 +170,35 @@ def write_config(run_dir: Path, config_yaml: str, meta: dict[str, Any]) -> None:
     header = "".join(f"# {key}: {value}\n" for key, value in meta.items())
     rerun = f"# rerun: gdtrain run {run_dir / 'config.yaml'}\n"
     write_atomic(run_dir / "config.yaml", (header + rerun + config_yaml).encode("utf-8"))
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """A run folder's config.yaml, validated; a `module:Class` it names is looked for where the run found it."""
+    # The header (write_config) records the class's file: from another folder, resume and evaluate
+    # find the module there; gone, the one line says where to put it.
+    recorded = {}
+    for line in (run_dir / "config.yaml").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("# "):
+            break
+        key, _, value = line[2:].partition(": ")
+        recorded[key] = value
+    missing = []
+    for key in ("optimizer", "rest"):
+        module, file = recorded.get(f"{key}_module"), recorded.get(f"{key}_file")
+        if module and file and Path(file).is_file():
+            depth = len(module.split(".")) + (Path(file).name == "__init__.py")
+            user.add_folder(Path(file).parents[depth - 1])  # the folder `import module` needs
+        elif module and file:
+            missing.append(f"{module} ({file})")
+    try:
+        return load_config(run_dir / "config.yaml")
+    except UserError as err:
+        if not missing:
+            raise
+        raise UserError(
+            f"{run_dir}: this run imported {', '.join(missing)}, which is gone; run from the folder that "
+            "holds the module now, or put that folder on PYTHONPATH"
+        ) from err
 
 
 def write_atomic(path: Path, data: bytes | memoryview, fsync: bool = False) -> None:

@@ -1,9 +1,10 @@
 """A user's own optimizer class, `name: "module:ClassName"`: found, imported and its signature read as a section.
 
 The module is looked up on the Python path, then in the current folder, then in the folders of the
-config files read so far (config.read_config adds each): a file `signsgd.py` beside the config
-holding `class SignSGD(torch.optim.Optimizer)` is `name: "signsgd:SignSGD"`. Those folders go on
-sys.path and PYTHONPATH, so the worker processes of a sweep or study find the module too.
+config, sweep and study files read so far that name one (config.look_beside adds each): a file
+`signsgd.py` beside the config holding `class SignSGD(torch.optim.Optimizer)` is
+`name: "signsgd:SignSGD"`. Those folders go on sys.path and PYTHONPATH, so the worker processes of a
+sweep or study find the module too.
 Importing runs the module's code: this is the one place where a config makes gdtrain execute
 anything, and only for a name with a ':'.
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gdtrain.core import names, runs
-from gdtrain.core.config import Config, apply_overrides, read_config, to_dict, validate
+from gdtrain.core.config import Config, apply_overrides, look_beside, read_config, to_dict, validate
 from gdtrain.core.errors import UserError
 from gdtrain.core.manifest import Manifest
 from gdtrain.core.signals import Guard
@@ -81,7 +81,9 @@ def expand(path: Path, grid_options: list[str], seeds: int | None, overrides: li
     grid = {key: _values(values, f"{path}: grid.{key}") for key, values in section.items()}
     grid.update(parse_grid(grid_options))
     if seeds is not None:
-        base = validate(apply_overrides(copy.deepcopy(raw), list(overrides)), str(path)).experiment.seed
+        doc = apply_overrides(copy.deepcopy(raw), list(overrides))
+        look_beside(path, doc)
+        base = validate(doc, str(path)).experiment.seed
         grid["experiment.seed"] = list(range(base, base + seeds))
     if not grid:
         raise UserError(f"{path}: nothing to sweep; add --grid key.path=v1,v2 or a grid: section")
@@ -89,6 +91,7 @@ def expand(path: Path, grid_options: list[str], seeds: int | None, overrides: li
     for values in itertools.product(*grid.values()):
         sets = list(overrides) + [f"{key}={json.dumps(value)}" for key, value in zip(grid, values)]
         doc = apply_overrides(copy.deepcopy(raw), sets)
+        look_beside(path, doc)  # a grid or --set value naming module:Class looks beside the sweep file
         made.append((doc, validate(copy.deepcopy(doc), str(path))))
     configs = [runs.flatten(to_dict(config)) for _, config in made]
     parts = names.parts(configs)

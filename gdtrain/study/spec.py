@@ -33,6 +33,7 @@ from gdtrain.core.config import (
     Section,
     apply_overrides,
     check_name,
+    look_beside,
     optimizer_fields,
     read_config,
     validate,
@@ -161,7 +162,8 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
         fields = optimizer_fields(name)
     except ValueError as err:
         raise UserError(f"{where}.{err}") from None
-    label = entry.get("label", name)
+    # A user's class is labelled by its class name (a folder name holds no ':'): signsgd:SignSGD -> SignSGD.
+    label = entry.get("label", name.rpartition(":")[2].rpartition(".")[2] if ":" in name else name)
     try:
         check_name(label) if isinstance(label, str) else None
     except ValueError as err:
@@ -235,6 +237,7 @@ def load_study(path: Path, overrides: list[str] = ()) -> Study:
     if any(o.startswith("optimizer.") or o.startswith("optimizer=") for o in base_sets):
         raise UserError("--set optimizer...: a study's optimizers come from its optimizers: list; set them there")
     raw = apply_overrides(raw, study_sets)
+    look_beside(path, raw)  # an optimizers: entry naming module:Class finds it beside the study file
     try:
         spec = StudySpec.model_validate(raw)
     except Exception as err:

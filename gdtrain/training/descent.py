@@ -26,7 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from gdtrain.components.functions import FUNCTIONS, Objective
-from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation
+from gdtrain.components.optimizers import (
+    build_optimizer,
+    build_schedule,
+    build_warmup,
+    implementation,
+    provenance,
+    set_mode,
+)
 from gdtrain.core import optimizers as registry
 from gdtrain.core import plotting, runs
 from gdtrain.core.config import Config, FunctionData, OptimizerConfig, ScheduleConfig, TrainConfig, to_dict, validate
@@ -69,6 +76,7 @@ def descend(
     optimizer = build_optimizer(optimizer_cfg, nn.ParameterList([x]))
     scheduler = build_schedule(schedule_cfg, optimizer, settings.max_steps)  # an epoch is a step here
     warmup = build_warmup(schedule_cfg, optimizer)
+    set_mode(optimizer, training=True)  # Schedule-Free: the path is its training point, where f is differentiated
     outcome, points, started = Outcome(), [x.detach().cpu().clone()], time.perf_counter()
     loss = objective.f(x)
     outcome.final = {"loss/train": loss.item(), **_coordinates(x)}
@@ -123,9 +131,11 @@ def run_function(
     device = resolve_device(config.train.device)
     seed_everything(config.experiment.seed)
     objective, label = FUNCTIONS[config.data.function], label or config.optimizer.name
-    meta = runs.provenance(device, config.experiment.seed) | {
-        "optimizer_kernel": implementation(config.optimizer, device)
-    }
+    meta = (
+        runs.provenance(device, config.experiment.seed)
+        | {"optimizer_kernel": implementation(config.optimizer, device)}
+        | provenance(config.optimizer)
+    )
     run_dir, lock = runs.create_run(runs_dir, config, runs.run_name(config, run_name), meta)
     if say is not None:
         say(f"run folder: {run_dir}   (tensorboard --logdir {run_dir.parent})")

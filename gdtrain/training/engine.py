@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from gdtrain.components.datasets import Dataset, shuffled_batches
 from gdtrain.components.losses import LOSSES, count_correct
+from gdtrain.components.optimizers import set_mode
 from gdtrain.core.config import TrainConfig
 from gdtrain.core.signals import Stop
 from gdtrain.training import lifecycle
@@ -150,21 +151,24 @@ def _checkpoint(
     checkpoints: Checkpoints | None,
     best: dict[str, Any] | None,
 ) -> None:
-    """best.pt when a new best is waiting, then step-<step>.pt; every rank takes part (its RNG states)."""
+    """best.pt when a new best is waiting, then step-<step>.pt; every rank takes part (its RNG states).
+    The weights saved are the optimizer's eval-mode ones (Schedule-Free's average), as model.pt's are."""
     rng = gather(rng_states(parts.order), parts.world)
-    if checkpoints is None:
-        return
-    state = lifecycle.checkpoint_state(
-        parts.model.state_dict(),
-        parts.optimizer.state_dict(),
-        parts.scheduler,
-        parts.warmup,
-        at,
-        rng,
-        tracker.flush(),
-        parts.scaler.state_dict(),
-    )
-    lifecycle.save_checkpoint(checkpoints, best, state, at.outcome.steps)
+    # Every rank switches, with or without a folder to write, so that all take the same round trip.
+    set_mode(parts.optimizer, training=False)
+    if checkpoints is not None:
+        state = lifecycle.checkpoint_state(
+            parts.model.state_dict(),
+            parts.optimizer.state_dict(),
+            parts.scheduler,
+            parts.warmup,
+            at,
+            rng,
+            tracker.flush(),
+            parts.scaler.state_dict(),
+        )
+        lifecycle.save_checkpoint(checkpoints, best, state, at.outcome.steps)
+    set_mode(parts.optimizer, training=True)
 
 
 def _epoch_line(epoch: int, epochs: int, outcome: Outcome, rate: float) -> str:
@@ -207,6 +211,7 @@ def train(
 
     for epoch in range(at.epoch, steps.epochs + 1):
         model.train()
+        set_mode(optimizer, training=True)  # Schedule-Free steps from its training point; resumed, back to it
         bar = _bar(parts, at, epoch, quiet)
         clock = lifecycle.Clock(at)
         for xb, yb in _batches(parts, at, epoch):
@@ -258,6 +263,7 @@ def train(
             break
         clock.count_epoch(epoch, first=epoch == at_start)  # this process's first epoch pays its start
 
+        set_mode(optimizer, training=False)  # validation, best.pt and model.pt see the weights to evaluate
         values = _metrics(model, data.x_val, data.y_val, "val", settings, world)
         if not lifecycle.validation(outcome, tracker, values, epoch, outcome.steps):
             break
@@ -279,6 +285,7 @@ def train(
                 outcome.status, outcome.signal = "interrupted", halt
                 break
 
+    set_mode(optimizer, training=False)  # model.pt (recipe) and the test figures: the eval-mode weights
     if best is not None and outcome.status == "finished":
         checkpoints.save_best(best)
     if outcome.status == "finished" and data.x_test is not None:

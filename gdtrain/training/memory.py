@@ -126,8 +126,17 @@ def state_copies(cfg: OptimizerConfig) -> float:
     return probe_state(json.dumps(cfg.model_dump(mode="json"), sort_keys=True))
 
 
-@functools.cache
 def probe_state(cfg_json: str) -> float:
+    """_probe_state with the global RNG untouched: a run's initial weights never depend on whether
+    this process probed the optimizer already (the answer is cached)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return _probe_state(cfg_json)
+
+
+@functools.cache
+def _probe_state(cfg_json: str) -> float:
     """Build the optimizer on a 64 x 64 weight and its bias, take one step, and count the floats its
     state holds per parameter element (Adam 2, SGD with momentum 1, Adafactor's row and column
     averages a fraction): a user's class is sized as torch's are. Scalars (step counts) do not count."""

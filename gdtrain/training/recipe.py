@@ -20,9 +20,9 @@ from torch import nn
 
 from gdtrain.components.datasets import Dataset, build_dataset
 from gdtrain.components.models import build_model
-from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation
+from gdtrain.components.optimizers import build_optimizer, build_schedule, build_warmup, implementation, provenance
 from gdtrain.core import runs
-from gdtrain.core.config import Config, FunctionData, load_config, to_dict
+from gdtrain.core.config import Config, FunctionData, to_dict
 from gdtrain.core.errors import UserError
 from gdtrain.core.signals import Stop, stop_on_signals
 from gdtrain.training import checkpoints, descent, distributed, engine, lifecycle, memory
@@ -117,7 +117,7 @@ def resume(
 ) -> Outcome:
     """Continue a run from its newest checkpoint (or the one at `step`, the newer ones dropped), into
     the same folder, as if it had never stopped; `say` (rank 0's) is told where it continues."""
-    config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    config = runs.load_run_config(run_dir) if (run_dir / "config.yaml").is_file() else None
     if config is None:
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run>")
     status = runs.status(run_dir)
@@ -189,9 +189,11 @@ def _continue(
 
 
 def _meta(config: Config, parts: Parts) -> dict[str, Any]:
-    return runs.provenance(parts.device, config.experiment.seed) | {
-        "optimizer_kernel": implementation(config.optimizer, parts.device)
-    }
+    return (
+        runs.provenance(parts.device, config.experiment.seed)
+        | {"optimizer_kernel": implementation(config.optimizer, parts.device)}
+        | provenance(config.optimizer)
+    )
 
 
 def _run_engine(
@@ -275,7 +277,7 @@ def evaluate_run(run_dir: Path, which: str) -> tuple[Path, dict[str, float]]:
     """Validation and test metrics of a run's `best` or `last` weights."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); give runs/<experiment>/<run>")
-    config = load_config(run_dir / "config.yaml")
+    config = runs.load_run_config(run_dir)
     if isinstance(config.data, FunctionData):
         raise UserError(f"{run_dir}: a function run has no data to evaluate; its summary.json holds f(x)")
     resolved = to_dict(config)
