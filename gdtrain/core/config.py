@@ -488,6 +488,7 @@ def read_config(path: Path) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the config must be a mapping of sections, got {type(raw).__name__}")
+    user.add_folder(Path(path).parent)  # its `module:Class` optimizers may sit beside it (user.py)
     return raw
 
 
