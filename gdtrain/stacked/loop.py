@@ -1,9 +1,10 @@
 """Several runs trained as one: a group of compatible sweep or study points (gdtrain/execution/groups.py).
 
 The members' models are stacked (stacked/model.py), their data shared by index (stacked/data.py), and one
-vectorised optimizer updates them all, each with its own optimizer, settings, lr schedule, warm-up
-and clipping (stacked/optimizer.py, stacked/lr.py). The loop is engine.train's with a member axis, and every step
-of a run's life it shares with one run (log window, divergence, checkpoint payload, best weights,
+vectorised optimizer updates them all (members without a vectorised rule through their own solo
+optimizer, stacked/generic.py), each with its own optimizer, settings, lr schedule, warm-up and
+clipping (stacked/optimizer.py, stacked/lr.py). The loop is engine.train's with a member axis, and every
+step of a run's life it shares with one run (log window, divergence, checkpoint payload, best weights,
 patience, schedule, finish) is gdtrain/training/lifecycle.py's: per step one forward and one
 backward for all members, each on its own batch; losses are read back every
 `log_every` steps, where a member whose loss is NaN or infinite is recorded `diverged` at its own
