@@ -57,6 +57,9 @@ def test_the_stacked_table_has_a_row_per_batch_size_and_number_of_runs(tmp_path,
     for row in rows:
         assert all(float(cell.replace(",", "")) > 0 for cell in row[2:4])
         assert row[4].endswith("x") and row[5].endswith("x the floor") and row[6].endswith("x the floor")
+    steps = table_rows(result.stdout, "| M | vectorised | generic | alone |")  # one optimizer step each way
+    assert [row[0] for row in steps] == ["1", "3"]
+    assert all(float(cell) > 0 for row in steps for cell in row[1:4])
 
 
 def test_no_stacked_leaves_the_table_out(tmp_path, one_thread):
@@ -77,7 +80,7 @@ def test_no_stacked_leaves_the_table_out(tmp_path, one_thread):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "together" not in result.stdout
+    assert "together" not in result.stdout and "vectorised" not in result.stdout
 
 
 def test_bad_runs_are_one_line_errors():

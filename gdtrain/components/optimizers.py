@@ -57,7 +57,11 @@ def settings(cfg: OptimizerConfig) -> dict[str, Any]:
 
 def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
     """torch.optim.<name>(model.parameters(), **the config's own arguments); muon with its `rest` optimizer."""
-    params = list(model.parameters())
+    return build_over(cfg, list(model.parameters()))
+
+
+def build_over(cfg: OptimizerConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """build_optimizer over a list of tensors (a stacked member's rows, stacked/generic.py): same class, kernel."""
     if getattr(cfg, "rest", None) is not None:
         return WithRest(cfg, params)
     return _build(cfg, params)

@@ -5,7 +5,8 @@ the seed (initialisation, data order, validation split), the optimizer and all i
 schedule and warm-up, gradient clipping, early stopping (patience, min_delta) and keep_last. So a
 group shares the model's architecture and sizes, the data, loss, precision, batch size and number
 of steps; interrupted points join a group only with points stopped at the same step. fp16,
-torch.compile and function descents always train alone (stacked/loop.py says why). Grouping never
+torch.compile and function descents always train alone (stacked/loop.py says why); every optimizer
+stacks, those without a vectorised rule through their own solo optimizer per member (stacked/generic.py). Grouping never
 changes what a run computes, only how fast: a group too large for the device's free memory, or
 for `--batch-runs`, is split into groups of near-equal size, and members using the same optimizer
 rule sit next to each other (stacked/optimizer.py updates them through a view instead of a gather).
@@ -19,7 +20,6 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gdtrain.core import optimizers as registry
 from gdtrain.core import runs
 from gdtrain.core.config import Config, FunctionData, OptimizerConfig, to_dict, validate
 from gdtrain.training import memory
@@ -47,17 +47,10 @@ def key(config: Config, task: Task) -> str | None:
     return None if shared is None else shared + f" at step {resumed_step(task)}"
 
 
-def stackable(cfg: OptimizerConfig) -> bool:
-    """Whether members with this optimizer can train in a group: a vectorised rule in stacked/rules.py."""
-    return not registry.is_user(cfg.name) and registry.OPTIMIZERS[cfg.name].stacked
-
-
 def compatible(config: Config) -> str | None:
     """What points that could train together share, wherever they stand; None: always alone."""
     train = config.train
     if isinstance(config.data, FunctionData) or train.precision == "fp16" or train.compile:
-        return None
-    if not stackable(config.optimizer):
         return None
     return json.dumps(
         {k: v for k, v in runs.flatten(to_dict(config)).items() if not k.startswith(FREE)}, sort_keys=True
@@ -118,10 +111,17 @@ def fit(config: Config, device: torch.device) -> int | None:
     return max(1, int(room // member_bytes(config, sizes, batch_size)))
 
 
+def _order(cfg: OptimizerConfig, device: torch.device) -> tuple:
+    """Where a member sits in its group: by its rule's kind, the members with their own optimizer after."""
+    from gdtrain.stacked.generic import vectorised
+    from gdtrain.stacked.optimizer import kind_key
+
+    return (False, kind_key(cfg, device)) if vectorised(cfg) else (True, cfg.name)
+
+
 def plan(tasks: list[Task], batch_runs: int | None, jobs: int = 1) -> list[list[Task]]:
     """The tasks as groups, in the order their first point comes: compatible points together, at most
     `batch_runs` (None: as many as fit) and, with `jobs` processes, split so that each has a group."""
-    from gdtrain.stacked.optimizer import kind_key
     from gdtrain.training.device import resolve_device
 
     configs = {task.name: validate(task.raw, task.name) for task in tasks}
@@ -143,8 +143,8 @@ def plan(tasks: list[Task], batch_runs: int | None, jobs: int = 1) -> list[list[
         cap = min(x for x in (batch_runs, fit(config, device), len(members)) if x)
         if jobs > 1:
             cap = min(cap, math.ceil(len(members) / jobs))
-        # a stable sort: within a kind, points keep the grid's order
-        members.sort(key=lambda t: kind_key(configs[t.name].optimizer, device))
+        # a stable sort: within a kind, points keep the grid's order; members without a rule go last
+        members.sort(key=lambda t: _order(configs[t.name].optimizer, device))
         count = math.ceil(len(members) / cap)  # near-equal sizes: 21 capped at 8 is 7 + 7 + 7
         for j in range(count):
             units.append((first[k], members[j * len(members) // count : (j + 1) * len(members) // count]))

@@ -1,9 +1,10 @@
 """Several runs trained as one: a group of compatible sweep or study points (gdtrain/execution/groups.py).
 
 The members' models are stacked (stacked/model.py), their data shared by index (stacked/data.py), and one
-vectorised optimizer updates them all, each with its own optimizer, settings, lr schedule, warm-up
-and clipping (stacked/optimizer.py, stacked/lr.py). The loop is engine.train's with a member axis, and every step
-of a run's life it shares with one run (log window, divergence, checkpoint payload, best weights,
+vectorised optimizer updates them all (members without a vectorised rule through their own solo
+optimizer, stacked/generic.py), each with its own optimizer, settings, lr schedule, warm-up and
+clipping (stacked/optimizer.py, stacked/lr.py). The loop is engine.train's with a member axis, and every
+step of a run's life it shares with one run (log window, divergence, checkpoint payload, best weights,
 patience, schedule, finish) is gdtrain/training/lifecycle.py's: per step one forward and one
 backward for all members, each on its own batch; losses are read back every
 `log_every` steps, where a member whose loss is NaN or infinite is recorded `diverged` at its own
@@ -30,11 +31,13 @@ from typing import Any, BinaryIO
 import torch
 
 from gdtrain.components.models import build_model
+from gdtrain.components.optimizers import implementation
 from gdtrain.core import runs
 from gdtrain.core.config import Config, to_dict, validate
 from gdtrain.core.errors import UserError
 from gdtrain.core.signals import Stop, stop_on_signals
 from gdtrain.stacked import data as stackdata
+from gdtrain.stacked.generic import vectorised
 from gdtrain.stacked.lr import MemberSchedules
 from gdtrain.stacked.model import StackedModel, member_losses
 from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_, grad_norms, kind_key
@@ -95,6 +98,7 @@ def train_group(tasks: list[Task]) -> list[Result]:
     try:
         with stop_on_signals(stop):
             halt = train(group, stop)
+            group.optimizer.set_mode(training=False)  # the weights to test and save (Schedule-Free: the average)
             for member in group.members:
                 if member.live:
                     _finish(group, member, "finished" if halt is None else "interrupted", halt)
@@ -144,7 +148,9 @@ def stack(
     del models
     steps = lifecycle.plan(data.train.shape[1], configs[0].train)
     optimizer = StackedOptimizer(model.params, [c.optimizer for c in configs])
-    schedules = MemberSchedules([c.optimizer for c in configs], [c.schedule for c in configs], steps.epochs)
+    schedules = MemberSchedules(
+        [c.optimizer for c in configs], [c.schedule for c in configs], steps.epochs, own=optimizer.solos.optimizers
+    )
     return model, optimizer, schedules, steps
 
 
@@ -166,9 +172,12 @@ def _build(tasks: list[Task], configs: list[Config]) -> Group:
     members, states = [], []
     try:
         for task, config in zip(tasks, configs):
-            kernel = "fused" if kind_key(config.optimizer, device)[2] else "for_loop"
+            if vectorised(config.optimizer):
+                kernel = ("fused" if kind_key(config.optimizer, device)[2] else "for_loop") + ", stacked"
+            else:  # stacked/generic.py: its solo optimizer over its rows
+                kernel = f"{implementation(config.optimizer, device) or 'its own'}, its optimizer in a stacked group"
             meta = runs.provenance(device, config.experiment.seed) | {
-                "optimizer_kernel": f"{kernel}, stacked",
+                "optimizer_kernel": kernel,
                 "stacked": note,
             }
             order = torch.Generator(device=device).manual_seed(config.experiment.seed)
@@ -230,9 +239,8 @@ def _restore(group: Group, states: list[dict[str, Any]]) -> None:
         steps = member.at.outcome.steps
         group.model.load_member_state_dict(m, state["model"])
         group.optimizer.load_member_state_dict(m, state["optimizer"], steps)
-        group.schedules.load_member(
-            m, state["optimizer"]["param_groups"][0], state["scheduler"], state["warmup"], steps
-        )
+        lrs = {} if m in group.schedules.own else state["optimizer"]["param_groups"][0]
+        group.schedules.load_member(m, lrs, state["scheduler"], state["warmup"], steps)
         member.order.set_state(state["rng"]["order"])
     restore_rng(states[0]["rng"], group.members[0].order)  # torch's, numpy's and Python's RNGs are the group's
     group.at = Progress(
@@ -262,6 +270,7 @@ def train(group: Group, stop: Stop) -> int | None:
         clock = lifecycle.Clock(at)
         group.epoch_orders = lifecycle.epoch_orders(at, epoch, [m.order for m in members], group.epoch_orders)
         rows = stackdata.epoch_rows(data, [m.order for m in members], steps.batch_size)  # (M, n_train)
+        group.optimizer.set_mode(training=True)
         for xb, yb in stackdata.batches(data, rows, steps.batch_size, at.step_in_epoch):
             n = xb.shape[1]
             with autocast:
@@ -293,6 +302,7 @@ def train(group: Group, stop: Stop) -> int | None:
         if not any(m.live for m in members):
             return None
         clock.count_epoch(epoch, first=epoch == at_start)  # this process's first epoch pays its start
+        group.optimizer.set_mode(training=False)  # evaluated, kept as best and saved as alone (set_mode)
         _epoch_end(group, epoch)
         lifecycle.next_epoch(at, epoch)
         if not any(m.live for m in members):
@@ -351,6 +361,7 @@ def _checkpoint(group: Group) -> None:
     leaves each member the older step too, where the group resumes together (groups.align)."""
     at = group.at
     live = [member for member in group.members if member.live and member.saved is not None]
+    group.optimizer.set_mode(training=False)  # a solo run's checkpoint holds its evaluation weights
     for m, member in enumerate(group.members):
         if not member.live or member.saved is None:
             continue
@@ -377,6 +388,7 @@ def _checkpoint(group: Group) -> None:
         member.best = None
     for member in live:
         member.saved.prune()
+    group.optimizer.set_mode(training=True)
 
 
 def _counted(group: Group, member: Member) -> Outcome:
@@ -401,6 +413,7 @@ def _tested(group: Group) -> tuple[list[float], list[float] | None]:
 def _finish(group: Group, member: Member, status: str, signal: int | None = None) -> None:
     """End a member: freeze it, test a finished one, write model.pt (not when interrupted) and its summary.json."""
     m = group.members.index(member)
+    group.optimizer.set_mode(training=False, member=m)  # frozen from here on, in the mode its files are written in
     member.live = False
     group.optimizer.freeze(torch.arange(len(group.members)) == m)
     outcome = _counted(group, member)

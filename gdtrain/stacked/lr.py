@@ -2,7 +2,9 @@
 
 A member's schedule and warm-up are the ones a solo run builds (optimizers.build_schedule and
 build_warmup), attached to a stand-in torch.optim.SGD over one scalar that never steps: its param
-group's lr is the member's lr, so every schedule, plateau included, is torch's own. They are stepped
+group's lr is the member's lr, so every schedule, plateau included, is torch's own. A member that
+steps with its solo optimizer (stacked/generic.py) has its schedules attached to that optimizer, as
+alone: muon's two param groups both scale, and the lr in its state_dict is the solo run's. They are stepped
 as engine.train steps a solo run's: the warm-up after each of its first `warmup_steps` optimizer
 steps, the epoch schedule at each epoch's end (plateau on the member's validation loss).
 The Python loop over members runs only when an lr changes: during warm-up and at epoch ends.
@@ -24,10 +26,21 @@ from gdtrain.training.lifecycle import step_schedule
 class MemberSchedules:
     """The lr of each of M members: optimizers[m].lr under schedules[m], in a run of `epochs` epochs."""
 
-    def __init__(self, optimizers: Sequence[OptimizerConfig], schedules: Sequence[ScheduleConfig], epochs: int):
+    def __init__(
+        self,
+        optimizers: Sequence[OptimizerConfig],
+        schedules: Sequence[ScheduleConfig],
+        epochs: int,
+        own: dict[int, torch.optim.Optimizer] | None = None,
+    ):
+        """`own`: member -> its solo optimizer (stacked/generic.py), driven by its schedules in place of a stand-in."""
         if len(optimizers) != len(schedules):
             raise ValueError(f"{len(optimizers)} optimizer configs but {len(schedules)} schedule configs")
-        self.stand_ins = [torch.optim.SGD([torch.zeros((), requires_grad=True)], lr=cfg.lr) for cfg in optimizers]
+        self.own = own or {}
+        self.stand_ins = [
+            self.own[m] if m in self.own else torch.optim.SGD([torch.zeros((), requires_grad=True)], lr=cfg.lr)
+            for m, cfg in enumerate(optimizers)
+        ]
         self.schedulers = [build_schedule(cfg, opt, epochs) for cfg, opt in zip(schedules, self.stand_ins)]
         self.warmups = [build_warmup(cfg, opt) for cfg, opt in zip(schedules, self.stand_ins)]
         for opt in self.stand_ins:
@@ -99,8 +112,10 @@ class MemberSchedules:
         steps: int,
     ) -> None:
         """Continue member `member` where its solo run's checkpoint stands: its param group's lr
-        entries (`group`), its schedule's and warm-up's states; `steps`: optimizer steps taken."""
-        self.stand_ins[member].param_groups[0].update({k: v for k, v in group.items() if k in ("lr", "initial_lr")})
+        entries (`group`; a member with its own optimizer has them from its state_dict), its schedule's
+        and warm-up's states; `steps`: optimizer steps taken."""
+        if member not in self.own:
+            self.stand_ins[member].param_groups[0].update({k: v for k, v in group.items() if k in ("lr", "initial_lr")})
         for x, saved, key in (
             (self.schedulers[member], scheduler, "scheduler"),
             (self.warmups[member], warmup, "warmup"),

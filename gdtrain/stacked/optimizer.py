@@ -10,7 +10,9 @@ eps), else the single-tensor formula (bit for bit torch's `foreach=False`). Each
 A kind whose members sit next to each other in the stack is updated through a view, with no copy; a
 scattered one is gathered with index_select and written back with index_copy_ (benchmarks/stackopt.py
 gives the cost). Frozen members (diverged ones) are left out of their kind's rows: their parameters
-and state stay as they are. The caller gives each step's lr (lr.MemberSchedules) and clips
+and state stay as they are. Members whose optimizer has no rule (a user's class, nadam, muon...)
+step with their solo run's optimizer over their rows (stacked/generic.py), in the same group.
+The caller gives each step's lr (lr.MemberSchedules) and clips
 (clip_grad_norms_) before stepping, as engine.train does for one run.
 """
 
@@ -25,6 +27,7 @@ from torch import Tensor
 
 from gdtrain.components.optimizers import IMPLEMENTATIONS, implementation, optimizer_class, settings
 from gdtrain.core.config import OptimizerConfig
+from gdtrain.stacked.generic import Solos, vectorised
 from gdtrain.stacked.rules import FUSED_RULES, FUSED_SHARED, HYPERS, RULES, Rows, col, state_names
 
 Select = slice | Tensor  # rows as a view (contiguous) or as an index for index_select / index_copy_
@@ -111,11 +114,14 @@ class StackedOptimizer:
         if not self.params or any(p.dim() == 0 or len(p) != len(self.configs) for p in self.params):
             raise ValueError(f"each parameter must be (M, *shape) with M = {len(self.configs)} configs")
         self.frozen = torch.zeros(len(self.configs), dtype=torch.bool)  # (M,) on the CPU, set by freeze()
-        self.work = [(torch.empty_like(p), torch.empty_like(p)) for p in self.params]  # the rules' scratch
+        ruled = [m for m, cfg in enumerate(self.configs) if vectorised(cfg)]
+        self.solos = Solos(self.params, {m: cfg for m, cfg in enumerate(self.configs) if m not in ruled})
+        # the rules' scratch
+        self.work = [(torch.empty_like(p), torch.empty_like(p)) for p in self.params] if ruled else []
         self.gathered: list[tuple[Tensor, Tensor]] = []  # params and grads of scattered kinds, made when first needed
         kinds: dict[tuple, list[int]] = {}
-        for m, cfg in enumerate(self.configs):
-            kinds.setdefault(kind_key(cfg, self.params[0].device), []).append(m)
+        for m in ruled:
+            kinds.setdefault(kind_key(self.configs[m], self.params[0].device), []).append(m)
         self.kinds = [self._kind(name, switch, fused, members) for (name, switch, fused, _), members in kinds.items()]
         self.freeze(self.frozen)
 
@@ -180,6 +186,12 @@ class StackedOptimizer:
                 _put(self.params[i], kind.stack_rows, rows.params[j])
                 for s, ts in kind.state.items():
                     _put(ts[i], kind.state_rows, rows.state[s][j])
+        self.solos.step(self.frozen)
+
+    def set_mode(self, training: bool, member: int | None = None) -> None:
+        """components.optimizers.set_mode for `member`'s optimizer, or for every member's not frozen."""
+        members = [member] if member is not None else [m for m in range(len(self.configs)) if not self.frozen[m]]
+        self.solos.set_mode(training, members)
 
     def state_dict(self) -> dict[str, Any]:
         """Settings, steps, state and the frozen mask; like torch.optim's, its tensors are the live ones, not copies."""
@@ -187,6 +199,7 @@ class StackedOptimizer:
             "configs": [settings(cfg) for cfg in self.configs],
             "frozen": self.frozen.clone(),
             "kinds": [{"members": kind.members, "step": kind.step, "state": kind.state} for kind in self.kinds],
+            "solos": {m: opt.state_dict() for m, opt in self.solos.optimizers.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -200,11 +213,15 @@ class StackedOptimizer:
             for name, tensors in kind.state.items():
                 for t, value in zip(tensors, saved["state"][name], strict=True):
                     t.copy_(value)
+        for m, opt in self.solos.optimizers.items():
+            opt.load_state_dict(state["solos"][m])
         self.frozen.zero_()
         self.freeze(state["frozen"])
 
     def member_state_dict(self, member: int, group: dict[str, float]) -> dict[str, Any]:
         """One member's state as its solo run's torch.optim state_dict(); `group`: MemberSchedules.group(member)."""
+        if member in self.solos.optimizers:  # its solo optimizer's own, lr entries included
+            return self.solos.optimizers[member].state_dict()
         cfg = self.configs[member]
         kind = next(k for k in self.kinds if member in k.members)
         row = kind.members.index(member)
@@ -226,6 +243,9 @@ class StackedOptimizer:
     def load_member_state_dict(self, member: int, state: dict[str, Any], steps: int) -> None:
         """Continue member `member` from its solo run's torch.optim state_dict (member_state_dict's
         inverse); `steps`: the optimizer steps it has taken (SGD's state does not count them)."""
+        if member in self.solos.optimizers:
+            self.solos.optimizers[member].load_state_dict(state)
+            return
         kind = next(k for k in self.kinds if member in k.members)
         row = kind.members.index(member)
         saved = state["state"]
