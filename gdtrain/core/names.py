@@ -98,7 +98,7 @@ def parts(configs: list[dict[str, Any]], seeds: bool = True) -> list[list[tuple[
             for key in keys:
                 value = config[key]
                 if key == "optimizer.name":
-                    these.append(("", _text(value)))
+                    these.append(("", registry.display_name(_text(value))))
                 elif isinstance(value, bool):
                     these += [("", short[key])] if value else []
                 else:

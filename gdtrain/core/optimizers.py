@@ -345,6 +345,11 @@ def is_user(name: Any) -> bool:
     return isinstance(name, str) and ":" in name
 
 
+def display_name(name: str) -> str:
+    """How an optimizer name reads in labels and folder names: a user's `module:Class` as its class name."""
+    return name.rpartition(":")[2].rpartition(".")[2] if is_user(name) else name
+
+
 def hue(name: str) -> str | None:
     """The colour family of an optimizer name (None for a user's class: the plots pick a spare one)."""
     entry = OPTIMIZERS.get(name)
@@ -400,8 +405,7 @@ def reference() -> str:
     out = []
     for e in ENTRIES:
         out += [f"### optimizer: `{e.name}`", "", f"`{e.target}`: {e.help}"]
-        if e.stacked:
-            out[-1] += " (stacked groups: a vectorised rule)"
+        out[-1] += " (stacked groups: " + ("a vectorised rule)" if e.stacked else "one optimizer per member)")
         out += ["", "| key | default | allowed | what |", "|---|---|---|---|"]
         for key, setting in e.settings.items():
             out.append(f"| `{key}` | {_cell(setting.default)} | {_allowed(setting)} | {setting.comment} |")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from gdtrain import __version__
+from gdtrain.core import optimizers as registry
 from gdtrain.core import user
 from gdtrain.core.config import Config, check_name, load_config, to_dict
 from gdtrain.core.errors import UserError
@@ -46,7 +47,8 @@ def run_name(config: Config, given: str | None = None) -> str:
             check_name(given)
         except ValueError as err:
             raise UserError(f"--name: {err}") from None
-    return given or config.experiment.run_name or f"{config.optimizer.name}-lr{config.optimizer.lr:g}"
+    optimizer = registry.display_name(config.optimizer.name)  # a folder name holds no ':'
+    return given or config.experiment.run_name or f"{optimizer}-lr{config.optimizer.lr:g}"
 
 
 def new_run_dir(runs_dir: Path, experiment: str, run_name: str) -> Path:

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import AfterValidator, Field, field_validator
 
+from gdtrain.core import optimizers as registry
 from gdtrain.core.config import (
     Config,
     ImageData,
@@ -163,7 +164,7 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
     except ValueError as err:
         raise UserError(f"{where}.{err}") from None
     # A user's class is labelled by its class name (a folder name holds no ':'): signsgd:SignSGD -> SignSGD.
-    label = entry.get("label", name.rpartition(":")[2].rpartition(".")[2] if ":" in name else name)
+    label = entry.get("label", registry.display_name(name) if isinstance(name, str) else name)
     try:
         check_name(label) if isinstance(label, str) else None
     except ValueError as err:

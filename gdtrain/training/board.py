@@ -46,7 +46,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from gdtrain.core import folders, names, runs
-from gdtrain.core.config import FunctionData, ImageData, load_config, to_dict
+from gdtrain.core.config import FunctionData, ImageData, to_dict
 from gdtrain.core.errors import UserError
 from gdtrain.core.plotting import band
 
@@ -149,7 +149,7 @@ def _picture_only(path: Path) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _read_config(path: Path, mtime_ns: int, size: int) -> tuple[dict[str, Any], list[str]]:
     """(flat config, metric tags) of a config.yaml; cached, since a sweep rereads every run's at each new run."""
-    config = load_config(path)
+    config = runs.load_run_config(path.parent)  # a user's optimizer class is found where the run found it
     if isinstance(config.data, FunctionData):
         metrics = ["loss/train"]
     else:
