@@ -11,7 +11,7 @@ MNIST_MLP := mnist_adam $(sort $(basename $(notdir $(wildcard configs/mnist_mlp_
 export GDTRAIN_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(CURDIR)/data)
 
 .DEFAULT_GOAL := all
-.PHONY: all help install test smoke demo bench accuracy memory compare-mnist sweep-synthetic study-quick study study-fashion download-mnist paths tensorboard clean $(CONFIGS)
+.PHONY: all help install test smoke demo bench accuracy memory compare-mnist sweep-synthetic study-quick study study-adam-family study-fashion download-mnist paths tensorboard clean $(CONFIGS)
 
 all: $(CONFIGS) ## run every shipped config (the published runs) into runs/
 
@@ -62,6 +62,9 @@ study-quick: install ## which optimizer is better: 4 optimizers tuned and rerun 
 
 study: install ## the MNIST study: 7 optimizers, equal tuning budget, 4 repeats of 5 seeds each, verdict + report (docs/studies.md gives its time)
 	$(BIN)/gdtrain study studies/mnist_optimizers.yaml --resume
+
+study-adam-family: install ## adam, adamw, nadam, radam, adamax, Lion, Schedule-Free AdamW and Muon on MNIST: verdict + report
+	$(BIN)/gdtrain study studies/mnist_adam_family.yaml --resume
 
 study-fashion: install ## the same study on Fashion-MNIST
 	$(BIN)/gdtrain study studies/fashion_mnist_optimizers.yaml --resume
