@@ -145,27 +145,26 @@ def _probe_state(cfg_json: str) -> float:
     from gdtrain.components.optimizers import build_optimizer, parts, set_mode
     from gdtrain.core.config import validate
 
-    with torch.random.fork_rng(devices=[]):  # a run seeded before this call draws what it would without it
-        cfg = validate({"optimizer": json.loads(cfg_json)}, "optimizer").optimizer
-        model = torch.nn.Linear(64, 64)
-        optimizer = build_optimizer(cfg, model)
-        for p in model.parameters():
-            p.grad = torch.randn_like(p)
-        set_mode(optimizer, training=True)
-        try:
-            optimizer.step()
-        except Exception as err:  # a user's class: its first step fails here, before any folder
-            text = " ".join(str(err).split())
-            raise UserError(
-                f"optimizer: {cfg.name}'s first step on a test tensor raised {type(err).__name__}: {text}"
-            ) from None
-        held = sum(
-            t.numel()
-            for part in parts(optimizer)
-            for state in part.state.values()
-            for t in state.values()
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 1
-        )
+    cfg = validate({"optimizer": json.loads(cfg_json)}, "optimizer").optimizer
+    model = torch.nn.Linear(64, 64)
+    optimizer = build_optimizer(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    set_mode(optimizer, training=True)
+    try:
+        optimizer.step()
+    except Exception as err:  # a user's class: its first step fails here, before any folder
+        text = " ".join(str(err).split())
+        raise UserError(
+            f"optimizer: {cfg.name}'s first step on a test tensor raised {type(err).__name__}: {text}"
+        ) from None
+    held = sum(
+        t.numel()
+        for part in parts(optimizer)
+        for state in part.state.values()
+        for t in state.values()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 1
+    )
     return held / sum(p.numel() for p in model.parameters())
 
 
