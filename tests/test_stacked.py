@@ -251,16 +251,16 @@ def test_a_stopped_stacked_sweep_resumes_to_the_uninterrupted_result(start, unin
 
 # nadam has no vectorised rule: each of its members steps its own torch.optim.NAdam over its rows
 # (stacked/generic.py), beside adam's vectorised rule, and checkpoints in a solo run's format.
-MIXED = ["--grid", "optimizer.name=nadam,adam", "--seeds", "3", "--set", "train.epochs=40", "--batch-runs", "6"]
+GENERIC_GRID = ["--grid", "optimizer.name=nadam,adam", "--seeds", "3", "--set", "train.epochs=40", "--batch-runs", "6"]
 
 
 def test_a_killed_group_with_generic_members_resumes_to_the_uninterrupted_result(start, tmp_path):
-    result = gdtrain("sweep", SMOKE, *MIXED, "--runs-dir", tmp_path / "whole")
+    result = gdtrain("sweep", SMOKE, *GENERIC_GRID, "--runs-dir", tmp_path / "whole")
     assert result.exit_code == 0 and "train as 1 group(s) of 6 runs" in result.output, result.output
-    run = start(*MIXED)
+    run = start(*GENERIC_GRID)
     run.wait_for_checkpoints(6)
     run.kill()
-    resumed = gdtrain("sweep", SMOKE, *MIXED, "--runs-dir", run.runs, "--resume")
+    resumed = gdtrain("sweep", SMOKE, *GENERIC_GRID, "--runs-dir", run.runs, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert resumed.stdout.count(": finished") == 6
     assert finals(run.runs) == finals(tmp_path / "whole")
