@@ -247,8 +247,8 @@ def paths(
         typer.Option(
             "--optimizers",
             "-o",
-            help="Comma-separated: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw; NAME:LR gives that one its "
-            "own lr (default: optimizer.lr).",
+            help="Comma-separated names from `gdtrain list` (and momentum, nesterov; not muon, which needs "
+            "matrices, nor a module:Class); NAME:LR gives that one its own lr (default: optimizer.lr).",
         ),
     ] = "sgd,momentum,rmsprop,adam",
     overrides: SetOpt = None,
@@ -443,8 +443,9 @@ def check(config: ConfigArg, overrides: SetOpt = None) -> None:
 
     with user_errors():
         cfg = _load(config, overrides)
+        estimate = describe(cfg)  # a user's class takes its first step here (the state probe): its error is one line
     typer.echo(dump_yaml(to_dict(cfg)).rstrip())
-    if (estimate := describe(cfg)) is not None:
+    if estimate is not None:
         typer.echo(estimate)
     for line in _imports(cfg):
         typer.echo(line)

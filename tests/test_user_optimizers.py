@@ -34,6 +34,24 @@ train: {{epochs: 2, batch_size: 16, loss: cross_entropy, log_every: 4}}
 """
 
 
+LENIENT = """\
+import torch
+
+
+class Lenient(torch.optim.SGD):  # checks nothing of its own
+    def __init__(self, params, lr=0.1, sizes: tuple[float, ...] = (1.0, 2.0)):
+        super().__init__(params, lr=abs(lr) or 0.1)
+"""
+NAMED = LENIENT.replace("Lenient", "Named").replace("sizes: tuple[float, ...] = (1.0, 2.0)", "name: str = 'x'")
+STUMBLES = (
+    LENIENT.replace("Lenient", "Stumbles")
+    + """
+    def step(self, closure=None):
+        raise RuntimeError("boom")
+"""
+)
+
+
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch):
     """The folders a test's configs add to the import path stay the test's."""
@@ -107,15 +125,54 @@ def test_third_party_class_records_its_package_version(tmp_path):
         ('{{name: "{m}:SignSGD", lr: 0.01}}', "raise RuntimeError('half written')\n", "failed: RuntimeError: half"),
         ('{{name: "absent_{m}:SignSGD", lr: 0.01}}', "", "no module 'absent_"),
         ("{{name: adam, lr: 0.01, betas1: 0.9}}", "", "betas1: unknown"),
+        ('{{name: "{m}:Lenient", lr: -0.5}}', LENIENT, "optimizer.lr: must be > 0 (a step size), got -0.5"),
+        ('{{name: "{m}:Lenient", lr: 0.1, sizes: [1, 2, oops]}}', LENIENT, "optimizer.sizes.2:"),
+        ('{{name: "{m}:Named", lr: 0.1}}', NAMED, "Named has a setting called 'name'"),
+        (
+            '{{name: "{m}:Stumbles", lr: 0.1}}',
+            STUMBLES,
+            "Stumbles's first step on a test tensor raised RuntimeError: boom",
+        ),
+        ('{{name: "torch.optim:LBFGS", lr: 0.1}}', "", "optimizer.name: LBFGS re-evaluates the loss"),
     ],
-    ids=["misspelled", "wrong-type", "constructor-raises", "not-an-optimizer", "import-raises", "missing", "built-in"],
+    ids=[
+        "misspelled",
+        "wrong-type",
+        "constructor-raises",
+        "not-an-optimizer",
+        "import-raises",
+        "missing",
+        "built-in",
+        "lr-not-positive",
+        "any-length-tuple",
+        "a-setting-called-name",
+        "step-raises",
+        "refused-by-class",
+    ],
 )
 def test_a_bad_user_class_or_setting_is_one_line_and_no_folder(tmp_path, optimizer, source, message):
     folder = tmp_path / "configs"
     name = module_beside(folder, source)
     path = config_beside(folder, optimizer.format(m=name))
-    line = one_error(gdtrain("run", path, "--runs-dir", tmp_path / "runs"))
-    assert message in line, line
+    for command in (["check"], ["run", "--runs-dir", tmp_path / "runs"]):
+        line = one_error(gdtrain(command[0], path, *command[1:]))
+        assert message in line, (command, line)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_lenient_class_takes_a_tuple_of_any_length(tmp_path):
+    folder = tmp_path / "configs"
+    name = module_beside(folder, LENIENT)
+    path = config_beside(folder, f'{{name: "{name}:Lenient", lr: 0.1, sizes: [1, 2, 3]}}')
+    assert load_config(path).optimizer.sizes == (1.0, 2.0, 3.0)
+
+
+def test_muon_on_a_function_is_one_line(tmp_path):
+    path = ROOT / "configs" / "path_quadratic_adam.yaml"
+    line = one_error(
+        gdtrain("run", path, "--set", "optimizer={name: muon, rest: {name: adam}}", "--runs-dir", tmp_path / "runs")
+    )
+    assert "optimizer.name: muon updates 2-D weight matrices, and a function's x is a vector" in line
     assert not (tmp_path / "runs").exists()
 
 
@@ -163,6 +220,8 @@ def test_a_run_folder_finds_its_module_where_the_run_did_or_says_where_to_put_it
     elsewhere.mkdir()
     found = python("-m", "gdtrain", "evaluate", run_dir, cwd=elsewhere)
     assert found.returncode == 0, found.stderr
+    rerun = python("-m", "gdtrain", "run", run_dir / "config.yaml", "--runs-dir", tmp_path / "again", cwd=elsewhere)
+    assert rerun.returncode == 0, rerun.stderr  # the config.yaml's rerun line works from anywhere too
     (folder / f"{name}.py").unlink()
     gone = python("-m", "gdtrain", "evaluate", run_dir, cwd=elsewhere)
     assert gone.returncode == 2

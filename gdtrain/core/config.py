@@ -220,7 +220,8 @@ def _section(entry: registry.Entry, rest: Any = None) -> type[Section]:
             if isinstance(data, dict) and "rest" not in data:
                 raise ValueError(
                     f"rest: {entry.name} updates only 2-D weight matrices; name the optimizer for the other "
-                    "parameters (biases), e.g. rest: {name: adamw, lr: 0.001}"
+                    "parameters (biases), e.g. rest: {name: adamw, lr: 0.001} (required even for a model without "
+                    "biases, so that one config fits every model)"
                 )
             return data
 
@@ -418,6 +419,11 @@ class Config(Section):
 
     def _fits_function(self) -> Config:
         """A function problem sets no model, only FUNCTION_TRAIN_KEYS in train, and a step budget."""
+        entry = registry.OPTIMIZERS.get(self.optimizer.name)
+        if entry is not None and entry.rest:
+            raise ValueError(
+                f"optimizer.name: {entry.name} updates 2-D weight matrices, and a function's x is a vector; use adam"
+            )
         if "model" in self.model_fields_set:
             raise ValueError("model: does not apply to data 'function' (the parameter is x itself); remove it")
         extra = sorted(self.train.model_fields_set - set(FUNCTION_TRAIN_KEYS))
@@ -499,6 +505,32 @@ def look_beside(path: Path, doc: Any) -> None:
     # hundred, name none.
     if names_module(doc):
         user.add_folder(path.parent)
+        for root in recorded_roots(path)[0]:  # a run folder's config.yaml: where the run found the module
+            user.add_folder(root)
+
+
+def recorded_roots(path: Path) -> tuple[list[Path], list[str]]:
+    """From a run's config.yaml header (`# optimizer_module:`, `# optimizer_file:`, the same for `rest_`):
+    the folders its modules were imported from, and the modules whose file is gone."""
+    recorded = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return [], []
+    for line in lines:
+        if not line.startswith("# "):
+            break
+        key, _, value = line[2:].partition(": ")
+        recorded[key] = value
+    roots, missing = [], []
+    for key in ("optimizer", "rest"):
+        module, file = recorded.get(f"{key}_module"), recorded.get(f"{key}_file")
+        if module and file and Path(file).is_file():
+            depth = len(module.split(".")) + (Path(file).name == "__init__.py")
+            roots.append(Path(file).parents[depth - 1])  # the folder `import module` needs
+        elif module and file:
+            missing.append(f"{module} ({file})")
+    return roots, missing
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from gdtrain.core import optimizers as registry
 SHORT = {  # how a setting reads in a label; any other by the last part of its dotted path
     **registry.short_names(),  # the optimizers' own: mom, wd, damp, acc0, ...
     "optimizer.implementation": "impl",
+    "optimizer.rest.lr": "rest_lr",  # muon's optimizer for the biases
     "model.hidden_sizes": "hidden",
     "model.activation": "act",
     "train.batch_size": "batch",

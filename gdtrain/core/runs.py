@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from gdtrain import __version__
 from gdtrain.core import optimizers as registry
-from gdtrain.core import user
-from gdtrain.core.config import Config, check_name, load_config, to_dict
+from gdtrain.core.config import Config, check_name, load_config, recorded_roots, to_dict
 from gdtrain.core.errors import UserError
 from gdtrain.core.yamlio import dump_yaml
 
@@ -177,21 +176,8 @@ def write_config(run_dir: Path, config_yaml: str, meta: dict[str, Any]) -> None:
 def load_run_config(run_dir: Path) -> Config:
     """A run folder's config.yaml, validated; a `module:Class` it names is looked for where the run found it."""
     # The header (write_config) records the class's file: from another folder, resume and evaluate
-    # find the module there; gone, the one line says where to put it.
-    recorded = {}
-    for line in (run_dir / "config.yaml").read_text(encoding="utf-8").splitlines():
-        if not line.startswith("# "):
-            break
-        key, _, value = line[2:].partition(": ")
-        recorded[key] = value
-    missing = []
-    for key in ("optimizer", "rest"):
-        module, file = recorded.get(f"{key}_module"), recorded.get(f"{key}_file")
-        if module and file and Path(file).is_file():
-            depth = len(module.split(".")) + (Path(file).name == "__init__.py")
-            user.add_folder(Path(file).parents[depth - 1])  # the folder `import module` needs
-        elif module and file:
-            missing.append(f"{module} ({file})")
+    # find the module there (config.look_beside); gone, the one line says where to put it.
+    missing = recorded_roots(run_dir / "config.yaml")[1]
     try:
         return load_config(run_dir / "config.yaml")
     except UserError as err:

@@ -27,10 +27,10 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
 
 from gdtrain.core.fields import interval, items
-from gdtrain.core.optimizers import NOT_SETTINGS
+from gdtrain.core.optimizers import NOT_SETTINGS, REFUSED
 
 SEARCH: list[Path] = []  # config files' folders, in the order they were read
 
@@ -95,6 +95,9 @@ def load_class(name: str) -> type:
         raise ValueError(f"name: module '{module_name}' ({_file(module)}) has no '{attr}'{hint}")
     if not (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)):
         raise ValueError(f"name: {name!r} is {_kind(target)}, not a torch.optim.Optimizer subclass")
+    for refused in (torch.optim.LBFGS, torch.optim.SparseAdam):
+        if issubclass(target, refused):
+            raise ValueError(f"name: {REFUSED[refused.__name__.lower()]}")
     return target
 
 
@@ -133,10 +136,16 @@ Number = Annotated[float, interval(None, None)]  # any finite number
 
 def _tuple_type(args: tuple[Any, ...]) -> Any:
     """A fixed tuple type that a YAML list fills (`betas: [0.9, 0.99]`)."""
-    if len(args) == 2 and args[1] is Ellipsis:
-        return None
+    if len(args) == 2 and args[1] is Ellipsis:  # tuple[float, ...]: any length
+        return Annotated[tuple[_value_type(args[0], None), ...], BeforeValidator(_as_tuple)]
     words = [f"value{i + 1}" for i in range(len(args))]
     return Annotated[tuple[tuple(_value_type(a, None) for a in args)], items(*words)]
+
+
+def _as_tuple(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(v)
+    raise ValueError(f"must be a list of values, got {v!r}")
 
 
 def _value_type(annotation: Any, default: Any) -> Any:
@@ -217,11 +226,19 @@ def check_settings(name: str, values: dict[str, Any]) -> dict[str, Any]:
             f"name: {cls.__name__} takes no lr, which gdtrain's schedules, sweeps and studies set; its settings: "
             f"{', '.join(keys) or 'none'}"
         )
+    if "name" in keys:
+        raise ValueError(
+            f"name: {cls.__name__} has a setting called 'name', which a config uses for the optimizer's class; "
+            "rename that argument"
+        )
     try:
         settings = model.model_validate(values).model_dump()
     except ValidationError as err:
         raise ValueError(_problem(cls, model, err.errors(include_url=False)[0])) from None
-    _try(cls, name, settings)
+    _try(cls, name, settings)  # the class's own checks first, then gdtrain's: lr is a step size
+    lr = settings["lr"]
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not lr > 0:
+        raise ValueError(f"lr: must be > 0 (a step size), got {lr!r}")
     return settings
 
 
