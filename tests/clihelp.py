@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -30,3 +31,12 @@ def one_error(result) -> str:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
+
+
+def finals(runs_dir: Path, experiment: str = "smoke") -> dict[str, tuple]:
+    """(status, final metrics, steps) of each run of an experiment, by run name (the newest folder of each)."""
+    found = {}
+    for summary in sorted(runs_dir.glob(f"{experiment}/*/summary.json")):
+        data = json.loads(summary.read_text())
+        found[summary.parent.name.rsplit("-", 2)[0]] = (data["status"], data["final"], data["steps"])
+    return found

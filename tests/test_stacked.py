@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clihelp import gdtrain, one_error
+from clihelp import finals, gdtrain, one_error
 from gdtrain.core.config import apply_overrides, read_config, validate
 from gdtrain.execution import groups
 from gdtrain.execution.units import run_unit
@@ -209,15 +209,6 @@ def test_batch_runs_below_one_is_one_error_line_before_any_run(tmp_path, value):
 # --- signals and kill -9 ---------------------------------------------------------------------------
 
 GRID = ["--grid", "optimizer.name=sgd,adam", "--seeds", "3", "--set", "train.epochs=40", "--batch-runs", "6"]
-
-
-def finals(runs_dir: Path) -> dict[str, dict]:
-    """Each run's final metrics by run name, from the newest folder of each."""
-    found = {}
-    for summary in sorted(runs_dir.glob("smoke/*/summary.json")):
-        data = json.loads(summary.read_text())
-        found[summary.parent.name.rsplit("-", 2)[0]] = (data["status"], data["final"], data["steps"])
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ mixed groups (rules and solo optimizers) work. For every registered optimizer wi
 from __future__ import annotations
 
 import copy
-import json
 import random
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
-from clihelp import gdtrain
+from clihelp import finals, gdtrain
 from gdtrain.components.optimizers import build_over, build_schedule, build_warmup
 from gdtrain.core import optimizers as registry
 from gdtrain.core.config import CosineSchedule, OptimizerConfig, PlateauSchedule, StepSchedule
@@ -24,7 +25,8 @@ from gdtrain.stacked.generic import vectorised
 from gdtrain.stacked.lr import MemberSchedules
 from gdtrain.stacked.optimizer import StackedOptimizer, clip_grad_norms_
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
 SHAPES = [(3, 4), (4,), (2, 3, 2)]  # a matrix (muon's), a bias, a 3-d tensor (muon's rest)
 STEPS, PER_EPOCH = 20, 5
 TOLERANCE = 1e-6  # relative: torch's fused kernels (auto) against the for_loop formula the rules use
@@ -244,39 +246,12 @@ def test_the_stacked_loop_switches_modes_of_optimizers_that_have_them():
     assert opt.solos.optimizers[0].modes == [False]
 
 
-USER_MODULE = """
-import torch
-
-
-class SignMomentum(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9):
-        super().__init__(params, {"lr": lr, "momentum": momentum})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.mul_(group["momentum"]).add_(p.grad)
-                p.add_(buf.sign(), alpha=-group["lr"])
-"""
-
-
-def finals(runs_dir: Path) -> dict[str, dict]:
-    found = {}
-    for summary in sorted(runs_dir.glob("smoke/*/summary.json")):
-        data = json.loads(summary.read_text())
-        found[summary.parent.name.rsplit("-", 2)[0]] = (data["status"], data["final"], data["steps"])
-    return found
-
-
 def test_a_sweep_of_nadam_radam_and_a_users_class_stacks_in_one_group_as_alone(tmp_path):
-    (tmp_path / "signmom.py").write_text(USER_MODULE)
+    module = f"signsgd_{uuid.uuid4().hex[:8]}"  # a name no other test imported in this process
+    shutil.copy(ROOT / "examples" / "signsgd.py", tmp_path / f"{module}.py")  # beside the config
     config = tmp_path / "smoke.yaml"
     config.write_text(SMOKE.read_text())
-    grid = ["--grid", "optimizer.name=nadam,radam,signmom:SignMomentum", "--seeds", "2"]
+    grid = ["--grid", f"optimizer.name=nadam,radam,{module}:SignSGD", "--seeds", "2"]
     together = gdtrain("sweep", config, *grid, "--runs-dir", tmp_path / "stacked")
     assert together.exit_code == 0, together.output
     assert "stacked: 6 runs train as 1 group(s) of 6 runs" in together.stdout

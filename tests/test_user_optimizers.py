@@ -6,8 +6,6 @@ modes at the right moments, resumed exactly."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +15,6 @@ import torch
 import yaml
 
 from clihelp import gdtrain, one_error, write
-from gdtrain.core import user
 from gdtrain.core.config import load_config
 from gdtrain.core.runs import run_folders
 from gdtrain.training import recipe
@@ -50,14 +47,6 @@ STUMBLES = (
         raise RuntimeError("boom")
 """
 )
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    """The folders a test's configs add to the import path stay the test's."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(user, "SEARCH", [])
-    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
 
 
 def module_beside(folder: Path, source: str = "") -> str:

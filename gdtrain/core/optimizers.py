@@ -71,6 +71,7 @@ def _pair_check(text: str, ok: Any) -> AfterValidator:
 Lr = Setting(Positive, 1e-3, "step size")
 Eps = Setting(NonNegative, 1e-8, "added to the denominator")
 Decay = Setting(NonNegative, 0.0, "L2 penalty added to the gradient", "wd")
+Moments = Setting(Betas, (0.9, 0.999), "decay of the first and second moment averages")
 Decoupled = Setting(bool, False, "decay the weights directly (AdamW's form) instead of the gradient", "decoupled")
 AnyFloat = Annotated[float, interval(None, None)]
 
@@ -138,7 +139,7 @@ ENTRIES: tuple[Entry, ...] = (
         "Reds",
         {
             "lr": Lr,
-            "betas": Setting(Betas, (0.9, 0.999), "decay of the first and second moment averages"),
+            "betas": Moments,
             "eps": Eps,
             "weight_decay": Setting(NonNegative, 0.0, "L2 added to the gradient (see decoupled_weight_decay)", "wd"),
             "amsgrad": Setting(bool, False, "divide by the largest second moment seen"),
@@ -155,7 +156,7 @@ ENTRIES: tuple[Entry, ...] = (
         "RdPu",
         {
             "lr": Lr,
-            "betas": Setting(Betas, (0.9, 0.999), "decay of the first and second moment averages"),
+            "betas": Moments,
             "eps": Eps,
             "weight_decay": Setting(NonNegative, 1e-2, "decoupled: p -= lr·weight_decay·p, torch's default", "wd"),
             "amsgrad": Setting(bool, False, "divide by the largest second moment seen"),
@@ -171,7 +172,7 @@ ENTRIES: tuple[Entry, ...] = (
         "Oranges",
         {
             "lr": Setting(Positive, 2e-3, "step size"),
-            "betas": Setting(Betas, (0.9, 0.999), "decay of the first and second moment averages"),
+            "betas": Moments,
             "eps": Eps,
             "weight_decay": Decay,
             "momentum_decay": Setting(NonNegative, 4e-3, "schedule of the momentum coefficient", "mdecay"),
@@ -185,7 +186,7 @@ ENTRIES: tuple[Entry, ...] = (
         "YlOrBr",
         {
             "lr": Lr,
-            "betas": Setting(Betas, (0.9, 0.999), "decay of the first and second moment averages"),
+            "betas": Moments,
             "eps": Eps,
             "weight_decay": Decay,
             "decoupled_weight_decay": Decoupled,

@@ -177,10 +177,10 @@ def load_run_config(run_dir: Path) -> Config:
     """A run folder's config.yaml, validated; a `module:Class` it names is looked for where the run found it."""
     # The header (write_config) records the class's file: from another folder, resume and evaluate
     # find the module there (config.look_beside); gone, the one line says where to put it.
-    missing = recorded_roots(run_dir / "config.yaml")[1]
     try:
         return load_config(run_dir / "config.yaml")
     except UserError as err:
+        missing = recorded_roots(run_dir / "config.yaml")[1]
         if not missing:
             raise
         raise UserError(
