@@ -219,7 +219,9 @@ def test_samples_per_second_leaves_out_the_first_epoch_which_pays_the_start(tmp_
         summary["train_seconds"] - summary["first_epoch_seconds"]
     )
     assert summary["samples_per_second"] == pytest.approx(steady, rel=1e-3)
-    assert summary["samples_per_second"] > 2 * summary["samples"] / summary["train_seconds"]  # the sleep is out
+    # the sleep is out: above the rate over all epochs (not "2x above", which two test suites sharing
+    # two cores broke by slowing the other epochs as much as the sleep)
+    assert summary["samples_per_second"] > summary["samples"] / summary["train_seconds"]
     assert summary["samples_per_second_with_first_epoch"] is False
     one, _ = train(tmp_path, config="smoke.yaml", overrides=["train.epochs=1"])
     single = json.loads((one / "summary.json").read_text())
