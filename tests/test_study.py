@@ -70,6 +70,16 @@ def run_folders(folder: Path) -> list[Path]:
         ({"optimizers": [{"name": "sgd", "momentum": 1.5, "lr": [0.1]}]}, "optimizer.momentum: must be in [0, 1)"),
         ({"optimizers": [{"name": "sgd", "lr": [0.1]}, {"name": "sgd", "lr": [0.2]}]}, "share the label 'sgd'"),
         ({"optimizers": []}, "optimizers: "),
+        ({"base": 5}, "base: must be a config file (a path relative to the study file) or an inline config"),
+        ({"base": None}, "base: must be a config file"),
+        ({"optimizers": [{"name": {"a": 1}, "lr": [0.1]}]}, "optimizers[0].name: unknown optimizer {'a': 1}"),
+        ({"optimizers": [{"name": "sgd", "lr": [0.1, None]}]}, "optimizers[0].lr: each value must be a number > 0"),
+        ({"optimizers": [{"name": "sgd", "lr": [[1]]}]}, "optimizers[0].lr: each value must be a number > 0"),
+        ({"optimizers": [{"name": "sgd", "lr": ["", 0.1]}]}, "optimizers[0].lr: each value must be a number > 0"),
+        (
+            {"base": {"data": {"name": "function", "start": [1.0]}, "train": {"max_steps": 5}}, "select": "loss/val"},
+            "select: this task does not log 'loss/val'; use one of: loss/train",
+        ),
         (
             {
                 "sampler": "grid",
@@ -344,6 +354,40 @@ def test_a_stopped_study_s_resume_command_repeats_its_set_options(tmp_path: Path
     result = gdtrain("study", ROOT / "studies" / "quick.yaml", "--set", "study.name=quick8", "--runs-dir", tmp_path)
     assert result.exit_code == 130
     assert result.stdout.splitlines()[-1].endswith(f"--runs-dir {tmp_path} --resume --set study.name=quick8")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_report_is_written_says_what_was_kept_and_how_to_go_on(
+    tmp_path: Path, monkeypatch, signum: int
+) -> None:
+    from gdtrain.study import verdict
+
+    analyse = verdict.analyse
+
+    def interrupted(*args: object) -> object:
+        os.kill(os.getpid(), signum)  # a real signal, delivered while the report phase runs
+        return analyse(*args)
+
+    monkeypatch.setattr(verdict, "analyse", interrupted)
+    path = small(tmp_path)
+    result = gdtrain("study", path, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 128 + signum
+    last = result.stdout.splitlines()[-1]
+    name = signal.Signals(signum).name
+    assert last.startswith(f"study small stopped by {name} while writing its report: all 8 runs are kept"), last
+    assert last.endswith(f"--runs-dir {tmp_path / 'runs'} --resume")
+    assert not (tmp_path / "runs" / "small" / "report.md").exists()
+    monkeypatch.setattr(verdict, "analyse", analyse)
+    again = gdtrain("study", path, "--runs-dir", tmp_path / "runs", "--resume")
+    assert again.exit_code == 0 and "study small: tuning, 4 runs" in again.stdout
+    assert (tmp_path / "runs" / "small" / "report.md").is_file()
+    assert len(run_folders(tmp_path / "runs" / "small")) == 8  # nothing trained twice
+
+
+def test_a_study_of_a_test_function_selects_and_reports_on_f(tmp_path: Path) -> None:
+    base = {"data": {"name": "function", "function": "quadratic", "start": [4.0]}, "train": {"max_steps": 5}}
+    study = studying.load_study(small(tmp_path, base=base))
+    assert (study.select, study.report) == ("loss/train", "loss/train")
 
 
 def test_compare_json_rows_carry_their_letters_and_whom_they_beat(finished: tuple[Path, dict, str]) -> None:

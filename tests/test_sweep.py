@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from clihelp import gdtrain, one_error
+from gdtrain.core.config import load_config
 from gdtrain.execution import sweep
 from gdtrain.training import recipe
 
@@ -59,6 +60,16 @@ def test_grid_section_in_yaml_is_a_reproducible_sweep(tmp_path):
     ]
     assert points[1].label == "sgd lr=0.01 hidden=16,16"
     assert points[1].config.model.hidden_sizes == [16, 16]
+
+
+def test_null_is_a_grid_value_where_the_setting_takes_it(tmp_path):
+    result = gdtrain("sweep", SMOKE, "--grid", "train.grad_clip=null,1.0", "--runs-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    clips = sorted(str(load_config(p / "config.yaml").train.grad_clip) for p in run_folders(tmp_path))
+    assert clips == ["1.0", "None"]
+    assert "optimizer.lr: must be a number, got None" in one_error(
+        gdtrain("sweep", SMOKE, "--grid", "optimizer.lr=null,0.1", "--runs-dir", tmp_path / "b")
+    )
 
 
 @pytest.mark.parametrize(

@@ -296,7 +296,7 @@ def optimizer_fields(name: Any) -> dict[str, Any]:
         return {"name": UserOptimizer.model_fields["name"], **user.settings_model(user.load_class(name)).model_fields}
     if isinstance(name, str) and name.lower() in registry.REFUSED:
         raise ValueError(f"name: {registry.REFUSED[name.lower()]}")
-    if name not in OPTIMIZER_SECTIONS:
+    if not isinstance(name, str) or name not in OPTIMIZER_SECTIONS:
         raise ValueError(
             f"name: unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZER_SECTIONS)}"
             " (or module:ClassName, a class of your own)"

@@ -64,8 +64,9 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 
 
 def _values(values: Any, where: str) -> list[Any]:
-    values = values if isinstance(values, list) else [values]
-    if not values or any(v is None for v in values):
+    # `key:` with nothing after it is an empty value; a `null` inside a list is a value (grad_clip: [null, 1.0]).
+    values = values if isinstance(values, list) else [] if values is None else [values]
+    if not values:
         raise UserError(f"{where}: an empty value; give one or more values separated by commas, e.g. 0.1,0.01")
     try:  # each point's values travel as JSON (expand's overrides)
         json.dumps(values, allow_nan=False)

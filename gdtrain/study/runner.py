@@ -4,6 +4,7 @@ then hand the runs to the verdict and the report. Each phase is a sweep (gdtrain
 from __future__ import annotations
 
 import copy
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from gdtrain.core.config import to_dict, validate
 from gdtrain.core.errors import UserError
 from gdtrain.core.manifest import MANIFEST, Manifest
 from gdtrain.core.runs import finished_run, flatten
+from gdtrain.core.signals import Guard
 from gdtrain.execution.options import Execution, continue_command
 from gdtrain.study import definition
 from gdtrain.study.spec import (
@@ -85,8 +87,20 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
         tuple(repeat_seed(study, r) for r in repeats(study)),
         tuple((arm.label, arm.describe()) for arm in study.arms),
     )
-    results = verdict.analyse(tunings, rerun_dirs, setup)
-    studyreport.write(folder, results, study.base, study.spec.study)
+    # A signal now stops at once: every run is kept, and --resume makes the report again from them.
+    guard = Guard()
+    try:
+        with guard.installed(), guard.running():
+            results = verdict.analyse(tunings, rerun_dirs, setup)
+            studyreport.write(folder, results, study.base, study.spec.study)
+    except KeyboardInterrupt:
+        signum = guard.signal or signal.SIGINT
+        again = continue_command("study", study.source, runs_dir, study.overrides, execution)
+        echo(
+            f"study {study.name} stopped by {signal.Signals(signum).name} while writing its report: "
+            f"all {len(trials) + len(reruns)} runs are kept; write the report with: {again}"
+        )
+        return folder, None, 128 + signum
     return folder, results, 0
 
 
@@ -156,8 +170,6 @@ def _execute(
 ) -> tuple[dict[str, str] | None, int]:
     """Run the points as a sweep: ({run name: run folder}, 0), or (None, exit code) when some did not
     end in a result or a signal stopped them."""
-    import signal
-
     from gdtrain.execution import sweep
 
     todo = [sweep.Point(name, doc, validate(copy.deepcopy(doc), study.source)) for _, name, doc in points]

@@ -30,6 +30,7 @@ from pydantic import AfterValidator, Field, field_validator
 from gdtrain.core import optimizers as registry
 from gdtrain.core.config import (
     Config,
+    FunctionData,
     ImageData,
     Section,
     apply_overrides,
@@ -69,6 +70,17 @@ class StudySpec(Section):
     select: str | None = None  # validation metric that chooses; None: accuracy/val, else loss/val
     report: str | None = None  # metric of the verdict; None: the test one when there is a test split
     target: float | None = None  # value of `select` whose steps and samples to reach are reported
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _one_base(cls, v: Any) -> Any:
+        # One line for one mistake: without this pydantic reports each member of the union.
+        if not isinstance(v, (str, dict)):
+            raise ValueError(
+                f"must be a config file (a path relative to the study file) or an inline config "
+                f"(a mapping), got {v!r} ({type(v).__name__})"
+            )
+        return v
 
     @field_validator("target")
     @classmethod
@@ -193,6 +205,9 @@ def _arm(source: str, index: int, entry: dict[str, Any]) -> Arm:
         raise UserError(
             f"{where}.lr: every optimizer searches its lr, e.g. lr: {{log_uniform: [1e-4, 1]}} or lr: [0.1, 0.01]"
         )
+    for lr in spaces["lr"].values:  # the trials' names carry their lr, so it is checked before they are named
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise UserError(f"{where}.lr: each value must be a number > 0, got {lr!r}; e.g. lr: [0.1, 0.01]")
     order = ["lr"] + sorted(key for key in spaces if key != "lr")  # lr is every arm's first axis: matched draws
     return Arm(label, fixed, {key: spaces[key] for key in order})
 
@@ -275,7 +290,8 @@ def _metrics(spec: StudySpec, probe: Config, path: Path) -> tuple[str, str]:
     """The select and report metrics, checked against what this task logs."""
     kinds = ["loss"] + ([] if probe.train.loss == "mse" else ["accuracy"])
     has_test = isinstance(probe.data, ImageData)
-    logged_val = [f"{k}/val" for k in kinds]
+    # A function problem has no data to hold out: its one figure is f(x), logged as loss/train.
+    logged_val = ["loss/train"] if isinstance(probe.data, FunctionData) else [f"{k}/val" for k in kinds]
     select = spec.select or logged_val[-1]
     if select.endswith("/test"):
         raise UserError(
