@@ -41,7 +41,7 @@ demo: install ## train the default experiment (synthetic two moons, no download)
 	$(RUN) configs/synthetic_moons_mlp.yaml
 
 bench: install ## seconds per epoch of the MNIST MLP: gdtrain vs hand-written loops vs the matmul floor; N runs stacked
-	$(BIN)/gdtrain bench
+	$(BIN)/gdtrain bench --load
 
 accuracy: install ## test accuracy of mnist_sgd and mnist_adam on MNIST and Fashion-MNIST, 3 seeds (~10 min)
 	$(BIN)/python benchmarks/accuracy.py --data-root "$(GDTRAIN_DATA)"

@@ -523,6 +523,13 @@ def bench(
         int,
         typer.Option("--stacked-steps", min=1, help="Steps each run of the stacked table takes (not whole epochs)."),
     ] = 50,
+    load: Annotated[
+        bool,
+        typer.Option(
+            "--load/--no-load",
+            help="Also time 16 stacked runs on a quiet and on a busy machine: 1 thread, all cores, fitted (~1 min).",
+        ),
+    ] = False,
 ) -> None:
     """Seconds per epoch of the tutorials' MNIST MLP: gdtrain vs hand-written loops vs the matmul floor; stacked runs."""  # noqa: E501
     from gdtrain import bench as benchmark
@@ -542,6 +549,10 @@ def bench(
             members if stacked else None,
             stacked_steps,
         )
+        if load:
+            from gdtrain.contention import load_table
+
+            load_table(16, typer.echo)
 
 
 def _whole_numbers(option: str, text: str) -> list[int]:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-import pytest
+# Runs in tests train on one thread, as a fixed count: a count fitted to the machine's load (gdtrain's
+# default, training/device.py) could differ between a run and its resume and change their last digits.
+# tests/test_threads.py tests the fitting itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from gdtrain.core import user
+import pytest  # noqa: E402
+
+from gdtrain.core import user  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -100,6 +100,7 @@ def provenance(device: torch.device, seed: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
+        "cpu_threads": torch.get_num_threads(),  # fitted to the free cores (gdtrain/training/device.py)
         "device_name": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
