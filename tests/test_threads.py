@@ -57,7 +57,6 @@ def test_the_count_is_the_cores_others_leave_free(monkeypatch, others: float, ex
 
 def test_a_run_records_its_thread_count(tmp_path) -> None:
     from clihelp import gdtrain
-
     from gdtrain.core.runs import run_folders
 
     smoke = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.yaml")
