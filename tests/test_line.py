@@ -78,6 +78,19 @@ def test_a_stacked_sweep_member_records_and_logs_its_w_and_b_as_alone(tmp_path):
     assert (w, b) == pytest.approx(learned(run_dir), rel=1e-5)
 
 
+def test_several_features_give_one_w_each(tmp_path):
+    config = write(tmp_path, LINE.replace("weight: [2.0]", "weight: [2.0, -1.0]").replace("epochs: 4", "epochs: 1"))
+    result = gdtrain("run", config, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    run_dir = only_run(tmp_path / "runs" / "line")
+    weight = torch.load(run_dir / "model.pt", weights_only=True)["0.weight"][0].tolist()
+    line = json.loads((run_dir / "summary.json").read_text())["line"]
+    assert line["w"] == weight and line["true_w"] == [2.0, -1.0]
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-2])  # the last step's, before loss/val
+    assert [last["line/w1"], last["line/w2"]] == weight
+    assert "(true w [2, -1], b 3)" in result.stdout
+
+
 def test_a_model_that_is_not_a_line_logs_no_w_or_b(tmp_path):
     config = write(tmp_path, LINE.replace("{name: linear}", "{name: mlp, hidden_sizes: [4]}"))
     result = gdtrain("run", config, "--runs-dir", tmp_path / "runs")

@@ -6,8 +6,8 @@ backward, optimizer step and keeps the loss tensor; the losses are read back to 
 `log_every` steps, which is also where a NaN or an infinite loss is caught, at the exact step where it
 appeared. There it logs `loss/train` (the mean since the previous log point) and, of the step just
 taken, `lr` (the lr that step used) and `grad_norm` (the total L2 norm of its gradients before
-clipping), and for a model fitting a line its w and b (`line/w`, `line/b`, lifecycle.line): the
-function-descent loop (`descend`) logs the same tags with the same meaning. It
+clipping), which the function-descent loop (`descend`) logs with the same meaning, and for a model
+fitting a line its learned w and b (`line/w`, `line/b`: lifecycle.line). It
 checkpoints every `checkpoint_every` steps and at the end of every epoch but the run's last (the
 run's end writes model.pt instead), and stops after the step in progress when a signal handler sets
 `Stop.signal` (several processes stop together, at a log point or an epoch end where they all agree:

@@ -198,7 +198,7 @@ def fits_line(config: Config) -> bool:
 
 def line(weights: dict[str, Tensor]) -> dict[str, float]:
     """A linear model's learned w and b as tags: `line/w` (`line/w1`, `line/w2`, … for several
-    features) and `line/b` (none without a bias); one host read, at a log point."""
+    features) and `line/b` (none without a bias); read back to the host, so at a log point only."""
     w = weights["0.weight"][0].tolist()  # the (1, D) weight's one row: one w per feature
     tags = {"line/w": w[0]} if len(w) == 1 else {f"line/w{i}": value for i, value in enumerate(w, 1)}
     return tags | ({"line/b": weights["0.bias"].item()} if "0.bias" in weights else {})
