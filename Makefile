@@ -11,7 +11,7 @@ MNIST_MLP := mnist_adam $(sort $(basename $(notdir $(wildcard configs/mnist_mlp_
 export GDTRAIN_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(CURDIR)/data)
 
 .DEFAULT_GOAL := all
-.PHONY: all help install test smoke demo bench accuracy memory compare-mnist sweep-synthetic study-quick study study-adam-family study-fashion download-mnist paths tensorboard clean $(CONFIGS)
+.PHONY: all help install test smoke demo bench accuracy docs-figures memory compare-mnist sweep-synthetic study-quick study study-adam-family study-fashion download-mnist paths tensorboard clean $(CONFIGS)
 
 all: $(CONFIGS) ## run every shipped config (the published runs) into runs/
 
@@ -45,6 +45,9 @@ bench: install ## seconds per epoch of the MNIST MLP: gdtrain vs hand-written lo
 
 accuracy: install ## test accuracy of mnist_sgd and mnist_adam on MNIST and Fashion-MNIST, 3 seeds (~10 min)
 	$(BIN)/python benchmarks/accuracy.py --data-root "$(GDTRAIN_DATA)"
+
+docs-figures: install ## the README's shipped-configs table: every config's result and wall time, with the machine (~3 min)
+	$(BIN)/python benchmarks/docs_figures.py --write README.md
 
 memory: install ## the memory check's estimate against the measured peak RSS of real runs (~6 CPU-min)
 	$(BIN)/python benchmarks/memory.py --data-root "$(GDTRAIN_DATA)"

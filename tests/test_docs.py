@@ -5,6 +5,8 @@ key and default for default. Torch-free: it reads the pages, the Makefile and th
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -237,3 +239,23 @@ def test_config_reference_is_the_schema():
 def test_the_tutorials_settings_are_defined_and_the_old_term_is_gone():
     assert "the-tutorials-settings" in slugs(ROOT / "docs" / "configs.md")
     assert [page.name for page in PAGES if "seeds'" in page.read_text(encoding="utf-8")] == []
+
+
+def docs_figures() -> Any:
+    """benchmarks/docs_figures.py as a module (torch-free: it trains in subprocesses)."""
+    spec = importlib.util.spec_from_file_location("docs_figures", ROOT / "benchmarks" / "docs_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_configs_table_is_what_make_docs_figures_measured_last():
+    figures = docs_figures()
+    block = README.read_text(encoding="utf-8").partition(figures.BEGIN)[2].partition(figures.END)[0]
+    measured = json.loads(figures.FIGURES.read_text(encoding="utf-8"))
+    assert block.strip() == figures.render(measured).strip(), "run: make docs-figures"
+    assert measured["machine"]["cpu"] in block and measured["machine"]["date"] in block
+    shipped = sorted(path.stem for path in (ROOT / "configs").glob("*.yaml"))
+    rows = [row for row, _, _ in figures.ROWS]
+    assert [name for name in shipped if not any(fnmatch.fnmatch(name, row) for row in rows)] == []
+    assert re.search(r"^docs-figures: .*## ", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M)

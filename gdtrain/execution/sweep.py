@@ -135,7 +135,9 @@ def sweep_file(
     labels = {point.name: point.label for point in points}
 
     def report(result: Result) -> None:
-        shown = ", ".join(f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val"))
+        shown = ", ".join(
+            f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val") or t.startswith("line/")
+        )
         kept = f"checkpoint in {result.run_dir}" if result.status == "interrupted" and result.run_dir else ""
         detail = result.error or kept or shown or result.run_dir or ""
         say(

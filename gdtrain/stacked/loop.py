@@ -324,6 +324,8 @@ def _log_steps(group: Group, epoch: int, lr: torch.Tensor, norms: torch.Tensor) 
     at.pending.clear()
     for m, member in enumerate(group.members):
         figures = {"lr": lrs[m], "grad_norm": norm_values[m]}
+        if member.live and lifecycle.fits_line(member.config):
+            figures |= lifecycle.line(group.model.member_state_dict(m))
         if member.live and not lifecycle.log_window(
             member.at.outcome, member.tracker, window[m], at.outcome.steps, epoch, figures
         ):
@@ -431,7 +433,7 @@ def _finish(group: Group, member: Member, status: str, signal: int | None = None
     member.tracker.close()
     lifecycle.save_weights(member.run_dir, outcome, group.model.member_state_dict(m))
     seconds = time.perf_counter() - group.started
-    lifecycle.write_summary(member.run_dir, outcome, group.steps, seconds, member.meta, member.saved)
+    lifecycle.write_summary(member.run_dir, outcome, group.steps, seconds, member.meta, member.saved, member.config)
     member.result = Result(
         member.name, status, str(member.run_dir), outcome.final, seconds=seconds, signal=outcome.signal
     )

@@ -41,10 +41,21 @@ def ending(run_dir: Path, outcome: Outcome, cfg: Config, say: Callable[..., None
     shown = ", ".join(f"{tag} {value:.4g}" for tag, value in outcome.final.items() if "/" in tag)
     early = " (stopped early)" if outcome.stopped_early else ""
     say(f"finished{early}: {outcome.epochs} epochs, {outcome.steps} steps; {shown}")
+    from gdtrain.training.lifecycle import line_summary  # torch, which the run just ended has loaded
+
+    if fitted := line_summary(cfg, outcome.final):
+        learned = f"w {_numbers(fitted['w'])}, b {fitted['b']:.6g}"
+        say(f"learned {learned} (true w {_numbers(fitted['true_w'])}, b {fitted['true_b']:g})")
     say(f"run folder: {run_dir}   (tensorboard --logdir {run_dir.parent})")
     if (run_dir / "path.png").is_file():
         say(f"picture: {run_dir / 'path.png'}")
     return 0
+
+
+def _numbers(values: list[float]) -> str:
+    """One w as a number, several as a list: `1.99598` or `[1.99598, -0.50012]`."""
+    shown = [f"{value:.6g}" for value in values]
+    return shown[0] if len(shown) == 1 else f"[{', '.join(shown)}]"
 
 
 def stopped_at_once(where: Path, say: Callable[..., None]) -> int:

@@ -6,7 +6,8 @@ backward, optimizer step and keeps the loss tensor; the losses are read back to 
 `log_every` steps, which is also where a NaN or an infinite loss is caught, at the exact step where it
 appeared. There it logs `loss/train` (the mean since the previous log point) and, of the step just
 taken, `lr` (the lr that step used) and `grad_norm` (the total L2 norm of its gradients before
-clipping): the function-descent loop (`descend`) logs the same tags with the same meaning. It
+clipping), which the function-descent loop (`descend`) logs with the same meaning, and for a model
+fitting a line its learned w and b (`line/w`, `line/b`: lifecycle.line). It
 checkpoints every `checkpoint_every` steps and at the end of every epoch but the run's last (the
 run's end writes model.pt instead), and stops after the step in progress when a signal handler sets
 `Stop.signal` (several processes stop together, at a log point or an epoch end where they all agree:
@@ -56,6 +57,7 @@ class Parts:
     steps: Plan
     order: torch.Generator  # the data-order RNG
     world: World  # this process among torchrun's; World() alone
+    line: bool = False  # it fits y = w·x + b (lifecycle.fits_line): w and b logged at each log point
 
 
 def agree(stop: Stop, world: World) -> int | None:
@@ -172,10 +174,10 @@ def _checkpoint(
 
 
 def _epoch_line(epoch: int, epochs: int, outcome: Outcome, rate: float) -> str:
-    """`epoch 3/10  step 5625  loss/train 0.31  loss/val 0.29  accuracy/val 0.91  lr 0.001  51k samples/s`."""
-    shown = {
-        tag: outcome.final[tag] for tag in ("loss/train", "loss/val", "accuracy/val", "lr") if tag in outcome.final
-    }
+    """`epoch 3/10  step 5625  loss/train 0.31  loss/val 0.29  accuracy/val 0.91  lr 0.001  51k samples/s`;
+    a model fitting a line shows its w and b too."""
+    tags = ("loss/train", "loss/val", "accuracy/val", "lr", "line/w", "line/b")
+    shown = {tag: outcome.final[tag] for tag in tags if tag in outcome.final}
     figures = "  ".join(f"{tag} {value:.4g}" for tag, value in shown.items())
     return f"epoch {epoch}/{epochs}  step {outcome.steps}  {figures}  {rate:,.0f} samples/s"
 
@@ -243,6 +245,8 @@ def train(
                 if settings.grad_clip is None:  # never clipped, this step's gradients are still in .grad
                     grad_norm = _grad_norm(params)
                 figures = {"lr": lr, "grad_norm": grad_norm}
+                if parts.line:
+                    figures |= lifecycle.line(parts.model.state_dict())
                 if not lifecycle.log_window(outcome, tracker, losses, outcome.steps, epoch, figures):
                     break
                 bar.update(at.seen - bar.n)

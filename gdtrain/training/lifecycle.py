@@ -11,6 +11,8 @@ both, so the loops keep only their own maths and still read top to bottom:
   member is resumed alone, or in another group);
 - an epoch's end: validation logged, divergence, the best weights kept, the schedule stepped
   (plateau on the validation loss), patience counted;
+- the fitted line: on linear_regression data a linear model's learned w and b, logged at each log
+  point (so at every epoch's end) and written in summary.json beside the true ones;
 - the finish: test figures, model.pt and summary.json, and the one line for a disk that fails.
 """
 
@@ -188,6 +190,31 @@ def log_window(
     return True
 
 
+def fits_line(config: Config) -> bool:
+    """Whether the run learns y = w·x + b itself, so its w and b mean something: linear_regression
+    data and a linear model."""
+    return config.data.name == "linear_regression" and config.model.name == "linear"
+
+
+def line(weights: dict[str, Tensor]) -> dict[str, float]:
+    """A linear model's learned w and b as tags: `line/w` (`line/w1`, `line/w2`, … for several
+    features) and `line/b` (none without a bias); read back to the host, so at a log point only."""
+    w = weights["0.weight"][0].tolist()  # the (1, D) weight's one row: one w per feature
+    tags = {"line/w": w[0]} if len(w) == 1 else {f"line/w{i}": value for i, value in enumerate(w, 1)}
+    return tags | ({"line/b": weights["0.bias"].item()} if "0.bias" in weights else {})
+
+
+def line_summary(config: Config, final: dict[str, float]) -> dict[str, Any]:
+    """summary.json's `line`: the last logged w and b beside the true ones; {} when the run fits
+    no line or never logged one (it diverged in its first window)."""
+    if not fits_line(config) or not any(tag.startswith("line/w") for tag in final):
+        return {}
+    truth = config.data
+    w = [final["line/w"]] if "line/w" in final else [final[f"line/w{i}"] for i in range(1, len(truth.weight) + 1)]
+    b = final["line/b"] if "line/b" in final else 0.0  # a linear model without a bias: b is 0
+    return {"w": w, "b": b, "true_w": truth.weight, "true_b": truth.bias}
+
+
 def checkpoint_due(step: int, settings: TrainConfig, halt: int | None) -> bool:
     """A checkpoint after this step: a signal asked to stop, or `checkpoint_every` steps have passed."""
     return halt is not None or bool(settings.checkpoint_every and step % settings.checkpoint_every == 0)
@@ -297,11 +324,14 @@ def write_summary(
     wall_seconds: float,
     meta: dict[str, Any],
     saved: Checkpoints | None,
+    config: Config,
     nproc: int = 1,
 ) -> None:
     """summary.json, written last: the run is done. An interrupted one names its checkpoint and the
-    command that continues it."""
+    command that continues it; a run that fits a line has its w and b beside the true ones."""
     summary = summarise(outcome, steps, wall_seconds, meta)
+    if fitted := line_summary(config, outcome.final):
+        summary["line"] = fitted
     if outcome.status == "interrupted":
         latest = saved.latest() if saved is not None else None
         summary |= {"checkpoint": str(latest), "resume": runs.resume_command(run_dir, nproc)}

@@ -54,7 +54,8 @@ def build(config: Config) -> Parts:
     warmup = build_warmup(config.schedule, optimizer)
     order = torch.Generator(device=device).manual_seed(config.experiment.seed)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
-    return Parts(device, data, model, optimizer, scheduler, warmup, scaler, config.train, steps, order, world)
+    line = lifecycle.fits_line(config)
+    return Parts(device, data, model, optimizer, scheduler, warmup, scaler, config.train, steps, order, world, line)
 
 
 def compiled(model: nn.Module, data: Dataset, config: Config, batch_size: int) -> nn.Module:
@@ -269,7 +270,9 @@ def _train(
             if world.main:
                 runs.record_failure(run_dir, err, meta, runs.resume_command(run_dir, world.size))
             raise
-        lifecycle.write_summary(run_dir, outcome, parts.steps, time.perf_counter() - started, meta, saved, world.size)
+        lifecycle.write_summary(
+            run_dir, outcome, parts.steps, time.perf_counter() - started, meta, saved, config, world.size
+        )
     return outcome
 
 
