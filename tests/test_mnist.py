@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from gdtrain.cli import app
@@ -134,6 +135,22 @@ def test_data_root_comes_from_the_environment(tmp_path, monkeypatch):
     cfg = mnist_config(tmp_path)
     del cfg["data"]["root"]
     assert len(build_dataset(validate(cfg, "test")).x_test) == 30
+
+
+def test_a_run_records_the_folder_it_read_so_its_rerun_reads_it_from_anywhere(tmp_path, monkeypatch):
+    make_set(tmp_path / "shared")
+    monkeypatch.setenv("GDTRAIN_DATA", str(tmp_path / "shared"))
+    cfg = mnist_config(tmp_path)
+    del cfg["data"]["root"]
+    run_dir, _ = recipe.run(validate(cfg, "test"), tmp_path / "runs", quiet=True)
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
+    assert recorded == str(tmp_path / "shared")
+    monkeypatch.delenv("GDTRAIN_DATA")  # a fresh shell, in another folder
+    monkeypatch.chdir(tmp_path / "runs")
+    result = CliRunner().invoke(app, ["run", str(run_dir / "config.yaml"), "--runs-dir", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    relative = validate(mnist_config(Path("here")), "test").data.root
+    assert relative == str(tmp_path / "runs" / "here")  # a relative root is the folder it named when read
 
 
 def test_fashion_and_kmnist_use_torchvisions_folders(tmp_path):

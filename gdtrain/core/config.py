@@ -11,6 +11,7 @@ free memory when a run starts, before anything is allocated.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     Tag,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -118,13 +120,21 @@ class ImageData(Section):
     """MNIST, Fashion-MNIST or KMNIST from the standard IDX files in <root>/<Folder>/raw/."""
 
     name: Literal["mnist", "fashion_mnist", "kmnist"] = "mnist"
-    root: str | None = None  # holds MNIST/raw/ etc.; None: $GDTRAIN_DATA, else ./data
+    # The folder that holds MNIST/raw/ etc.; None: $GDTRAIN_DATA, else ./data. Made absolute when the
+    # config is read, so a run's config.yaml records where it found its files: its rerun and resume
+    # from another shell or folder read the same ones.
+    root: Annotated[str | None, Field(validate_default=True)] = None
     download: bool = False  # fetch missing files from the public mirrors (md5-checked)
     val_size: PosInt = 5000  # images held out of the training set for validation, fixed by the seed
     normalize: Literal["none", "unit", "standard", "half"] = "unit"  # 0-255, [0,1], mean/std, [-1,1]
 
     task: ClassVar[str] = "classification"
     n_classes: ClassVar[int] = 10
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str:
+        return str(Path(v or os.environ.get("GDTRAIN_DATA") or "data").expanduser().absolute())
 
 
 class FunctionData(Section):

@@ -30,6 +30,7 @@ def resolved(study: Study) -> dict[str, Any]:
     base.pop("optimizer")  # each arm's, from `optimizers`
     for key in ("name", "seed"):  # study.name, and each point's seed
         base["experiment"].pop(key, None)
+    base["data"].pop("root", None)  # where the files are found, not what the study is
     spec = study.spec.model_dump(mode="json")
     return spec | {"base": base, "select": study.select, "report": study.report}
 
@@ -40,7 +41,11 @@ def read(folder: Path) -> dict[str, Any] | None:
         data = json.loads((folder / DEFINITION).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("base"), dict) and isinstance(data["base"].get("data"), dict):
+        data["base"]["data"].pop("root", None)  # recorded (as null) by studies before `resolved` left it out
+    return data
 
 
 def write(folder: Path, definition: dict[str, Any]) -> None:
