@@ -186,3 +186,30 @@ def test_when_every_interval_is_unreliable_the_title_says_it_once(tmp_path):
     lines = gdtrain("compare", folder).stdout.splitlines()
     assert any("Every row's 95% CI is unreliable (3 finished seeds)" in line for line in lines)
     assert not any("unreliable" in line for line in lines[lines.index(header(lines)) :])
+
+
+def test_repeats_of_one_configuration_and_seed_are_one_observation(tmp_path):
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    for _ in range(2):
+        assert gdtrain("run", smoke, "--runs-dir", tmp_path, "--quiet").exit_code == 0
+    assert gdtrain("run", smoke, "--runs-dir", tmp_path, "--quiet", "--set", "experiment.seed=1").exit_code == 0
+    (row,) = rows(tmp_path / "smoke")
+    assert row["seeds"] == 2 and row["repeats merged"] == 1  # seeds 0 and 1; seed 0's second run merged
+    text = gdtrain("compare", tmp_path / "smoke").stdout
+    assert "1 run(s) repeat a configuration and seed another run of their row has" in " ".join(text.split())
+    (alone,) = [r for r in rows(tmp_path / "smoke", per_run=True) if r["repeats merged"]] or [None]
+    assert alone is None  # --per-run shows every run folder
+
+
+def test_a_stacked_run_s_samples_per_second_names_its_group(tmp_path):
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    result = gdtrain("sweep", smoke, "--grid", "optimizer.lr=0.01,0.02", "--seeds", "2", "--runs-dir", tmp_path)
+    assert result.exit_code == 0 and "1 group(s) of 4 runs" in result.stdout, result.output
+    assert {row["stacked with"] for row in rows(tmp_path / "smoke")} == {4}
+    text = gdtrain("compare", tmp_path / "smoke").stdout
+    table_rows = [line for line in text.splitlines() if "adam lr=" in line]
+    assert len(table_rows) == 2 and all(line.rstrip().endswith("(x4)") for line in table_rows), text
+    assert "(xN): a run trained stacked, N runs at once" in text
+    gdtrain("run", smoke, "--runs-dir", tmp_path, "--quiet", "--set", "optimizer.lr=0.03")
+    every = json.loads(gdtrain("compare", tmp_path / "smoke", "--all", "--format", "json").stdout)
+    assert [r["stacked with"] for r in every if r["lr"] == 0.03] == [None]  # a run alone

@@ -21,6 +21,7 @@ import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from gdtrain.core import metrics, names
 from gdtrain.core.folders import Run
@@ -70,6 +71,7 @@ class Row:
     beats: list[str] | None = None  # the labels of the rows this row detectably beats; None: not compared
     ci: tuple[float, float] | None = None  # 95% t interval of the mean final metric over the finished seeds
     ci_unreliable: str | None = None  # why that interval is not to be trusted (stats.unreliable); None: it is
+    repeats: int = 0  # runs left out: each repeated a configuration and seed that another run of the row has
 
     @property
     def diverged(self) -> int:
@@ -92,12 +94,13 @@ def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> 
         kind = "result" if run.status in RANKED else run.status
         buckets.setdefault((str(run.path) if per_run else text, kind), (text, []))[1].append(run)
     rows = []
-    for (_, kind), (text, members) in buckets.items():
+    for (_, kind), (text, runs_of_row) in buckets.items():
+        members = runs_of_row if per_run else once_per_seed(runs_of_row)
         none = Figures(None, None, None, None)
         shown = [figures(r, metric, target) if r.status == "finished" else none for r in members]
         if kind == "result":
             kind = "finished" if any(r.status == "finished" for r in members) else "diverged"
-        rows.append(Row(text, members, shown, kind))
+        rows.append(Row(text, members, shown, kind, repeats=len(runs_of_row) - len(members)))
     sign = -1 if metrics.higher_is_better(metric) else 1
     rows.sort(
         key=lambda row: (
@@ -107,6 +110,20 @@ def group(runs: list[Run], metric: str, target: float | None, per_run: bool) -> 
         )
     )
     return rows
+
+
+def once_per_seed(runs: list[Run]) -> list[Run]:
+    """One run per configuration and seed: a repeat of the same config and seed is the same
+    observation again, not another seed; of the repeats, the newest finished one (else the newest)."""
+    newest: dict[Any, Run] = {}
+    for run in runs:
+        # the run's name names one run only; a run whose config does not read is its own observation
+        key = tuple(sorted((k, repr(v)) for k, v in run.config.items() if k != "experiment.run_name")) or run.path
+        kept = newest.get(key)
+        if kept is None or (run.status == "finished", run.path.name) > (kept.status == "finished", kept.path.name):
+            newest[key] = run
+    kept_ids = {id(run) for run in newest.values()}
+    return [run for run in runs if id(run) in kept_ids]
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 import textwrap
 from typing import Any
@@ -75,6 +76,8 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
                     for summary in timed
                     if number(summary.get("samples_per_second")) is not None
                 ],
+                "stacked with": [stacked_with(summary) for summary in timed],
+                "repeats merged": row.repeats,
                 "status": row.status,
                 "group": row.group,
                 "beats": row.beats,
@@ -84,6 +87,16 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
             }
         )
     return records
+
+
+def stacked_with(summary: dict[str, Any]) -> int | None:
+    """How many runs trained at once with this one (a stacked group's size), None for a run alone."""
+    environment = summary.get("environment") if isinstance(summary.get("environment"), dict) else {}
+    size = environment.get("stacked_runs")
+    if size is None and isinstance(environment.get("stacked"), str):  # runs from before stacked_runs
+        found = re.match(r"trained stacked with (\d+) runs", environment["stacked"])
+        size = int(found.group(1)) if found else None
+    return size if isinstance(size, int) and size > 1 else None
 
 
 def _show(value: Any) -> str:
@@ -131,7 +144,9 @@ def _cell(record: dict[str, Any], column: str, target: float | None, mark: bool 
         value = record["diverged"]
         return "-" if value is None else f"{value}/{record['seeds']}"
     if column == "samples/s":
-        return _mean(record["samples/s"], ",.0f") + ("*" if any(record["with first epoch"]) else "")
+        sizes = sorted({n for n in record["stacked with"] if n is not None})
+        together = "" if not sizes else f" (x{sizes[0]})" if len(sizes) == 1 else f" (x{sizes[0]}-{sizes[-1]})"
+        return _mean(record["samples/s"], ",.0f") + ("*" if any(record["with first epoch"]) else "") + together
     value = record[column]
     return "-" if value is None else _show(value)
 
@@ -202,6 +217,18 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
         + "samples/s: training steps after each process's first epoch"
         + (" (*: with it: a run of one epoch, or one from before gdtrain left it out)." if star else ".")
     )
+    if any(any(r["stacked with"]) for r in records):
+        said.append(
+            "(xN): a run trained stacked, N runs at once: its own samples/s while the group trained, which "
+            "then did N times as many; a rate of its group, not of a run alone, so not to be compared "
+            "across groups or with runs alone."
+        )
+    merged = sum(r["repeats merged"] for r in records)
+    if merged:
+        said.append(
+            f"{merged} run(s) repeat a configuration and seed another run of their row has: the same "
+            "observation again, so each configuration and seed counts once (its newest finished run)."
+        )
     return [line for sentence in said for line in textwrap.wrap(sentence, WIDTH, break_on_hyphens=False)]
 
 
@@ -218,6 +245,8 @@ def _numbers(record: dict[str, Any]) -> dict[str, Any]:
         flat[f"{column} std"] = statistics.stdev(known) if len(known) > 1 else None
     flat["reached target"] = sum(v is not None for v in record["steps to target"])
     flat["samples/s with first epoch"] = sum(record["with first epoch"])  # runs whose rate includes it
+    flat["stacked with"] = max((n for n in record["stacked with"] if n is not None), default=None)  # group size
+    flat["repeats merged"] = record["repeats merged"]
     return flat
 
 

@@ -179,6 +179,7 @@ def _build(tasks: list[Task], configs: list[Config]) -> Group:
             meta = runs.provenance(device, config.experiment.seed) | {
                 "optimizer_kernel": kernel,
                 "stacked": note,
+                "stacked_runs": len(configs),  # the group's size: compare marks the member's samples/s with it
             }
             order = torch.Generator(device=device).manual_seed(config.experiment.seed)
             member, state = _member(task, config, meta, order, device)
