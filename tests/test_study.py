@@ -398,3 +398,37 @@ def test_compare_json_rows_carry_their_letters_and_whom_they_beat(finished: tupl
     compared = [row for row in rows if row["group"] is not None]
     assert compared and all(row["group"] == "a" and row["beats"] == [] for row in compared)  # 3 seeds: no claim
     assert all(row["beats"] is None for row in rows if row["group"] is None)  # one seed: not compared
+
+
+def test_one_optimizer_has_one_colour_in_every_picture_and_the_budget_counts_whole_trials(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from gdtrain.core import plotting
+    from gdtrain.study import plot
+
+    seen: dict = {}
+
+    def styles(results):
+        seen["results"] = results
+        return seen.setdefault("styles", original(results))
+
+    original = plot.styles
+    monkeypatch.setattr(plot, "styles", styles)
+    optimizers = [
+        {"name": "sgd", "label": "momentum", "momentum": 0.9, "lr": {"log_uniform": [0.01, 1.0]}},
+        {"name": "rmsprop", "lr": {"log_uniform": [0.001, 0.1]}},
+    ]
+    result = gdtrain("study", small(tmp_path, optimizers=optimizers, budget=3), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    rmsprop = seen["styles"]["rmsprop"]["color"]
+    assert rmsprop == plotting.shades(["rmsprop"], [0])[0]  # compare --plot's colour of an rmsprop row
+    assert rmsprop == plotting.label_styles({"rmsprop lr 0.3": "rmsprop"})["rmsprop lr 0.3"]["color"]  # paths'
+    elsewhere = plotting.label_styles({"adam": "adam", "rmsprop": "rmsprop", "sgd": "sgd", "nesterov": "sgd"})
+    assert elsewhere["rmsprop"]["color"] == rmsprop  # not its place in a list
+    momentum = seen["styles"]["momentum"]
+    assert momentum["color"] in plotting.shades(["sgd", "sgd", "sgd"], [0, 1, 2]) + plotting.shades(["sgd"], [0])
+    assert (momentum["marker"], momentum["ls"]) != (seen["styles"]["rmsprop"]["marker"], seen["styles"]["rmsprop"]["ls"])
+    fig = plot._budget(seen["results"], seen["styles"])
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

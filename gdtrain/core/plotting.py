@@ -64,6 +64,23 @@ def shades(families: list[str], order: list[Any]) -> list[Any]:
     return colours
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def label_styles(families: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per label (a study's optimizer, a path's) its colour, marker and line style. The colour is its
+    optimizer's hue (one per optimizer name in every picture: rmsprop is purple wherever it is drawn),
+    a shade per label within it, by the label's name, not its place in a list; markers and line
+    styles differ between the labels of one picture, so a line drawn over another stays visible."""
+    labels = sorted(families)
+    colours = shades([families[label] for label in labels], labels)
+    return {
+        label: {"color": colour, "marker": MARKERS[k % len(MARKERS)], "ls": LINESTYLES[k % len(LINESTYLES)]}
+        for k, (label, colour) in enumerate(zip(labels, colours))
+    }
+
+
 def save(fig: Any, path: Path, fix: str) -> None:
     """Write the figure as a PNG; a folder that cannot take it is a UserError ending with `fix`."""
     try:
@@ -80,14 +97,18 @@ def band(curves: list[Curve]) -> tuple[list[float], list[float], list[float], li
     return shared, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
-def draw_band(ax: Any, curves: list[Curve], color: Any, label: str, marker: str | None = None) -> None:
-    """One line for one run; for seeds, their mean with a band from the lowest to the highest."""
+def draw_band(
+    ax: Any, curves: list[Curve], color: Any, label: str, marker: str | None = None, band_too: bool = True
+) -> None:
+    """One line for one run; for seeds, their mean with a band from the lowest to the highest (unless
+    not `band_too`). A curve of three points or fewer gets markers: a single point is no line."""
     curves = [c for c in curves if c]
     if not curves:
         return
     x, mean, low, high = band(curves)
-    ax.plot(x, mean, color=color, lw=1.6, marker=marker, markersize=3, label=label)
-    if len(curves) > 1:
+    marker = marker or ("o" if len(x) <= 3 else None)
+    ax.plot(x, mean, color=color, lw=1.6, marker=marker, markersize=3 if len(x) > 3 else 5, label=label or None)
+    if band_too and len(curves) > 1:
         ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
 
 

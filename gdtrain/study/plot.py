@@ -1,7 +1,9 @@
 """A study's four figures (matplotlib, the optional `plot` extra: gdtrain/core/plotting.py).
 
-One colour per optimizer in every figure, in the order of the study file, so a reader matches
-them at a glance; diverged trials are drawn as crosses at the bottom of the lr plot.
+Each optimizer has its colour (its optimizer's hue, as in every picture gdtrain draws), marker and
+line style (plotting.label_styles), so lines drawn over each other stay apart; the reruns are small
+multiples, one column per optimizer with the others' means in grey behind. Diverged trials are
+drawn as crosses at the bottom of the lr plot.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ from typing import Any
 
 from gdtrain.core import metrics
 from gdtrain.core.folders import read_run
-from gdtrain.core.plotting import colour, draw_band, figure, save
+from gdtrain.core.plotting import draw_band, figure, label_styles, save
 from gdtrain.study.verdict import StudyResults
 
 
-def _colours(results: StudyResults) -> dict[str, Any]:
-    return {label: colour(i) for i, label in enumerate(results.optimizers)}
+def styles(results: StudyResults) -> dict[str, dict[str, Any]]:
+    """Each optimizer's colour, marker and line style: by its optimizer's name and its label."""
+    families = {}
+    for label, e in results.optimizers.items():
+        trials = [t for tuning in e.tunings for t in tuning.trials]
+        families[label] = str(trials[0].optimizer.get("name", label)) if trials else label
+    return label_styles(families)
 
 
 def draw_all(folder: Path, results: StudyResults) -> list[str]:
     """lr_sensitivity.png, budget_curve.png, reruns.png and final_per_seed.png; their names."""
-    colours = _colours(results)
+    colours = styles(results)
     drawn = []
     for name, draw in (
         ("lr_sensitivity.png", _lr),
@@ -46,20 +53,20 @@ def _lr(results: StudyResults, colours: dict[str, Any]) -> Any:
         ok = [(t.lr, t.select_value) for t in trials if t.select_value is not None]
         bad = [t.lr for t in trials if t.select_value is None]
         if ok:
-            ax.plot(*zip(*ok), marker="o", ms=4, lw=1.4, color=colours[label], label=label)
+            ax.plot(*zip(*ok), ms=4, lw=1.4, label=label, **colours[label])
         if bad:
             ax.scatter(
                 bad,
                 [floor] * len(bad),
                 marker="x",
                 s=40,
-                color=colours[label],
+                color=colours[label]["color"],
                 label=f"{label}: diverged" if not ok else None,
             )
         chosen = [t for t in trials if t.name in e.chosen_trials]
         if chosen:
             at = [(t.lr, t.select_value) for t in chosen]
-            ax.scatter(*zip(*at), s=120, facecolors="none", edgecolors=colours[label], lw=1.5)
+            ax.scatter(*zip(*at), s=120, facecolors="none", edgecolors=colours[label]["color"], lw=1.5)
     ax.set_xscale("log")
     ax.set(
         xlabel="lr (log scale)",
@@ -77,32 +84,46 @@ def _budget(results: StudyResults, colours: dict[str, Any]) -> Any:
     for label, e in results.optimizers.items():
         curve = e.budget_curve
         if curve:
-            ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, lw=1.6, color=colours[label], label=label)
+            ax.plot(range(1, len(curve) + 1), curve, ms=3, lw=1.6, label=label, **colours[label])
     ax.set(
         xlabel="tuning trials k",
         ylabel=f"expected best {results.setup.select}",
         title="Budget curve: expected best after k trials (Dodge et al. 2019)",
     )
+    ax.xaxis.get_major_locator().set_params(integer=True)  # whole numbers of trials
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return fig
 
 
 def _reruns(results: StudyResults, colours: dict[str, Any]) -> Any:
-    fig = figure(12, 4.2)
-    left, right = fig.subplots(1, 2)
+    """Small multiples: a column per optimizer, its reruns' training loss above and the select metric
+    below (mean and min-max band), with every other optimizer's mean in grey behind it."""
     select = results.setup.select
+    labels = list(results.optimizers)
+    curves: dict[tuple[str, str], list[list[tuple[float, float]]]] = {}
     for label, e in results.optimizers.items():
         runs = [read_run(Path(p)) for p in e.reruns.run_dirs if p is not None]
-        for ax, tag, x_of in ((left, "loss/train", 0), (right, select, 1)):
-            curves = [c for run in runs if (c := [(point[x_of], point[2]) for point in run.curve(tag)])]
-            draw_band(ax, curves, colours[label], f"{label} (n={len(curves)})")
-    left.set(xlabel="step", ylabel="loss/train", yscale="log", title="Reruns: training loss (mean, min-max band)")
-    right.set(xlabel="epoch", ylabel=select, title=f"Reruns: {select} (mean, min-max band)")
-    right.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        for tag, x_of in (("loss/train", 0), (select, 1)):
+            curves[label, tag] = [c for run in runs if (c := [(point[x_of], point[2]) for point in run.curve(tag)])]
+    fig = figure(1.2 + 2.4 * len(labels), 5.6)
+    grid = fig.subplots(2, len(labels), sharex="row", sharey="row", squeeze=False)
+    for column, label in enumerate(labels):
+        for row, tag in enumerate(("loss/train", select)):
+            ax = grid[row][column]
+            for other in labels:
+                if other != label and curves[other, tag]:
+                    draw_band(ax, curves[other, tag], "0.82", "", band_too=False)
+            draw_band(ax, curves[label, tag], colours[label]["color"], f"n={len(curves[label, tag])}")
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(label, color=colours[label]["color"], fontsize=10, fontweight="bold")
+                ax.set_yscale("log")
+            if column == 0:
+                ax.set_ylabel(tag)
+            ax.set_xlabel("step" if row == 0 else "epoch")
+        grid[1][column].xaxis.get_major_locator().set_params(integer=True)  # whole epochs
+    fig.suptitle(f"Reruns: training loss and {select} (mean, min-max band; grey: the other optimizers' means)")
     return fig
 
 
@@ -116,14 +137,14 @@ def _per_seed(results: StudyResults, colours: dict[str, Any]) -> Any:
         n = len(values)
         step = min(0.06, 0.5 / max(n, 1))  # spread equal values apart, deterministically, within the column
         jitter = [(k - (n - 1) / 2) * step for k in range(n)]
-        ax.scatter([i + j for j in jitter], values, color=colours[label], s=22, zorder=3)
+        ax.scatter([i + j for j in jitter], values, color=colours[label]["color"], s=22, zorder=3)
         if (s := r.summary) is not None:
             bar = ax.errorbar(
                 [i + 0.3],
                 [s.mean],
                 yerr=[[s.mean - s.ci[0]], [s.ci[1] - s.mean]],
                 fmt="D",
-                color=colours[label],
+                color=colours[label]["color"],
                 ms=5,
                 capsize=4,
             )

@@ -163,7 +163,9 @@ def _record(
         )
         tracker.log_end(outcome.status)
         values = objective.f(points.T)  # (S + 1,)
-        trace = pathplot.Trace(f"{label} lr {config.optimizer.lr:g}", points, values, _note(outcome))
+        trace = pathplot.Trace(
+            f"{label} lr {config.optimizer.lr:g}", points, values, _note(outcome), config.optimizer.name
+        )
         figure = pathplot.draw(objective, [trace], subtitle(trace.label, config, outcome.steps))
         image = plotting.render(figure)  # (H, W, 3)
         plotting.save_pixels(image, run_dir / "path.png")
@@ -236,7 +238,7 @@ def run_paths(
     descents = [run_function(cfg, runs_dir, f"{label}-lr{cfg.optimizer.lr:g}", label) for label, cfg in chosen]
     objective = FUNCTIONS[config.data.function]
     traces = [
-        pathplot.Trace(f"{label} lr {cfg.optimizer.lr:g}", d.points, d.values, _note(d.outcome))
+        pathplot.Trace(f"{label} lr {cfg.optimizer.lr:g}", d.points, d.values, _note(d.outcome), cfg.optimizer.name)
         for (label, cfg), d in zip(chosen, descents)
     ]
     lrs = {cfg.optimizer.lr for _, cfg in chosen}

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from gdtrain.components.functions import Objective
+from gdtrain.core import plotting
 
 GRID = 300  # contour samples per axis
 MARKED_STEPS = 60  # paths with at most this many steps show a dot per step
@@ -28,6 +29,7 @@ class Trace:
     points: Tensor  # (steps + 1, D) float64, the start first
     values: Tensor  # (steps + 1,) f(points)
     note: str = ""  # e.g. "diverged at step 7"
+    family: str = ""  # the optimizer's name: its colour in every picture (plotting.label_styles)
 
 
 def _window(objective: Objective, traces: list[Trace]) -> tuple[Tensor, Tensor]:
@@ -72,7 +74,7 @@ def _draw_landscape(ax: Any, objective: Objective, lo: Tensor, hi: Tensor) -> No
     z = objective.f(torch.stack([gx, gy]))  # (H, W)
     levels = _levels(objective, z)
     norm = LogNorm(levels[0], levels[-1]) if objective.log_levels else None
-    ax.contourf(gx, gy, z, levels=levels, cmap="Blues", norm=norm, alpha=0.45, extend="both", zorder=0)
+    ax.contourf(gx, gy, z, levels=levels, cmap="Greys", norm=norm, alpha=0.35, extend="both", zorder=0)
     ax.contour(gx, gy, z, levels=levels, colors="0.5", linewidths=0.5, norm=norm, zorder=1)
     ax.plot(*objective.minimum, **star)
     ax.set(xlabel="x", ylabel="y", xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])))
@@ -93,12 +95,14 @@ def draw(objective: Objective, traces: list[Trace], subtitle: str) -> Any:
     _draw_landscape(left, objective, lo, hi)
     # a white edge makes paths stand out on a contour; on a 1-D curve it would hide the curve
     halo = [patheffects.withStroke(linewidth=3.5, foreground="white", alpha=0.8)] if dim == 2 else []
-    for k, trace in enumerate(traces):
+    looks = plotting.label_styles({trace.label: trace.family or trace.label for trace in traces})
+    for trace in traces:
         style = {
-            "color": f"C{k % 10}",
+            "color": looks[trace.label]["color"],
+            "ls": looks[trace.label]["ls"],
             "lw": 1.8,
             "ms": 3.5,
-            "marker": "o" if len(trace.points) <= MARKED_STEPS + 1 else None,
+            "marker": looks[trace.label]["marker"] if len(trace.points) <= MARKED_STEPS + 1 else None,
         }
         # a 1-D path is drawn on the curve: (x_k, f(x_k))
         xs, ys = trace.points[:, 0], (trace.values if dim == 1 else trace.points[:, 1])
