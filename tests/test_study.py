@@ -427,7 +427,8 @@ def test_one_optimizer_has_one_colour_in_every_picture_and_the_budget_counts_who
     assert elsewhere["rmsprop"]["color"] == rmsprop  # not its place in a list
     momentum = seen["styles"]["momentum"]
     assert momentum["color"] in plotting.shades(["sgd", "sgd", "sgd"], [0, 1, 2]) + plotting.shades(["sgd"], [0])
-    assert (momentum["marker"], momentum["ls"]) != (seen["styles"]["rmsprop"]["marker"], seen["styles"]["rmsprop"]["ls"])
+    other = seen["styles"]["rmsprop"]
+    assert (momentum["marker"], momentum["ls"]) != (other["marker"], other["ls"])
     fig = plot._budget(seen["results"], seen["styles"])
     fig.canvas.draw()
     ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 3]
