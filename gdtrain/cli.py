@@ -347,7 +347,7 @@ def sweep(
         execution = options.execution(
             jobs, batch_runs, executor, slurm_partition, slurm_gpus_per_job, slurm_time, resume
         )
-        status = sweeping.sweep_file(config, grid or [], seeds, overrides or [], runs_dir, execution, typer.echo)
+        status, _ = sweeping.sweep_file(config, grid or [], seeds, overrides or [], runs_dir, execution, typer.echo)
     raise typer.Exit(status)
 
 

@@ -123,9 +123,10 @@ def sweep_file(
     runs_dir: Path,
     execution: Execution,
     say: Callable[..., None],
-) -> int:
+) -> tuple[int, list[Result]]:
     """`gdtrain sweep`: expand the file's grid, run its points as `execution` says, and say each
-    result and the closing counts through `say` (typer.echo's signature); returns the exit status."""
+    result and the closing counts through `say` (typer.echo's signature); the exit status and the
+    points' results."""
     points = expand(config, grid, seeds, overrides)
     folder = runs_dir / points[0].config.experiment.name
     manifest = Manifest(folder, "sweep")
@@ -150,7 +151,7 @@ def sweep_file(
     again = continue_command("sweep", config, runs_dir, overrides, execution, grid, seeds)
     line, status = ending(results, stopped_by, folder, again)
     say(line)
-    return status
+    return status, results
 
 
 def ending(results: list[Result], stopped_by: int | None, folder: Path, again: str) -> tuple[str, int]:
