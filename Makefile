@@ -80,8 +80,8 @@ paths: install ## the tutorials' pictures: every optimizer's path on x², x² + 
 	$(BIN)/gdtrain paths configs/path_ill_conditioned_sgd.yaml --optimizers sgd,momentum:0.02,nesterov:0.02,adagrad:1,rmsprop:0.3,adam:0.5,adamw:0.5
 	$(BIN)/gdtrain paths configs/path_rosenbrock_adam.yaml --optimizers sgd:0.002,momentum:0.001,nesterov:0.001,adagrad:0.1,rmsprop:0.01,adam,adamw
 
-tensorboard: install ## serve runs/ on http://localhost:6006 (EXP=<experiment>: that folder alone, its HParams)
-	$(BIN)/tensorboard --logdir runs/$(EXP)
+tensorboard: install ## serve runs/ on http://localhost:6006 (EXP=<experiment>: that folder alone; a study's: its board/)
+	$(BIN)/tensorboard --logdir $(if $(wildcard runs/$(EXP)/board),runs/$(EXP)/board,runs/$(EXP))
 
 clean: ## remove caches and build files (never runs/ or .venv)
 	rm -rf .pytest_cache build *.egg-info

@@ -1,13 +1,13 @@
 """gdtrain: compare gradient-descent optimizers from YAML experiment configs.
 
-From Python: gdtrain.run, gdtrain.sweep, gdtrain.study, gdtrain.rows, gdtrain.frame and gdtrain.UserError
+From Python: gdtrain.run, gdtrain.sweep, gdtrain.run_study, gdtrain.rows, gdtrain.frame and gdtrain.UserError
 (gdtrain/api.py, docs/python.md), imported when first used, so `import gdtrain` stays cheap.
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "sweep", "study", "rows", "frame", "RunResult", "StudyResult", "UserError"]
+__all__ = ["run", "sweep", "run_study", "rows", "frame", "RunResult", "StudyResult", "UserError"]
 
 
 def __getattr__(name: str) -> Any:

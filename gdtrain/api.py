@@ -126,7 +126,7 @@ def _grid_options(grid: dict[str, Sequence[Any]] | None) -> list[str]:
     return options
 
 
-def study(
+def run_study(
     study_file: str | Path,
     overrides: Sequence[str] = (),
     runs_dir: str | Path = "runs",

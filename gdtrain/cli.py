@@ -396,7 +396,7 @@ def study(
     typer.echo("")
     for line in verdict_lines(results):
         typer.echo(line.replace("**", ""))
-    typer.echo(f"report: {folder / 'report.md'}   (tensorboard --logdir {folder})")
+    typer.echo(f"report: {folder / 'report.md'}   (tensorboard --logdir {folder / 'board'}: one line per optimizer)")
 
 
 @app.command()

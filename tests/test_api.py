@@ -73,7 +73,7 @@ def test_a_study_gives_its_verdict(tmp_path):
     doc["base"]["train"]["epochs"] = 2
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(doc))
-    result = gdtrain.study(path, runs_dir=tmp_path / "runs")
+    result = gdtrain.run_study(path, runs_dir=tmp_path / "runs")
     assert result.status == 0 and result.folder == tmp_path / "runs" / "quick"
     assert result.verdict and set(result.results["optimizers"]) == {"rmsprop", "adam"}
     assert (result.folder / "report.md").is_file()

@@ -339,3 +339,46 @@ def test_values_are_typed_as_what_they_are():
         "model.hidden_sizes": "[64, 64]",
         "optimizer.name": "sgd",
     }
+
+
+def test_a_study_s_board_opens_on_one_banded_line_per_optimizer(tmp_path):
+    from test_study import small
+
+    result = gdtrain("study", small(tmp_path, seeds=3), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    logdir = tmp_path / "runs" / "small" / "board"
+    assert f"tensorboard --logdir {logdir}" in result.stdout
+    port, log = free_port(), open(tmp_path / "tensorboard.log", "wb")
+    program = Path(sys.executable).with_name("tensorboard")
+    command = [str(program)] if program.exists() else [sys.executable, "-m", "tensorboard.main"]
+    process = subprocess.Popen(
+        [*command, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        expected = {"sgd", "adam", "tuning/sgd", "tuning/adam", "."}
+        wait_for(lambda: expected <= set(get(url, "/data/runs")), process, tmp_path / "tensorboard.log")
+        wait_for(lambda: "accuracy/val" in metric_tags(experiment_of(url)), process, tmp_path / "tensorboard.log")
+        listed = get(url, "/data/runs")
+        # TensorBoard's runs selector ticks every run when there are at most 40 (maxNamesToEnableByDefault)
+        assert set(listed) == expected and len(listed) <= 40
+        layout = get(url, "/data/plugin/custom_scalars/layout")
+        charted = {s["value"] for c in layout["category"] for ch in c["chart"] for s in ch["margin"]["series"]}
+        tags = get(url, "/data/plugin/scalars/tags")
+        assert {run for run, its in tags.items() if charted & set(its)} == {"sgd", "adam"}  # the rerun groups only
+        assert layout["category"][0]["title"].startswith("accuracy/val") and not layout["category"][0].get("closed")
+        first = get(url, "/data/plugin/scalars/scalars?run=adam&tag=seeds/accuracy/val/mean")
+        reruns = json.loads((tmp_path / "runs" / "small" / "results.json").read_text())["optimizers"]["adam"]
+        assert len(first) == 2 and len(reruns["reruns"]["values"]) == 3  # one point an epoch, over 3 reruns
+        assert metric_tags(experiment_of(url))[0] == "accuracy/val"  # the report metric first in HParams
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()

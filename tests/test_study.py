@@ -379,7 +379,7 @@ def test_a_signal_while_the_report_is_written_says_what_was_kept_and_how_to_go_o
     assert not (tmp_path / "runs" / "small" / "report.md").exists()
     monkeypatch.setattr(verdict, "analyse", analyse)
     again = gdtrain("study", path, "--runs-dir", tmp_path / "runs", "--resume")
-    assert again.exit_code == 0 and "study small: tuning, 4 runs" in again.stdout
+    assert again.exit_code == 0 and "study small: tuning (phase 1 of 2), 4 runs" in again.stdout
     assert (tmp_path / "runs" / "small" / "report.md").is_file()
     assert len(run_folders(tmp_path / "runs" / "small")) == 8  # nothing trained twice
 

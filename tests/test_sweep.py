@@ -344,3 +344,15 @@ def test_run_skip_finished_makes_make_targets_idempotent(tmp_path):
     assert len(run_folders(tmp_path)) == 1
     assert gdtrain(*args, "--set", "optimizer.lr=0.02").exit_code == 0  # another config runs
     assert len(run_folders(tmp_path)) == 2
+
+
+def test_a_stacked_member_that_ends_early_is_said_when_it_ends_and_piped_output_has_no_bar(tmp_path):
+    result = gdtrain(
+        "sweep", SMOKE, "--grid", "optimizer.lr=0.01,1e30", "--set", "train.epochs=3", "--runs-dir", tmp_path
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert "1 group(s) of 2 runs" in result.stdout
+    assert lines[0].startswith("[1/2] adam lr=1e+30: diverged")  # while lr=0.01, first in the grid, trained on
+    assert lines[1].startswith("[2/2] adam lr=0.01: finished")
+    assert "\r" not in result.output and "step/s" not in result.output

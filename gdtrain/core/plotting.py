@@ -41,7 +41,7 @@ def colour(i: int) -> Any:
     return f"C{i % 10}"
 
 
-SPARE_HUES = ("GnBu", "BuPu", "YlGnBu", "PuBuGn", "YlOrRd")  # for a user's classes: none is a registry hue
+SPARE_HUES = ("GnBu", "BuPu", "YlGnBu", "PuBuGn")  # for a user's classes: none is, or looks like, a registry hue
 
 
 def hue(family: str) -> str:
@@ -81,11 +81,20 @@ def label_styles(families: dict[str, str]) -> dict[str, dict[str, Any]]:
     }
 
 
-def save(fig: Any, path: Path, fix: str) -> None:
-    """Write the figure as a PNG; a folder that cannot take it is a UserError ending with `fix`."""
+def save(fig: Any, path: Path, fix: str | None) -> None:
+    """Write the figure as a PNG, whole or not at all (drawn in memory, then written beside and
+    renamed); a folder that cannot take it is a UserError ending with `fix` (None: the OSError)."""
+    import io
+
+    from gdtrain.core.runs import write_atomic
+
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
     try:
-        fig.savefig(path, dpi=110)
+        write_atomic(path, png.getbuffer())
     except OSError as err:
+        if fix is None:
+            raise
         raise UserError(f"{path}: cannot write the picture ({err.strerror or err}); {fix}") from None
 
 
@@ -108,8 +117,10 @@ def draw_band(
     x, mean, low, high = band(curves)
     marker = marker or ("o" if len(x) <= 3 else None)
     ax.plot(x, mean, color=color, lw=1.6, marker=marker, markersize=3 if len(x) > 3 else 5, label=label or None)
-    if band_too and len(curves) > 1:
+    if band_too and len(curves) > 1 and len(x) > 1:
         ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
+    elif band_too and len(curves) > 1:  # one point: its band is a bar from the lowest to the highest
+        ax.errorbar(x, mean, yerr=[[mean[0] - low[0]], [high[0] - mean[0]]], color=color, capsize=4, lw=1.2)
 
 
 def render(fig: Any) -> Any:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from gdtrain.core import names, runs
 from gdtrain.core.config import Config, apply_overrides, look_beside, read_config, to_dict, validate
 from gdtrain.core.errors import UserError
@@ -37,7 +39,7 @@ from gdtrain.execution.options import Execution, continue_command
 from gdtrain.execution.units import attempt
 from gdtrain.execution.workers import run_parallel
 from gdtrain.training import board
-from gdtrain.training.tasks import Result, Task
+from gdtrain.training.tasks import Result, Task, Watch
 
 
 @dataclass(frozen=True)
@@ -180,13 +182,15 @@ def run_sweep(
     report: Callable[[Result], None],
     manifest: Manifest | None = None,
     say: Callable[[str], None] = lambda line: None,
+    title: str = "",
 ) -> tuple[list[Result], int | None]:
     """Run the points as `execution` says: compatible points stacked `batch_runs` at most (None: as
     many as fit; gdtrain/execution/groups.py), `jobs` groups at a time, in this process, in worker
     processes or as submitit jobs; with `resume` skip finished points and continue interrupted ones.
     Report each result and record its run folder in `manifest`; then TensorBoard's groups
     (board.write_groups), also after a signal. Returns every point's result and the signal that
-    stopped the sweep, if any."""
+    stopped the sweep, if any. A stacked group trained in this process shows a progress bar in a
+    terminal (`title` first: a study's phase) and reports each member as it ends."""
     jobs, options = execution.jobs, execution.job_options
     results: list[Result] = []
     tasks = []
@@ -222,17 +226,28 @@ def run_sweep(
         if parallel or options is not None
         else "stopping the sweep: no other point starts"
     )
+    announced: set[str] = set()  # members reported as they ended, in this process
+
+    def watch(k: int) -> Watch:
+        def ended(result: Result) -> None:
+            announced.add(result.name)
+            with tqdm.external_write_mode():  # the line above the bar, not through it
+                report(result)
+
+        group = f"group {k}/{len(units)}" if len(units) > 1 else "group"
+        return Watch(f"{title}: {group}" if title else group, ended)
+
     with guard.installed():
         position = {task.name: i for i, task in enumerate(tasks)}
         if options is not None:
             ended = run_units(units, options, jobs, guard)
         else:
-            ended = run_parallel(units, jobs, guard) if parallel else _in_turn(units, guard)
+            ended = run_parallel(units, jobs, guard) if parallel else _in_turn(units, guard, watch)
         for done in ended:
             for result in sorted(done, key=lambda r: position[r.name]):  # a group's in the grid's order
                 results.append(result)
                 record(result)
-                if result.status != "not started":
+                if result.status != "not started" and result.name not in announced:
                     report(result)
                 if result.status == "interrupted" and guard.signal is None:  # a signal to one run stops the sweep
                     guard.stop(result.signal or signal.SIGINT)
@@ -243,9 +258,9 @@ def run_sweep(
     return results + [Result(task.name, "not started") for task in tasks if task.name not in ran], guard.signal
 
 
-def _in_turn(units: list[list[Task]], guard: Guard) -> Iterator[list[Result]]:
+def _in_turn(units: list[list[Task]], guard: Guard, watch: Callable[[int], Watch]) -> Iterator[list[Result]]:
     """The groups one after the other in this process, until a signal: each group's results."""
-    for unit in units:
+    for k, unit in enumerate(units, 1):
         if guard.signal is not None:
             return
-        yield attempt(unit, guard)
+        yield attempt(unit, guard, watch(k))

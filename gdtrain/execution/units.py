@@ -7,18 +7,19 @@ import time
 
 from gdtrain.core.errors import UserError
 from gdtrain.core.signals import Guard
-from gdtrain.training.tasks import Result, Task, run_point
+from gdtrain.training.tasks import Result, Task, Watch, run_point
 
 
-def run_unit(tasks: list[Task]) -> list[Result]:
-    """Train one group of tasks: stacked when it has several (gdtrain/stacked/loop.py), else as run_point."""
+def run_unit(tasks: list[Task], watch: Watch | None = None) -> list[Result]:
+    """Train one group of tasks: stacked when it has several (gdtrain/stacked/loop.py, shown as `watch`
+    says), else as run_point."""
     if len(tasks) == 1:
         return [run_point(tasks[0])]
     from gdtrain.stacked import loop as stacked
 
     started = time.perf_counter()
     try:
-        return stacked.train_group(tasks)
+        return stacked.train_group(tasks, watch)
     except UserError:
         raise
     except Exception as err:  # before the group could start: a crash in it must not stop the sweep
@@ -28,12 +29,12 @@ def run_unit(tasks: list[Task]) -> list[Result]:
         ]
 
 
-def attempt(unit: list[Task], guard: Guard) -> list[Result]:
+def attempt(unit: list[Task], guard: Guard, watch: Watch | None = None) -> list[Result]:
     """run_unit under `guard`: a signal that comes before the runs' own handlers are in place (or
     after they are gone), or a second one, stops the unit at once."""
     try:
         with guard.running():
-            return run_unit(unit)
+            return run_unit(unit, watch)
     except KeyboardInterrupt:
         return [
             Result(

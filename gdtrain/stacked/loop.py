@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from tqdm import tqdm
 
 from gdtrain.components.models import build_model
 from gdtrain.components.optimizers import implementation
@@ -47,7 +48,7 @@ from gdtrain.training.determinism import seed_everything, set_determinism
 from gdtrain.training.device import resolve_device
 from gdtrain.training.engine import PRECISIONS
 from gdtrain.training.lifecycle import COUNTERS, Outcome, Plan, Progress
-from gdtrain.training.tasks import Result, Task
+from gdtrain.training.tasks import Result, Task, Watch
 from gdtrain.training.tracker import NullTracker, Tracker
 
 
@@ -87,17 +88,21 @@ class Group:
     )  # each member's data-order RNG state at the epoch's start
     started: float = field(default_factory=time.perf_counter)
     tested: tuple[int, list[float], list[float] | None] | None = None  # (step, each member's test loss, accuracy)
+    watch: Watch | None = None  # its bar's title and who hears of each member's end; None: silent (a worker's)
 
 
-def train_group(tasks: list[Task]) -> list[Result]:
+def train_group(tasks: list[Task], watch: Watch | None = None) -> list[Result]:
     """Train the tasks' points together (continuing their interrupted runs where tasks say so); one
-    Result per task. A crash fails every member not yet finished; a full disk is a UserError."""
+    Result per task, each also handed to `watch` as its member ends. A crash fails every member not
+    yet finished; a full disk is a UserError."""
     configs = [validate(task.raw, task.name) for task in tasks]
     group = _build(tasks, configs)
+    group.watch = watch
     stop = Stop()
     try:
         with stop_on_signals(stop):
             halt = train(group, stop)
+            group.watch = None  # who ends with the group is reported with it, in the sweep's order
             group.optimizer.set_mode(training=False)  # the weights to test and save (Schedule-Free: the average)
             for member in group.members:
                 if member.live:
@@ -258,16 +263,52 @@ def _restore(group: Group, states: list[dict[str, Any]]) -> None:
 def train(group: Group, stop: Stop) -> int | None:
     """engine.train's loop over all members at once; members end on their own (diverged, out of
     patience), the group when all have, at its last step, or at a signal, which it returns."""
+    clip = torch.tensor([m.config.train.grad_clip or math.inf for m in group.members], dtype=torch.float64)
+    precision = group.settings.precision
+    autocast = torch.autocast(group.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
+    with _bar(group) as bar:
+        return _epochs(group, stop, bar, clip, bool(torch.isfinite(clip).any()), autocast, group.at.epoch)
+
+
+def _bar(group: Group) -> tqdm:
+    """The group's progress bar in steps (a terminal only, and only where a sweep watches it)."""
+    watch, steps = group.watch, group.steps
+    return tqdm(
+        total=steps.max_steps,
+        initial=group.at.outcome.steps,
+        unit="step",
+        desc=watch.title if watch is not None else "",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None if watch is not None else True,  # None: off when stderr is no terminal
+    )
+
+
+def _shown(bar: tqdm, group: Group, epoch: int) -> None:
+    """The bar's figures: the epoch, the members still training and those that diverged."""
+    members = group.members
+    diverged = sum(m.result is not None and m.result.status == "diverged" for m in members)
+    live = sum(m.live for m in members)
+    bar.set_postfix_str(
+        f"epoch {epoch}/{group.steps.epochs}, {live}/{len(members)} training, {diverged} diverged", refresh=False
+    )
+
+
+def _epochs(
+    group: Group,
+    stop: Stop,
+    bar: tqdm,
+    clip: torch.Tensor,
+    clipping: bool,
+    autocast: Any,
+    at_start: int,
+) -> int | None:
+    """train's epochs, the bar updated per step."""
     settings, steps, at, data = group.settings, group.steps, group.at, group.data
     model, members = group.model, group.members
     params, outcome = model.params, at.outcome
-    clip = torch.tensor([m.config.train.grad_clip or math.inf for m in members], dtype=torch.float64)
-    clipping = bool(torch.isfinite(clip).any())
-    autocast = torch.autocast(
-        group.device.type, dtype=PRECISIONS[settings.precision], enabled=settings.precision != "fp32"
-    )
-    at_start = at.epoch
     for epoch in range(at.epoch, steps.epochs + 1):
+        _shown(bar, group, epoch)
         clock = lifecycle.Clock(at)
         group.epoch_orders = lifecycle.epoch_orders(at, epoch, [m.order for m in members], group.epoch_orders)
         rows = stackdata.epoch_rows(data, [m.order for m in members], steps.batch_size)  # (M, n_train)
@@ -287,8 +328,10 @@ def train(group: Group, stop: Stop) -> int | None:
             outcome.steps, at.step_in_epoch, at.seen = outcome.steps + 1, at.step_in_epoch + 1, at.seen + n
             last = outcome.steps == steps.max_steps or at.seen == data.train.shape[1]
             halt = stop.signal
+            bar.update()
             if len(at.pending) == settings.log_every or last:
                 _log_steps(group, epoch, lr, norms if norms is not None else grad_norms(params))
+                _shown(bar, group, epoch)
                 if not any(m.live for m in members):
                     break
             if last:
@@ -438,3 +481,5 @@ def _finish(group: Group, member: Member, status: str, signal: int | None = None
     member.result = Result(
         member.name, status, str(member.run_dir), outcome.final, seconds=seconds, signal=outcome.signal
     )
+    if group.watch is not None:  # it ends while its group trains on: said now, not at the group's end
+        group.watch.ended(member.result)

@@ -7,12 +7,14 @@ Every number in report.md is formatted from the StudyResults that results.json i
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from gdtrain.core import metrics
-from gdtrain.core.runs import write_json_atomic
+from gdtrain.core.errors import UserError
+from gdtrain.core.runs import write_atomic, write_json_atomic
 from gdtrain.core.yamlio import dump_yaml
 from gdtrain.report.stats import Pair
 from gdtrain.study.verdict import StudyResults
@@ -34,8 +36,19 @@ def _p(value: float) -> str:
     return f"{value:.2f}"
 
 
-def write(folder: Path, results: StudyResults, base: dict[str, Any], meta: Any) -> None:
-    """Write every output of a study into its folder."""
+def write(folder: Path, results: StudyResults, base: dict[str, Any], meta: Any, again: str) -> None:
+    """Write every output of a study into its folder, each file whole or not at all: a write that
+    fails (a full disk) is a UserError naming the folder and `again`, the command that writes them."""
+    try:
+        _write(folder, results, base, meta)
+    except OSError as err:
+        raise UserError(
+            f"{folder}: cannot write the study's report ({err.strerror or err}); every run is kept: "
+            f"free some space, then: {again}"
+        ) from None
+
+
+def _write(folder: Path, results: StudyResults, base: dict[str, Any], meta: Any) -> None:
     write_json_atomic(folder / "results.json", results.to_json())
     _write_csv(folder / "results.csv", results)
     chosen = folder / "chosen"
@@ -51,12 +64,16 @@ def write(folder: Path, results: StudyResults, base: dict[str, Any], meta: Any) 
                 "optimizer": tuning.chosen,
             }
             which = "" if results.setup.repeats == 1 else f" in repeat {tuning.repeat}"
-            (chosen / f"{name}.yaml").write_text(
+            text = (
                 f"# {label}: the setting {results.setup.study} chose{which}; "
                 f"gdtrain run {chosen / (name + '.yaml')}\n" + dump_yaml(doc)
             )
+            write_atomic(chosen / f"{name}.yaml", text.encode())  # an empty one would train the default
     drawn = _figures(folder, results)
-    (folder / "report.md").write_text(markdown(results, drawn), encoding="utf-8")
+    from gdtrain.study import board  # TensorBoard's protobufs: only when a study is written
+
+    board.write(folder, results)
+    write_atomic(folder / "report.md", markdown(results, drawn).encode())
 
 
 def _p_beats(pair: Pair, name: str) -> float:
@@ -272,24 +289,25 @@ def _test(setup: Any) -> str:
 
 
 def _write_csv(path: Path, results: StudyResults) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        out = csv.writer(f)
-        head = ["optimizer", "group", "chosen", "n", "mean", "median", "std", "ci_low", "ci_high", "diverged"]
-        out.writerow([*head, "ci_reliable"])
-        for label, e in results.optimizers.items():
-            r, s = e.reruns, e.reruns.summary
-            figures = [s.mean, s.median, s.std, *s.ci] if s else ["", "", "", "", ""]
-            out.writerow(
-                [
-                    label,
-                    "" if e.group is None else e.group,
-                    json.dumps(e.tuning.chosen if len(e.tunings) == 1 else [t.chosen for t in e.tunings]),
-                    len(r.values),
-                    *figures,
-                    r.diverged,
-                    "" if s is None else s.reliable,
-                ]
-            )
+    f = io.StringIO(newline="")
+    out = csv.writer(f)
+    head = ["optimizer", "group", "chosen", "n", "mean", "median", "std", "ci_low", "ci_high", "diverged"]
+    out.writerow([*head, "ci_reliable"])
+    for label, e in results.optimizers.items():
+        r, s = e.reruns, e.reruns.summary
+        figures = [s.mean, s.median, s.std, *s.ci] if s else ["", "", "", "", ""]
+        out.writerow(
+            [
+                label,
+                "" if e.group is None else e.group,
+                json.dumps(e.tuning.chosen if len(e.tunings) == 1 else [t.chosen for t in e.tunings]),
+                len(r.values),
+                *figures,
+                r.diverged,
+                "" if s is None else s.reliable,
+            ]
+        )
+    write_atomic(path, f.getvalue().encode())
 
 
 def _figures(folder: Path, results: StudyResults) -> list[str]:

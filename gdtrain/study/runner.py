@@ -89,13 +89,13 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
     )
     # A signal now stops at once: every run is kept, and --resume makes the report again from them.
     guard = Guard()
+    again = continue_command("study", study.source, runs_dir, study.overrides, execution)
     try:
         with guard.installed(), guard.running():
             results = verdict.analyse(tunings, rerun_dirs, setup)
-            studyreport.write(folder, results, study.base, study.spec.study)
+            studyreport.write(folder, results, study.base, study.spec.study, again)
     except KeyboardInterrupt:
         signum = guard.signal or signal.SIGINT
-        again = continue_command("study", study.source, runs_dir, study.overrides, execution)
         echo(
             f"study {study.name} stopped by {signal.Signals(signum).name} while writing its report: "
             f"all {len(trials) + len(reruns)} runs are kept; write the report with: {again}"
@@ -173,7 +173,11 @@ def _execute(
     from gdtrain.execution import sweep
 
     todo = [sweep.Point(name, doc, validate(copy.deepcopy(doc), study.source)) for _, name, doc in points]
-    echo(f"study {study.name}: {phase}, {len(todo)} runs" + execution.described(runs_dir / study.name))
+    step = "phase 1 of 2" if phase == "tuning" else "phase 2 of 2"
+    repeated = f", {study.spec.repeats} repeats" if study.spec.repeats > 1 else ""
+    echo(
+        f"study {study.name}: {phase} ({step}{repeated}), {len(todo)} runs" + execution.described(runs_dir / study.name)
+    )
     counter = iter(range(1, len(todo) + 1))
 
     def report(result: Any) -> None:
@@ -184,7 +188,9 @@ def _execute(
 
     # resume=True: a run already done with this name and config is never run twice, and an interrupted
     # one continues from its checkpoint (run_study has refused a non-empty folder without --resume)
-    results, stopped_by = sweep.run_sweep(todo, runs_dir, replace(execution, resume=True), report, manifest, echo)
+    results, stopped_by = sweep.run_sweep(
+        todo, runs_dir, replace(execution, resume=True), report, manifest, echo, f"{study.name} {phase}"
+    )
     again = continue_command("study", study.source, runs_dir, study.overrides, execution)
     missing = [r for r in results if r.status not in ("finished", "diverged", "skipped") or r.run_dir is None]
     if stopped_by is not None:

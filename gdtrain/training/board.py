@@ -81,7 +81,7 @@ def session_end(status: str) -> summary_pb2.Summary | None:
     code = api_pb2.STATUS_SUCCESS if status == "finished" else api_pb2.STATUS_FAILURE
     # summary.session_end_pb builds the same, but needs TensorFlow
     end = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
-    return _plugin_summary(
+    return plugin_summary(
         hparams_metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end)
     )
 
@@ -123,7 +123,7 @@ def _locked(folder: Path) -> Iterator[None]:
 def _define(folder: Path) -> None:
     sessions = [session for path in runs.run_folders(folder) if (session := _session(path)) is not None]
     if sessions:
-        _replace_events(folder, [_experiment(sessions)])
+        replace_events(folder, [_experiment(sessions)])
 
 
 def _session(path: Path) -> tuple[folders.Run, list[str]] | None:
@@ -183,7 +183,7 @@ def _experiment(sessions: list[tuple[folders.Run, list[str]]]) -> summary_pb2.Su
     metrics = [summary_v2.Metric(tag).as_proto() for tag in METRICS if tag in logged]
     # summary_v2.hparams_config_pb would build this, but has no `differs`, which TensorBoard sorts on
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
-    return _plugin_summary(hparams_metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
+    return plugin_summary(hparams_metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
 
 def _domain(seen: list[bool | int | float | str]) -> summary_v2.Domain | None:
@@ -198,7 +198,7 @@ def _domain(seen: list[bool | int | float | str]) -> summary_v2.Domain | None:
     return summary_v2.Discrete(distinct, dtype=kind)
 
 
-def _plugin_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
+def plugin_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
     """An HParams summary as summary_v2 writes one: the plugin data in the metadata, a null tensor."""
     value = summary_pb2.Summary.Value(
         tag=tag, metadata=hparams_metadata.create_summary_metadata(data), tensor=hparams_metadata.NULL_TENSOR
@@ -221,19 +221,19 @@ def _write_groups(folder: Path) -> None:
     for members in configurations.values():
         finished = [run for run in members if run.status == "finished"]
         chosen = finished or [run for run in members if run.status == "diverged"]  # all diverged: up to where
-        events = _aggregate(chosen)
+        events = aggregate(chosen)
         if not events:
             continue
-        name = _folder_name(labels[id(members[0])], written)
+        name = folder_name(labels[id(members[0])], written)
         written[name] = root / name
         tags |= {value.tag for event in events for value in event.summary.value}
-        _replace_events(root / name, events)
+        replace_events(root / name, events)
     if not written:  # nothing finished (yet): no groups, and none left from an earlier write
         shutil.rmtree(root, ignore_errors=True)
         return
     for stale in (p for p in root.iterdir() if p.is_dir() and p.name not in written):
         shutil.rmtree(stale, ignore_errors=True)
-    _replace_events(root, [_layout(tags)])
+    replace_events(root, [layout(tags)])
 
 
 def _labels(found: list[folders.Run], experiment: str) -> dict[int, str]:
@@ -243,7 +243,7 @@ def _labels(found: list[folders.Run], experiment: str) -> dict[int, str]:
     return {id(run): text or experiment for run, text in zip(found, texts)}
 
 
-def _folder_name(label: str, taken: dict[str, Path]) -> str:
+def folder_name(label: str, taken: dict[str, Any]) -> str:
     """A label as a folder name: no '/', not hidden, never a run folder's name, at most 120 characters, unique."""
     name = label.replace("/", "∕").replace("\0", "").strip().lstrip(".") or "run"
     if len(name) > 120:
@@ -256,9 +256,9 @@ def _folder_name(label: str, taken: dict[str, Path]) -> str:
     return unique
 
 
-def _aggregate(members: list[folders.Run]) -> list[event_pb2.Event]:
+def aggregate(members: list[folders.Run], prefix: str = SEEDS) -> list[event_pb2.Event]:
     """Mean, min and max over `members` of every tag they all logged, at every step (epoch, for
-    …/val and …/test) where each has a finite value: one event per x."""
+    …/val and …/test) where each has a finite value, as `<prefix><tag>/mean` etc.: one event per x."""
     if not members:
         return []
     shared = set.intersection(*({tag for row in run.rows for tag in row} for run in members)) - {"step", "epoch"}
@@ -274,7 +274,7 @@ def _aggregate(members: list[folders.Run]) -> list[event_pb2.Event]:
         ]
         for x, *figures in zip(*band(curves)):
             points.setdefault(x, []).extend(
-                summary_pb2.Summary.Value(tag=f"{SEEDS}{tag}/{stat}", simple_value=figure)
+                summary_pb2.Summary.Value(tag=f"{prefix}{tag}/{stat}", simple_value=figure)
                 for stat, figure in zip(("mean", "min", "max"), figures)
             )
     now = time.time()
@@ -284,12 +284,14 @@ def _aggregate(members: list[folders.Run]) -> list[event_pb2.Event]:
     ]
 
 
-def _layout(tags: set[str]) -> summary_pb2.Summary:
-    """A margin chart of each aggregated tag, each in a section of its own: loss/train, loss/val,
-    accuracy/val and lr open, in that order; the others closed, below them."""
+def layout(tags: set[str], opening: tuple[str, ...] = OPENING, over: str = "seeds") -> summary_pb2.Summary:
+    """A margin chart of each aggregated tag (SEEDS…/mean), each in a section of its own: `opening`'s
+    open, in that order; the others closed, below them. `over`: what the band spans, for the titles."""
     # One chart per section: TensorBoard 2.21 shows the charts of one section in reverse order.
-    aggregated = sorted(tag.removeprefix(SEEDS).removesuffix("/mean") for tag in tags if tag.endswith("/mean"))
-    shown = [tag for tag in OPENING if tag in aggregated] + [tag for tag in aggregated if tag not in OPENING]
+    aggregated = sorted(
+        tag.removeprefix(SEEDS).removesuffix("/mean") for tag in tags if tag.startswith(SEEDS) and tag.endswith("/mean")
+    )
+    shown = [tag for tag in opening if tag in aggregated] + [tag for tag in aggregated if tag not in opening]
     categories = []
     for tag in shown:
         series = layout_pb2.MarginChartContent.Series(
@@ -298,9 +300,9 @@ def _layout(tags: set[str]) -> summary_pb2.Summary:
         chart = layout_pb2.Chart(title=tag, margin=layout_pb2.MarginChartContent(series=[series]))
         categories.append(
             layout_pb2.Category(
-                title=f"{tag}: mean over seeds, band from the lowest to the highest seed",
+                title=f"{tag}: mean over {over}, band from the lowest to the highest",
                 chart=[chart],
-                closed=tag not in OPENING,
+                closed=tag not in opening,
             )
         )
     # custom_scalar.summary.pb builds the same, but needs TensorFlow: the layout as a string tensor
@@ -315,7 +317,7 @@ def _layout(tags: set[str]) -> summary_pb2.Summary:
     return summary_pb2.Summary(value=[value])
 
 
-def _replace_events(folder: Path, contents: list[summary_pb2.Summary] | list[event_pb2.Event]) -> None:
+def replace_events(folder: Path, contents: list[summary_pb2.Summary] | list[event_pb2.Event]) -> None:
     """Make `contents` `folder`'s only event file: written under a name TensorBoard ignores, renamed
     into place, then the older event files removed. The new name sorts after the old ones, as
     TensorBoard expects of a newer file."""

@@ -5,6 +5,7 @@ how it runs (continuing its interrupted run when it has one). Sweeps and studies
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,15 @@ class Result:
     error: str | None = None
     seconds: float = 0.0
     signal: int | None = None  # the signal that interrupted it
+
+
+@dataclass(frozen=True)
+class Watch:
+    """How a stacked group trained in the sweep's own process shows itself: the title of its progress
+    bar (a terminal only), and `ended`, called with each member's result the moment that member ends."""
+
+    title: str
+    ended: Callable[[Result], None]
 
 
 @dataclass(frozen=True)
