@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -116,10 +117,38 @@ LOCK_FILE = ".lock"  # in the run folder; holds its owner's PID
 
 def lock_run(run_dir: Path) -> BinaryIO:
     """Own `run_dir` until the returned file is closed; a UserError naming the PID of another owner."""
-    # An exclusive flock on .lock, which then holds this PID: the kernel drops it when the process
-    # ends, however it ends, so a kill -9 leaves no stale lock. A .lock that cannot be written is an OSError.
     path = run_dir / LOCK_FILE
-    # No O_TRUNC: while another process owns the folder, its PID must stay readable. The file is
+    return _lock(
+        path,
+        lambda owner: (
+            f"{run_dir}: in use by process {owner} (see {path}); wait for it to end, or stop it "
+            "first: one process at a time trains a run folder"
+        ),
+    )
+
+
+def lock_experiment(runs_dir: Path, experiment: str, kind: str) -> BinaryIO:
+    """Own the experiment folder `runs_dir/experiment` for a sweep or study (`kind`) until the returned
+    file is closed; a UserError naming the PID of the one that owns it. The lock file sits beside the
+    folder, so a sweep refused before its first run leaves no folder."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    path = runs_dir / f".{experiment}.lock"
+    return _lock(
+        path,
+        lambda owner: (
+            f"{runs_dir / experiment}: a sweep or study (process {owner}, see {path}) is writing it; "
+            f"wait for it to end or stop it, or give this {kind} another folder (--runs-dir): two at once would "
+            "train every point twice"
+        ),
+    )
+
+
+def _lock(path: Path, busy: Callable[[str], str]) -> BinaryIO:
+    """An exclusive flock on `path`, which then holds this PID; a UserError `busy(owner's PID)` when
+    another process holds it."""
+    # The kernel drops a flock when the process ends, however it ends, so a kill -9 leaves no stale
+    # lock. A lock file that cannot be written is an OSError.
+    # No O_TRUNC: while another process owns the file, its PID must stay readable. The file is
     # never removed: a process that opened it just before a removal would lock a file nobody sees.
     lock = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
     try:
@@ -127,14 +156,11 @@ def lock_run(run_dir: Path) -> BinaryIO:
     except BlockingIOError:
         owner = lock.read(32).split(b"\n")[0].decode("ascii", "replace").strip() or "unknown"
         lock.close()
-        raise UserError(
-            f"{run_dir}: in use by process {owner} (see {path}); wait for it to end, or stop it "
-            "first: one process at a time trains a run folder"
-        ) from None
-    except OSError as err:  # a filesystem without locks (some network mounts): train, unguarded
+        raise UserError(busy(owner)) from None
+    except OSError as err:  # a filesystem without locks (some network mounts): go on, unguarded
         sys.stderr.write(
             f"warning: {path}: cannot lock ({err.strerror or err}); nothing stops a second process "
-            "from writing this run folder\n"
+            "from writing the same folder\n"
         )
     try:  # written before the old end is cut, so a reader always finds a whole PID on the first line
         lock.write(f"{os.getpid()}\n".encode())

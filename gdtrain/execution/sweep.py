@@ -15,6 +15,7 @@ runs the rest.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from gdtrain.core import names, runs
 from gdtrain.core.config import Config, apply_overrides, look_beside, read_config, to_dict, validate
 from gdtrain.core.errors import UserError
-from gdtrain.core.manifest import Manifest
+from gdtrain.core.manifest import MANIFEST, Manifest
 from gdtrain.core.signals import Guard
 from gdtrain.core.yamlio import parse_value
 from gdtrain.execution import groups
@@ -130,6 +131,39 @@ def sweep_file(
     result and the closing counts through `say` (typer.echo's signature); the exit status and the
     points' results."""
     points = expand(config, grid, seeds, overrides)
+    folder = runs_dir / points[0].config.experiment.name
+    with contextlib.closing(runs.lock_experiment(runs_dir, folder.name, "sweep")), forgotten_if_unused(folder):
+        return _sweep_points(points, config, grid, seeds, overrides, runs_dir, execution, say)
+
+
+@contextlib.contextmanager
+def forgotten_if_unused(folder: Path, *files: str) -> Iterator[None]:
+    """A sweep's or study's folder as it was when a mistake (a UserError: the memory check, a file that
+    does not read) stops it before any run folder exists in it: its manifest (and `files`) removed,
+    and the folder too when nothing else is left in it."""
+    existed = folder.exists()
+    try:
+        yield
+    except UserError:
+        if not runs.run_folders(folder):
+            for name in (MANIFEST, *files):
+                (folder / name).unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+
+
+def _sweep_points(
+    points: list[Point],
+    config: Path,
+    grid: list[str],
+    seeds: int | None,
+    overrides: list[str],
+    runs_dir: Path,
+    execution: Execution,
+    say: Callable[..., None],
+) -> tuple[int, list[Result]]:
     folder = runs_dir / points[0].config.experiment.name
     manifest = Manifest(folder, "sweep")
     manifest.plan([(point.name, point.label) for point in points])
