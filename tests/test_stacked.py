@@ -377,3 +377,31 @@ def test_members_that_end_together_are_tested_once_with_the_solo_runs_figures(tm
         assert close(ours["accuracy/test"], theirs["accuracy/test"], 1e-6) and close(
             ours["loss/test"], theirs["loss/test"], 1e-4
         )
+
+
+def _curves(runs_dir: Path) -> dict[str, list[float]]:
+    """Each run's logged loss/train and loss/val, by run name."""
+    found = {}
+    for metrics in sorted(runs_dir.glob("smoke/*/metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        found[metrics.parent.name.rsplit("-", 2)[0]] = [
+            row[tag] for row in rows for tag in ("loss/train", "loss/val") if tag in row
+        ]
+    return found
+
+
+def test_a_member_s_dropout_masks_are_its_solo_run_s_whatever_its_group(tmp_path):
+    dropout = ["--set", "model.hidden_sizes=[32, 32]", "--set", "model.dropout=0.4", "--seeds", "5"]
+    curves = {}
+    for batch in ("1", "2", "3", "5"):  # alone; groups of 2, 2, 1; of 3, 2; one of 5
+        result = gdtrain("sweep", SMOKE, *dropout, "--batch-runs", batch, "--runs-dir", tmp_path / batch)
+        assert result.exit_code == 0, result.output
+        curves[batch] = _curves(tmp_path / batch)
+    alone = curves["1"]
+    assert len(alone) == 5 and len({tuple(v) for v in alone.values()}) == 5  # the seeds differ
+    for batch in ("2", "3", "5"):
+        assert curves[batch].keys() == alone.keys()
+        for name, values in alone.items():
+            assert len(curves[batch][name]) == len(values)
+            for ours, theirs in zip(curves[batch][name], values):
+                assert abs(ours - theirs) <= 1e-4 * max(1.0, abs(theirs)), (batch, name)  # summation order only

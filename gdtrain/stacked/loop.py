@@ -145,11 +145,13 @@ def stack(
     configs: list[Config], data: stackdata.GroupData, device: torch.device
 ) -> tuple[StackedModel, StackedOptimizer, MemberSchedules, Plan]:
     """The stacked model, optimizer and lr schedules of the members' configs over their data."""
-    models = []
+    models, generators = [], []
     for config in configs:  # each member's initial weights are its solo run's: the same draws after the same seed
         seed_everything(config.experiment.seed)
         models.append(build_model(config.model, data.in_features, data.out_features(config.train.loss)).to(device))
+        generators.append(_dropout_generator(device))  # its dropout draws: torch's generator as its solo run's now
     model = StackedModel(configs[0].model, models)
+    model.generators = generators
     del models
     steps = lifecycle.plan(data.train.shape[1], configs[0].train)
     optimizer = StackedOptimizer(model.params, [c.optimizer for c in configs])
@@ -232,6 +234,13 @@ def _member(
     return Member(task.name, config, run_dir, owned, tracker, saved, meta=meta, order=order, at=Progress()), None
 
 
+def _dropout_generator(device: torch.device) -> torch.Generator:
+    """A generator in the state of torch's own on `device` now: where a solo run's dropout draws from."""
+    generator = torch.Generator(device=device)
+    generator.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+    return generator
+
+
 def _restore(group: Group, states: list[dict[str, Any]]) -> None:
     """Put each member's checkpoint into its row; all were written at the same step (groups.py)."""
     at = group.members[0].at
@@ -249,6 +258,10 @@ def _restore(group: Group, states: list[dict[str, Any]]) -> None:
         group.schedules.load_member(m, lrs, state["scheduler"], state["warmup"], steps)
         member.order.set_state(state["rng"]["order"])
     restore_rng(states[0]["rng"], group.members[0].order)  # torch's, numpy's and Python's RNGs are the group's
+    for m, state in enumerate(states):  # each member's dropout draws: what a solo run's torch RNG state holds
+        rng = state["rng"]
+        saved = rng["cuda"][group.device.index or 0] if group.device.type == "cuda" and rng["cuda"] else rng["torch"]
+        group.model.generators[m].set_state(saved)
     group.at = Progress(
         epoch=at.epoch,
         step_in_epoch=at.step_in_epoch,
@@ -401,6 +414,19 @@ def _epoch_end(group: Group, epoch: int) -> None:
             _finish(group, member, "finished")
 
 
+def _member_rng(group: Group, m: int, order: torch.Generator) -> dict[str, Any]:
+    """A member's RNG states as its solo run's checkpoint holds them: torch's generator is its dropout
+    generator, so the checkpoint resumes alike in a group or alone."""
+    states = rng_states(order)
+    dropout = group.model.generators[m].get_state()
+    if group.device.type == "cuda":
+        states["cuda"] = list(states["cuda"])
+        states["cuda"][group.device.index or 0] = dropout
+    else:
+        states["torch"] = dropout
+    return states
+
+
 def _checkpoint(group: Group) -> None:
     """Each live member's checkpoint in its own folder, in a solo run's format (best.pt first when
     waiting). The older ones go only once every member's new one is written: a kill in between
@@ -427,7 +453,7 @@ def _checkpoint(group: Group) -> None:
             group.schedules.schedulers[m],
             group.schedules.warmups[m],
             progress,
-            rng_states(member.order),
+            _member_rng(group, m, member.order),
             member.tracker.flush(),
         )
         lifecycle.save_checkpoint(member.saved, member.best, state, at.outcome.steps, prune=False)

@@ -2,7 +2,9 @@
 
 Member m's weights are the ones its solo run starts from (the same models.build_model after the same
 seed), stacked in the layout of torch.func.stack_module_state. A forward takes (M, B, D) inputs,
-member m's batch in row m, and gives (M, B, out); dropout draws its own mask for every member.
+member m's batch in row m, and gives (M, B, out). Dropout draws member m's masks from its own
+generator (`generators[m]`), in the shape and order its solo run draws them (B, hidden) from torch's
+global generator, so its masks are its solo run's whatever group it trains in.
 Batched matmuls (torch.baddbmm), feature-major, were chosen over vmap(functional_call(...)): vmap's
 linear, like x @ W.mT, hands each weight's gradient back transposed, and AccumulateGrad copies it into
 the weight's layout, a strided pass that costs more than the matmul it follows; vmap also adds its
@@ -39,6 +41,11 @@ class StackedModel:
         self.activation = ACTIVATIONS[cfg.activation]() if hidden else None
         self.dropout = cfg.dropout if hidden else 0.0
         self.training = True
+        # member m's dropout draws: seeded from torch's here; the loop (stack) gives each its solo run's
+        device = self.params[0].device
+        self.generators = [
+            torch.Generator(device=device).manual_seed(int(torch.randint(2**62, ()))) for _ in range(len(models))
+        ]
 
     @property
     def members(self) -> int:
@@ -54,12 +61,23 @@ class StackedModel:
         for i, (weight, bias) in enumerate(self.layers):
             if i > 0:
                 h = self.activation(h)
-                if self.dropout > 0:
-                    h = F.dropout(h, self.dropout, self.training)
+                if self.dropout > 0 and self.training:
+                    h = h * self._masks(h)
             h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, h)
         return h.mT
 
     __call__ = forward
+
+    def _masks(self, h: Tensor) -> Tensor:
+        """(M, H, B) dropout masks scaled by 1 / (1 - p): member m's drawn as its solo run's F.dropout
+        draws its own, an (B, H) bernoulli from its generator, then laid out feature-major."""
+        keep = 1 - self.dropout
+        m, features, batch = h.shape
+        masks = [
+            torch.empty(batch, features, dtype=h.dtype, device=h.device).bernoulli_(keep, generator=g)
+            for g in self.generators
+        ]
+        return torch.stack(masks).div_(keep).mT  # (M, H, B)
 
     def member_state_dict(self, m: int) -> dict[str, Tensor]:
         """Member m's weights as its solo model's state_dict (copies)."""
