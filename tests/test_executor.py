@@ -96,6 +96,8 @@ def test_a_job_that_crashes_or_is_killed_fails_its_own_point_naming_its_log(tmp_
         "local",
         "--jobs",
         "3",
+        "--batch-runs",
+        "1",  # each point alone, through tasks.run_point, which the hook breaks
         "--runs-dir",
         tmp_path / "runs",
     )
@@ -189,7 +191,7 @@ def test_a_study_passes_the_executor_on_and_names_it_in_its_resume_command(tmp_p
 
     seen = []
 
-    def stopped(points, runs_dir, execution, report, manifest=None, say=None):
+    def stopped(points, runs_dir, execution, report, manifest=None, say=None, title=""):
         seen.append(execution.job_options)
         return [], signal.SIGINT
 

@@ -90,6 +90,7 @@ def mutated(changes: list[tuple[tuple, typing.Any]]) -> dict:
 @example([(("optimizers", 1, "name"), [])])
 @example([(("base",), 5)])  # one mistake, one line (it was two: one per member of the union)
 @example([(("base",), None)])
+@example([(("base", "experiment"), True)])  # a section that is no mapping, which the study fills in
 def test_a_study_file_loads_or_is_a_user_error(changes):
     doc = mutated(changes)
     with tempfile.TemporaryDirectory() as tmp, time_limit(20):

@@ -10,6 +10,12 @@ stacks, those without a vectorised rule through their own solo optimizer per mem
 changes what a run computes, only how fast: a group too large for the device's free memory, or
 for `--batch-runs`, is split into groups of near-equal size, and members using the same optimizer
 rule sit next to each other (stacked/optimizer.py updates them through a view instead of a gather).
+A member computes the same in any group, up to summation order: its rows of each batched matmul,
+its loss, dropout masks (its own generator), gradient norm and update are its own, so a group of 2
+or of 21, or of one (a compatible point left over still trains on the stacked engine), agrees with
+another in the 7th-8th digit, and bit for bit when the groups are the same. So a resume that
+regroups the points (other jobs, other memory, points finished meanwhile) continues each as the
+uninterrupted sweep would have (tests/test_stacked.py; a run alone, the solo engine, differs as much).
 """
 
 from __future__ import annotations
@@ -146,6 +152,7 @@ def plan(tasks: list[Task], batch_runs: int | None, jobs: int = 1) -> list[list[
         # a stable sort: within a kind, points keep the grid's order; members without a rule go last
         members.sort(key=lambda t: _order(configs[t.name].optimizer, device))
         count = math.ceil(len(members) / cap)  # near-equal sizes: 21 capped at 8 is 7 + 7 + 7
+        members = [dataclasses.replace(task, stacked=True) for task in members]
         for j in range(count):
             units.append((first[k], members[j * len(members) // count : (j + 1) * len(members) // count]))
     return [unit for _, unit in sorted(units, key=lambda u: u[0])]

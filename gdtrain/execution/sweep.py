@@ -247,7 +247,7 @@ def run_sweep(
         )
         tasks.append(Task(point.raw, point.name, str(runs_dir), point.config.experiment.name, paused))
     units = groups.plan(tasks, execution.batch_runs, jobs) if tasks else []
-    if any(len(unit) > 1 for unit in units):
+    if any(task.stacked for unit in units for task in unit):
         sizes = ", ".join(str(len(unit)) for unit in units)
         say(
             f"stacked: {len(tasks)} runs train as {len(units)} group(s) of {sizes} runs "

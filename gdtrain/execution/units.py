@@ -13,7 +13,7 @@ from gdtrain.training.tasks import Result, Task, Watch, run_point
 def run_unit(tasks: list[Task], watch: Watch | None = None) -> list[Result]:
     """Train one group of tasks: stacked when it has several (gdtrain/stacked/loop.py, shown as `watch`
     says), else as run_point."""
-    if len(tasks) == 1:
+    if len(tasks) == 1 and not tasks[0].stacked:
         return [run_point(tasks[0])]
     from gdtrain.stacked import loop as stacked
 

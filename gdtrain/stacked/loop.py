@@ -172,7 +172,8 @@ def _build(tasks: list[Task], configs: list[Config]) -> Group:
     data = stackdata.build(configs, device)
     model, optimizer, schedules, steps = stack(configs, data, device)
     note = (
-        f"trained stacked with {len(configs)} runs ({', '.join(t.name for t in tasks)}): the same initial "
+        f"trained stacked with {len(configs)} run{'s' if len(configs) > 1 else ''} "
+        f"({', '.join(t.name for t in tasks)}): the same initial "
         "weights, split and data order as alone; numbers differ from a run alone in the last bits only "
         "(docs/stacked.md)"
     )

@@ -267,6 +267,9 @@ def load_study(path: Path, overrides: list[str] = ()) -> Study:
         if "optimizer" in base:
             raise UserError(f"{path}: base.optimizer: a study's optimizers come from its optimizers: list; remove it")
     base = apply_overrides(base, base_sets)
+    experiment = base.get("experiment")
+    if experiment is not None and not isinstance(experiment, dict):  # the study sets its name and seed in it
+        raise UserError(f"{path}: base.experiment: must be a mapping of keys, got {experiment!r}")
     arms = [_arm(str(path), i, entry if isinstance(entry, dict) else {}) for i, entry in enumerate(spec.optimizers)]
     labels = [arm.label for arm in arms]
     if len(set(labels)) != len(labels):

@@ -50,6 +50,9 @@ class Task:
     experiment: str  # its folder under runs_dir
     resume: str | None = None  # an interrupted run folder of this point, to continue from its checkpoint
     resume_step: int | None = None  # the checkpoint to continue from: its newest when None (groups.align)
+    # Trains on the stacked engine, even in a group of one: a member's numbers then agree in every
+    # group (groups.py), so a resume that regroups it computes what the uninterrupted sweep did.
+    stacked: bool = False
 
 
 def run_point(task: Task) -> Result:
