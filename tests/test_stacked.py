@@ -338,6 +338,51 @@ def test_a_group_killed_while_writing_its_checkpoints_resumes_to_the_uninterrupt
     assert finals(runs_dir) == uninterrupted
 
 
+KILLED_WHILE_FINISHING = """
+import os, signal, sys
+from gdtrain.cli import main
+from gdtrain.training import lifecycle
+
+real, calls = lifecycle.write_summary, [0]
+
+
+def write_then_die(*args, **kwargs):
+    real(*args, **kwargs)
+    calls[0] += 1
+    if calls[0] == 2:  # two members finished, the other four not yet written
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+lifecycle.write_summary = write_then_die
+sys.argv = ["gdtrain", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_group_killed_while_its_members_finish_resumes_them_to_the_uninterrupted_result(tmp_path):
+    whole = gdtrain("sweep", SMOKE, *ONE_RULE, "--runs-dir", tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    runs_dir = tmp_path / "runs"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_FINISHING, "sweep", str(SMOKE), *ONE_RULE, "--runs-dir", str(runs_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(list(runs_dir.glob("smoke/*/summary.json"))) == 2
+    resumed = gdtrain("sweep", SMOKE, *ONE_RULE, "--runs-dir", runs_dir, "--resume")
+    assert resumed.exit_code == 0 and resumed.stdout.count(": skipped") == 2, resumed.output
+    assert resumed.stdout.count(": finished") == 4  # from their last checkpoint, a group of 4
+    ours, theirs = finals(runs_dir), finals(tmp_path / "whole")
+    assert ours.keys() == theirs.keys()
+    for name, (status, values, steps) in theirs.items():
+        assert (ours[name][0], ours[name][2]) == (status, steps)
+        for tag, value in values.items():
+            assert abs(ours[name][1][tag] - value) <= 1e-5 * max(1.0, abs(value)), (name, tag)
+
+
 def test_a_full_disk_stops_a_group_with_one_line_and_every_member_says_so(tmp_path, monkeypatch):
     real, calls = checkpoints.save_atomic, []
 
