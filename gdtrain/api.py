@@ -10,14 +10,15 @@ command's; a mistake raises `UserError` carrying the one line the command would 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gdtrain.core import folders
+from gdtrain.core import folders, runs
 from gdtrain.core.errors import UserError
 
 Say = Callable[..., None]
@@ -44,7 +45,7 @@ class RunResult:
     status: str  # finished, diverged, interrupted, failed, skipped, ... (docs/runs.md)
     final: dict[str, float]  # every tag's last logged value: loss/train, accuracy/val, accuracy/test, ...
     best: dict[str, float]  # the best validation values and the steps they came at
-    summary: dict[str, Any]  # summary.json as written (empty while the run has none)
+    summary: dict[str, Any] = field(repr=False)  # summary.json as written (empty while the run has none)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class StudyResult:
     folder: Path
     status: int  # 0: the verdict is written; else as the command exits (1: a run did not end, 128 + signal)
     verdict: list[str]  # the lines `gdtrain study` prints
-    results: dict[str, Any]  # results.json (empty when there is none)
+    results: dict[str, Any] = field(repr=False)  # results.json (empty when there is none)
 
 
 def _result(run_dir: Path | str | None, status: str) -> RunResult:
@@ -63,6 +64,33 @@ def _result(run_dir: Path | str | None, status: str) -> RunResult:
     run = folders.read_run(Path(run_dir))
     summary = run.summary
     return RunResult(Path(run_dir), status, dict(summary.get("final") or {}), dict(summary.get("best") or {}), summary)
+
+
+@contextlib.contextmanager
+def _invoked(call: str) -> Iterator[None]:
+    """Record `call` (gdtrain.run(...)) as the command in the provenance of the runs it starts."""
+    runs.INVOKED.append(call)
+    try:
+        yield
+    finally:
+        runs.INVOKED.pop()
+
+
+def _call(function: str, *args: Any, **kwargs: Any) -> str:
+    shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items() if v not in (None, (), [], False)]
+    return f"gdtrain.{function}({', '.join(shown)})"
+
+
+def _whole(name: str, value: int | None, least: int = 1) -> None:
+    """The command's own range checks on a count (its --seeds, --jobs, --batch-runs)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise UserError(f"{name}: must be a whole number >= {least}, got {value!r}")
+
+
+def _file(path: Any, what: str) -> Path:
+    if not isinstance(path, (str, Path)):
+        raise UserError(f"{what}: give the path of a YAML file, got {type(path).__name__}")
+    return Path(path)
 
 
 def _config(config: str | Path | dict[str, Any], overrides: Sequence[str]) -> Any:
@@ -83,10 +111,16 @@ def run(
 ) -> RunResult:
     """Train one config (a YAML file or the same document as a dict) into a new run folder under
     `runs_dir`, as `gdtrain run` does; its result. `verbose` prints the command's lines (no bar)."""
-    from gdtrain.training import recipe
+    from gdtrain.training import closing, recipe
 
     cfg = _config(config, overrides)
-    run_dir, outcome = recipe.run(cfg, Path(runs_dir), name, quiet=True, say=_printer(verbose))
+    say = _printer(verbose)
+    shown = config if not isinstance(config, dict) else "{...}"
+    with _invoked(_call("run", str(shown), overrides=list(overrides), runs_dir=str(runs_dir), name=name)):
+        run_dir, outcome = recipe.run(cfg, Path(runs_dir), name, quiet=True, say=say)
+    closing.ending(run_dir, outcome, cfg, say)  # finished / diverged / interrupted, as the command says it
+    if outcome.status == "interrupted":  # Ctrl-C (a notebook's interrupt): the checkpoint is kept
+        raise KeyboardInterrupt
     return _result(run_dir, outcome.status)
 
 
@@ -106,11 +140,15 @@ def sweep(
     from gdtrain.execution import options
     from gdtrain.execution import sweep as sweeping
 
+    _whole("seeds", seeds)
+    _whole("jobs", jobs)
+    _whole("batch_runs", batch_runs)
     execution = options.execution(jobs, batch_runs, None, None, None, None, resume)
     say = _printer(verbose)
-    status, results = sweeping.sweep_file(
-        Path(config), _grid_options(grid), seeds, list(overrides), Path(runs_dir), execution, say
-    )
+    path, options_ = _file(config, "sweep"), _grid_options(grid)
+    call = _call("sweep", str(path), grid=grid, seeds=seeds, overrides=list(overrides), runs_dir=str(runs_dir))
+    with _invoked(call):
+        status, results = sweeping.sweep_file(path, options_, seeds, list(overrides), Path(runs_dir), execution, say)
     if status >= 128:  # a signal (Ctrl-C, a notebook's interrupt): the runs keep checkpoints; resume=True goes on
         raise KeyboardInterrupt
     return [_result(r.run_dir, r.status) for r in results]
@@ -140,9 +178,15 @@ def run_study(
     from gdtrain.study import runner, spec
     from gdtrain.study.report import verdict_lines
 
+    _whole("jobs", jobs)
+    _whole("batch_runs", batch_runs)
     execution = options.execution(jobs, batch_runs, None, None, None, None, resume)
-    planned = spec.load_study(Path(study_file), list(overrides))
-    folder, results, code = runner.run_study(planned, Path(runs_dir), execution, _printer(verbose))
+    path = _file(study_file, "run_study")
+    planned = spec.load_study(path, list(overrides))
+    with _invoked(_call("run_study", str(path), overrides=list(overrides), runs_dir=str(runs_dir), resume=resume)):
+        folder, results, code = runner.run_study(planned, Path(runs_dir), execution, _printer(verbose))
+    if code >= 128:  # a signal: every run is kept; resume=True goes on
+        raise KeyboardInterrupt
     if results is None:
         return StudyResult(folder, code, [], {})
     lines = [line.replace("**", "") for line in verdict_lines(results)]

@@ -77,3 +77,15 @@ def test_a_study_gives_its_verdict(tmp_path):
     assert result.status == 0 and result.folder == tmp_path / "runs" / "quick"
     assert result.verdict and set(result.results["optimizers"]) == {"rmsprop", "adam"}
     assert (result.folder / "report.md").is_file()
+
+
+def test_counts_and_paths_are_checked_and_runs_record_the_python_call(tmp_path):
+    for bad in ({"seeds": 0}, {"jobs": 0}, {"batch_runs": -1}):
+        with pytest.raises(gdtrain.UserError, match=f"{next(iter(bad))}: must be a whole number >= 1"):
+            gdtrain.sweep(SMOKE, grid={"optimizer.lr": [0.01]}, runs_dir=tmp_path, **bad)
+    with pytest.raises(gdtrain.UserError, match="sweep: give the path of a YAML file, got dict"):
+        gdtrain.sweep(yaml.safe_load(SMOKE.read_text()), runs_dir=tmp_path)
+    assert not (tmp_path / "smoke").exists()
+    result = gdtrain.run(SMOKE, runs_dir=tmp_path)
+    assert result.summary["environment"]["command"] == f"gdtrain.run('{SMOKE}', runs_dir='{tmp_path}')"
+    assert {"run", "sweep", "run_study", "rows", "frame", "UserError"} <= set(dir(gdtrain))

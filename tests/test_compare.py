@@ -196,7 +196,7 @@ def test_repeats_of_one_configuration_and_seed_are_one_observation(tmp_path):
     (row,) = rows(tmp_path / "smoke")
     assert row["seeds"] == 2 and row["repeats merged"] == 1  # seeds 0 and 1; seed 0's second run merged
     text = gdtrain("compare", tmp_path / "smoke").stdout
-    assert "1 run(s) repeat a configuration and seed another run of their row has" in " ".join(text.split())
+    assert "Repeats merged: 1 run folder(s) repeat the configuration and seed of another run" in " ".join(text.split())
     (alone,) = [r for r in rows(tmp_path / "smoke", per_run=True) if r["repeats merged"]] or [None]
     assert alone is None  # --per-run shows every run folder
 

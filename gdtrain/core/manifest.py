@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import sys
 import uuid
 from datetime import datetime
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gdtrain.core.errors import UserError
-from gdtrain.core.runs import STAMP, write_json_atomic
+from gdtrain.core.runs import STAMP, command, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -40,7 +39,7 @@ class Manifest:
         self.data: dict[str, Any] = {
             "kind": kind,
             "id": uuid.uuid4().hex,
-            "command": shlex.join(["gdtrain", *sys.argv[1:]]),
+            "command": command(),
             "started": datetime.now().strftime("%Y%m%d-%H%M%S"),
             "points": [],
             "runs": [],

@@ -90,6 +90,14 @@ def _git_commit() -> tuple[str | None, bool]:
     return commit, bool(status.strip())
 
 
+INVOKED: list[str] = []  # how gdtrain was called from Python (api.py), innermost last; empty: the command line
+
+
+def command() -> str:
+    """What started this: the command line, or the Python call (gdtrain.run(...)) when one is running."""
+    return INVOKED[-1] if INVOKED else shlex.join(["gdtrain", *sys.argv[1:]])
+
+
 def provenance(device: torch.device, seed: int) -> dict[str, Any]:
     """What is needed to reproduce a run besides its config: versions, device, commit, command."""
     import torch  # only a run that trains asks, and it has torch loaded already
@@ -107,7 +115,7 @@ def provenance(device: torch.device, seed: int) -> dict[str, Any]:
         else platform.processor() or platform.machine(),
         "git_commit": commit,
         "git_dirty": dirty,
-        "command": shlex.join(["gdtrain", *sys.argv[1:]]),
+        "command": command(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -226,8 +226,9 @@ def title(records: list[dict[str, Any]], metric: str, target: float | None) -> l
     merged = sum(r["repeats merged"] for r in records)
     if merged:
         said.append(
-            f"{merged} run(s) repeat a configuration and seed another run of their row has: the same "
-            "observation again, so each configuration and seed counts once (its newest finished run)."
+            f"Repeats merged: {merged} run folder(s) repeat the configuration and seed of another run in "
+            "their row, the same observation again; each configuration and seed counts once (its newest "
+            "finished run)."
         )
     return [line for sentence in said for line in textwrap.wrap(sentence, WIDTH, break_on_hyphens=False)]
 
