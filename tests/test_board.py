@@ -7,6 +7,7 @@ MNIST-family run on tiny IDX files, so that the test metrics exist.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -91,24 +92,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(experiment, tmp_path) -> Iterator[str]:
-    """`tensorboard --logdir runs/mixed` on a free port, in its own process group, killed with the
-    whole group at the end whatever happens; its URL once it has loaded every run."""
+@contextlib.contextmanager
+def serving(logdir: Path, tmp_path: Path, runs: set[str], metric: str) -> Iterator[str]:
+    """`tensorboard --logdir LOGDIR` on a free port, in its own process group, killed with the whole
+    group at the end whatever happens; its URL once it lists `runs` and its HParams have `metric`."""
     port, log = free_port(), open(tmp_path / "tensorboard.log", "wb")
     program = Path(sys.executable).with_name("tensorboard")
     command = [str(program)] if program.exists() else [sys.executable, "-m", "tensorboard.main"]
     process = subprocess.Popen(
-        [*command, "--logdir", str(experiment), "--host", "127.0.0.1", "--port", str(port)],
+        [*command, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        expected = set(sessions_of(experiment)) | {".", board.GROUPS}
-        wait_for(lambda: expected <= set(get(url, "/data/runs")), process, tmp_path / "tensorboard.log")
-        wait_for(lambda: "accuracy/test" in metric_tags(experiment_of(url)), process, tmp_path / "tensorboard.log")
+        wait_for(lambda: runs <= set(get(url, "/data/runs")), process, tmp_path / "tensorboard.log")
+        wait_for(lambda: metric in metric_tags(experiment_of(url)), process, tmp_path / "tensorboard.log")
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -118,6 +118,13 @@ def server(experiment, tmp_path) -> Iterator[str]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def server(experiment, tmp_path) -> Iterator[str]:
+    """The experiment folder `runs/mixed` served, every run loaded."""
+    with serving(experiment, tmp_path, set(sessions_of(experiment)) | {".", board.GROUPS}, "accuracy/test") as url:
+        yield url
 
 
 def wait_for(ready, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
@@ -348,20 +355,8 @@ def test_a_study_s_board_opens_on_one_banded_line_per_optimizer(tmp_path):
     assert result.exit_code == 0, result.output
     logdir = tmp_path / "runs" / "small" / "board"
     assert f"tensorboard --logdir {logdir}" in result.stdout
-    port, log = free_port(), open(tmp_path / "tensorboard.log", "wb")
-    program = Path(sys.executable).with_name("tensorboard")
-    command = [str(program)] if program.exists() else [sys.executable, "-m", "tensorboard.main"]
-    process = subprocess.Popen(
-        [*command, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        expected = {"sgd", "adam", "tuning/sgd", "tuning/adam", "."}
-        wait_for(lambda: expected <= set(get(url, "/data/runs")), process, tmp_path / "tensorboard.log")
-        wait_for(lambda: "accuracy/val" in metric_tags(experiment_of(url)), process, tmp_path / "tensorboard.log")
+    expected = {"sgd", "adam", "tuning/sgd", "tuning/adam", "."}
+    with serving(logdir, tmp_path, expected, "accuracy/val") as url:
         listed = get(url, "/data/runs")
         # TensorBoard's runs selector ticks every run when there are at most 40 (maxNamesToEnableByDefault)
         assert set(listed) == expected and len(listed) <= 40
@@ -374,11 +369,3 @@ def test_a_study_s_board_opens_on_one_banded_line_per_optimizer(tmp_path):
         reruns = json.loads((tmp_path / "runs" / "small" / "results.json").read_text())["optimizers"]["adam"]
         assert len(first) == 2 and len(reruns["reruns"]["values"]) == 3  # one point an epoch, over 3 reruns
         assert metric_tags(experiment_of(url))[0] == "accuracy/val"  # the report metric first in HParams
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        log.close()

@@ -36,11 +36,6 @@ def figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def colour(i: int) -> Any:
-    """The i-th colour of matplotlib's tab10 cycle, repeating after ten."""
-    return f"C{i % 10}"
-
-
 SPARE_HUES = ("GnBu", "BuPu", "YlGnBu", "PuBuGn")  # for a user's classes: none is, or looks like, a registry hue
 
 

@@ -132,62 +132,50 @@ def sweep_file(
     points' results."""
     points = expand(config, grid, seeds, overrides)
     folder = runs_dir / points[0].config.experiment.name
-    with contextlib.closing(runs.lock_experiment(runs_dir, folder.name, "sweep")), forgotten_if_unused(folder):
-        return _sweep_points(points, config, grid, seeds, overrides, runs_dir, execution, say)
+    with owning(runs_dir, folder.name, "sweep"):
+        manifest = Manifest(folder, "sweep")
+        manifest.plan([(point.name, point.label) for point in points])
+        say(f"sweep: {len(points)} runs into {folder}/" + execution.described(folder))
+        counter = iter(range(1, len(points) + 1))
+        labels = {point.name: point.label for point in points}
+
+        def report(result: Result) -> None:
+            shown = ", ".join(
+                f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val") or t.startswith("line/")
+            )
+            kept = f"checkpoint in {result.run_dir}" if result.status == "interrupted" and result.run_dir else ""
+            detail = result.error or kept or shown or result.run_dir or ""
+            say(
+                f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
+                + (f" ({result.seconds:.1f} s)" if result.seconds else "")
+                + (f"  {detail}" if detail else "")
+            )
+
+        results, stopped_by = run_sweep(points, runs_dir, execution, report, manifest, say)
+        again = continue_command("sweep", config, runs_dir, overrides, execution, grid, seeds)
+        line, status = ending(results, stopped_by, folder, again)
+        say(line)
+        return status, results
 
 
 @contextlib.contextmanager
-def forgotten_if_unused(folder: Path, *files: str) -> Iterator[None]:
-    """A sweep's or study's folder as it was when a mistake (a UserError: the memory check, a file that
-    does not read) stops it before any run folder exists in it: its manifest (and `files`) removed,
-    and the folder too when nothing else is left in it."""
-    existed = folder.exists()
-    try:
-        yield
-    except UserError:
-        if not runs.run_folders(folder):
-            for name in (MANIFEST, *files):
-                (folder / name).unlink(missing_ok=True)
-            if not existed:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-        raise
-
-
-def _sweep_points(
-    points: list[Point],
-    config: Path,
-    grid: list[str],
-    seeds: int | None,
-    overrides: list[str],
-    runs_dir: Path,
-    execution: Execution,
-    say: Callable[..., None],
-) -> tuple[int, list[Result]]:
-    folder = runs_dir / points[0].config.experiment.name
-    manifest = Manifest(folder, "sweep")
-    manifest.plan([(point.name, point.label) for point in points])
-    say(f"sweep: {len(points)} runs into {folder}/" + execution.described(folder))
-    counter = iter(range(1, len(points) + 1))
-    labels = {point.name: point.label for point in points}
-
-    def report(result: Result) -> None:
-        shown = ", ".join(
-            f"{t} {v:.4g}" for t, v in (result.final or {}).items() if t.endswith("/val") or t.startswith("line/")
-        )
-        kept = f"checkpoint in {result.run_dir}" if result.status == "interrupted" and result.run_dir else ""
-        detail = result.error or kept or shown or result.run_dir or ""
-        say(
-            f"[{next(counter)}/{len(points)}] {labels[result.name]}: {result.status}"
-            + (f" ({result.seconds:.1f} s)" if result.seconds else "")
-            + (f"  {detail}" if detail else "")
-        )
-
-    results, stopped_by = run_sweep(points, runs_dir, execution, report, manifest, say)
-    again = continue_command("sweep", config, runs_dir, overrides, execution, grid, seeds)
-    line, status = ending(results, stopped_by, folder, again)
-    say(line)
-    return status, results
+def owning(runs_dir: Path, experiment: str, kind: str, *files: str) -> Iterator[None]:
+    """A sweep or study (`kind`) owns its experiment folder while it runs (runs.lock_experiment); a
+    mistake (a UserError: the memory check, a file that does not read) that stops it before any run
+    folder exists in it removes its manifest (and `files`) again, and the folder when it made it."""
+    folder = runs_dir / experiment
+    with contextlib.closing(runs.lock_experiment(runs_dir, experiment, kind)):
+        existed = folder.exists()
+        try:
+            yield
+        except UserError:
+            if not runs.run_folders(folder):
+                for name in (MANIFEST, *files):
+                    (folder / name).unlink(missing_ok=True)
+                if not existed:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise
 
 
 def ending(results: list[Result], stopped_by: int | None, folder: Path, again: str) -> tuple[str, int]:

@@ -3,7 +3,6 @@ then hand the runs to the verdict and the report. Each phase is a sweep (gdtrain
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import signal
 from dataclasses import replace
@@ -14,10 +13,10 @@ from gdtrain.core import names
 from gdtrain.core.config import to_dict, validate
 from gdtrain.core.errors import UserError
 from gdtrain.core.manifest import MANIFEST, Manifest
-from gdtrain.core.runs import finished_run, flatten, lock_experiment
+from gdtrain.core.runs import finished_run, flatten
 from gdtrain.core.signals import Guard
 from gdtrain.execution.options import Execution, continue_command
-from gdtrain.execution.sweep import forgotten_if_unused
+from gdtrain.execution.sweep import owning
 from gdtrain.study import definition
 from gdtrain.study.spec import (
     Arm,
@@ -38,11 +37,8 @@ def run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> 
     """Tune, select, rerun and analyse, the runs executed as `execution` says (stacked, in workers or as
     submitit jobs; gdtrain/execution/options.py): (study folder, results, exit code); results are
     None when some run did not end in a result (exit 1), or a signal stopped the study (exit 128 + signal)."""
-
-    folder = runs_dir / study.name
-    with contextlib.closing(lock_experiment(runs_dir, study.name, "study")):
-        with forgotten_if_unused(folder, definition.DEFINITION):
-            return _run_study(study, runs_dir, execution, echo)
+    with owning(runs_dir, study.name, "study", definition.DEFINITION):
+        return _run_study(study, runs_dir, execution, echo)
 
 
 def _run_study(study: Study, runs_dir: Path, execution: Execution, echo: Any) -> tuple[Path, StudyResults | None, int]:
